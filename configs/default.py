@@ -1,0 +1,105 @@
+"""Base experiment: a small LLaMA-style decoder on the embedded Python stdlib corpus.
+
+Every other config in this folder starts from `get_config()` here and overrides
+fields; `lm.config.validate` checks the result once at start-up.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # ---- data (lm/data) ------------------------------------------------------
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'stdlib'  # 'stdlib' | 'text' | 'tfds'
+  c.data.path = ''  # text: a file, a directory or a glob of .txt / .jsonl files
+  c.data.jsonl_field = 'text'  # text: the field of each .jsonl line that holds the text
+  c.data.tfds_name = ''  # tfds: a TFDS dataset name (needs network the first time)
+  c.data.tfds_text_feature = 'text'
+  c.data.split = 'document'  # 'document': val gets whole documents; 'tail': the last val_fraction of the text
+  c.data.val_fraction = 0.05
+  c.data.cache_dir = ''  # prepared ArrayRecord files + tokenizers; '' -> $LM_CACHE or ~/.cache/lm
+  c.data.seq_len = 256  # tokens per training row (inputs and targets each)
+  c.data.tokenizer = ml_collections.ConfigDict()
+  c.data.tokenizer.kind = 'sentencepiece'  # 'sentencepiece' | 'byte' | 'char'
+  c.data.tokenizer.model_type = 'bpe'  # sentencepiece: 'bpe' | 'unigram'
+  c.data.tokenizer.vocab_size = 2048  # sentencepiece only; byte/char derive their own
+  c.data.tokenizer.max_train_chars = 20_000_000  # sentencepiece trains on at most this much text
+
+  # ---- model (lm/model) ----------------------------------------------------
+  c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = 0  # 0: take the tokenizer's vocabulary size
+  c.model.num_layers = 4
+  c.model.width = 256
+  c.model.num_heads = 4
+  c.model.num_kv_heads = 4  # < num_heads: grouped-query attention; 1: multi-query
+  c.model.mlp_dim = 768
+  c.model.max_len = 0  # learned positions: table size; 0: data.seq_len
+  c.model.norm = 'rmsnorm'  # 'rmsnorm' | 'layernorm'
+  c.model.norm_eps = 1e-5
+  c.model.mlp = 'swiglu'  # 'swiglu' | 'gelu'
+  c.model.position = 'rope'  # 'rope' | 'learned'
+  c.model.rope_theta = 10_000.0
+  c.model.use_bias = False
+  c.model.tie_embeddings = False
+  c.model.dropout = 0.0
+  c.model.init_std = 0.02
+  c.model.param_dtype = 'float32'  # 'float32' | 'bfloat16'
+  c.model.dtype = 'float32'  # compute dtype
+  c.model.remat = 'none'  # 'none' | 'full' | 'dots' (save matmul outputs)
+  c.model.attention = 'xla'  # jax.nn.dot_product_attention implementation: 'xla' | 'cudnn' | 'auto'
+
+  # ---- optimizer (lm/train/optimizer.py) -------------------------------------
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.lr = 3e-3
+  c.optimizer.schedule = 'cosine'  # 'cosine' | 'linear' | 'constant' (all after warmup)
+  c.optimizer.warmup_steps = 100
+  c.optimizer.min_lr = 3e-4  # the schedule's end value
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.95
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.1
+  c.optimizer.decay_norms_biases_embeddings = False  # False: exclude them from weight decay
+  c.optimizer.grad_clip = 1.0  # global-norm clipping; 0 disables
+
+  # ---- training loop (lm/train/loop.py) ------------------------------------
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1500
+  c.train.batch_size = 16  # global, in rows of data.seq_len tokens
+  c.train.grad_accum = 1  # microbatches per step; batch_size must divide by it
+  c.train.steps_per_dispatch = 10  # optimizer steps run inside one jit call (lax.scan)
+  c.train.log_every = 10  # must be a multiple of steps_per_dispatch
+  c.train.eval_every = 250
+  c.train.eval_batches = 10
+  c.train.sample_tokens = 200  # tokens generated from a validation prompt at the end
+  c.train.sample_prompt_tokens = 32
+  c.train.sample_temperature = 0.8
+
+  # ---- checkpoints (lm/checkpoint.py) ----------------------------------------
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 500
+  c.checkpoint.keep = 2  # the last K; the best by eval loss is kept as well
+  c.checkpoint.async_save = True
+
+  # ---- mesh (lm/parallel) ------------------------------------------------
+  # Sizes per mesh axis; one may be -1 to take the remaining devices.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  # Logical axis (model code) -> mesh axes (tuple, '' for replicated).
+  c.mesh.rules = (
+      ('batch', ('data', 'fsdp')),
+      ('embed', ('fsdp',)),
+      ('heads', ('tensor',)),
+      ('kv_heads', ('tensor',)),
+      ('mlp', ('tensor',)),
+      ('vocab', ('tensor',)),
+      ('act_heads', ('tensor',)),
+      ('act_kv_heads', ('tensor',)),
+      ('act_mlp', ('tensor',)),
+      ('act_vocab', ('tensor',)),
+  )
+  return c
