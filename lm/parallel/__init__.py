@@ -1,0 +1,8 @@
+"""Mesh construction and logical-axis sharding rules (the only place mesh axes appear)."""
+
+from lm.parallel.mesh import (MESH_AXES, batch_sharding, build_mesh, global_batch, mesh_shape,
+                              replicated, shardings_for)
+from lm.parallel.rules import constrain, logical_to_spec, use_rules
+
+__all__ = ['MESH_AXES', 'batch_sharding', 'build_mesh', 'constrain', 'global_batch',
+           'logical_to_spec', 'mesh_shape', 'replicated', 'shardings_for', 'use_rules']

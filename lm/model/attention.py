@@ -1,0 +1,61 @@
+"""Multi-head attention with grouped/multi-query KV heads, RoPE and packed-sequence masks."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lm.model.config import ModelConfig
+from lm.model.layers import Projection, dropout
+
+
+def rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding (rotate-half convention, as LLaMA/HF)."""
+  half = x_BTNH.shape[-1] // 2
+  freq_H = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle_BTH = positions_BT[..., None].astype(jnp.float32) * freq_H
+  sin_BT1H = jnp.sin(angle_BTH)[:, :, None, :]
+  cos_BT1H = jnp.cos(angle_BTH)[:, :, None, :]
+  x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos_BT1H - x2 * sin_BT1H, x2 * cos_BT1H + x1 * sin_BT1H], -1)
+  return out.astype(x_BTNH.dtype)
+
+
+def attention_mask(segment_ids_BT: jax.Array) -> jax.Array:
+  """[B, 1, T, T] boolean: causal, and a token sees only its own packed document."""
+  t = segment_ids_BT.shape[1]
+  causal_TT = jnp.tril(jnp.ones((t, t), dtype=bool))
+  same_BTT = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+  return (causal_TT[None] & same_BTT)[:, None]
+
+
+class Attention(nnx.Module):
+  """Causal self-attention through `jax.nn.dot_product_attention`."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, n, k, h = cfg.width, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    common = dict(use_bias=cfg.use_bias, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
+                  rngs=rngs)
+    self.q = Projection('BTD,DNH->BTNH', (d, n, h), ('embed', 'heads', 'head_dim'),
+                        bias_dims=2, std=cfg.init_std, **common)
+    self.k = Projection('BTD,DKH->BTKH', (d, k, h), ('embed', 'kv_heads', 'head_dim'),
+                        bias_dims=2, std=cfg.init_std, **common)
+    self.v = Projection('BTD,DKH->BTKH', (d, k, h), ('embed', 'kv_heads', 'head_dim'),
+                        bias_dims=2, std=cfg.init_std, **common)
+    # GPT-2's scaled init of residual-output projections: std / sqrt(2 * layers).
+    self.out = Projection('BTNH,NHD->BTD', (n, h, d), ('heads', 'head_dim', 'embed'),
+                          bias_dims=1, std=cfg.init_std / (2 * cfg.num_layers) ** 0.5, **common)
+    self.cfg = cfg
+
+  def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array, mask_B1TT: jax.Array,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    cfg = self.cfg
+    q_BTNH, k_BTKH, v_BTKH = self.q(x_BTD), self.k(x_BTD), self.v(x_BTD)
+    if cfg.position == 'rope':
+      q_BTNH = rope(q_BTNH, positions_BT, cfg.rope_theta)
+      k_BTKH = rope(k_BTKH, positions_BT, cfg.rope_theta)
+    implementation = None if cfg.attention == 'auto' else cfg.attention
+    o_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_B1TT,
+                                          implementation=implementation)
+    return dropout(self.out(o_BTNH), cfg.dropout, dropout_key)

@@ -1,0 +1,84 @@
+"""ModelConfig: the typed, frozen view of `config.model` that the modules read."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyperparameters of one decoder Transformer (GPT-2 or LLaMA style)."""
+
+  vocab_size: int
+  num_layers: int = 4
+  width: int = 256
+  num_heads: int = 4
+  num_kv_heads: int = 4
+  mlp_dim: int = 768
+  max_len: int = 256
+  norm: str = 'rmsnorm'  # 'rmsnorm' | 'layernorm'
+  norm_eps: float = 1e-5
+  mlp: str = 'swiglu'  # 'swiglu' | 'gelu'
+  position: str = 'rope'  # 'rope' | 'learned'
+  rope_theta: float = 10_000.0
+  use_bias: bool = False
+  tie_embeddings: bool = False
+  dropout: float = 0.0
+  init_std: float = 0.02
+  param_dtype: str = 'float32'
+  dtype: str = 'float32'
+  remat: str = 'none'  # 'none' | 'full' | 'dots'
+  unroll_layers: bool = False  # scan over the stacked layers unrolled (faster on CPU)
+  attention: str = 'xla'  # 'xla' | 'cudnn' | 'auto'
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.num_heads
+
+  @property
+  def jnp_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def jnp_param_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+  @classmethod
+  def from_config(cls, model: ml_collections.ConfigDict, *, vocab_size: int | None = None,
+                  seq_len: int | None = None) -> ModelConfig:
+    """Builds from `config.model`; 0-valued vocab_size/max_len come from the data."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in model.to_dict().items() if k in fields}
+    if not values.get('vocab_size'):
+      if vocab_size is None:
+        raise ValueError('model.vocab_size is 0 and no tokenizer vocabulary size was given')
+      values['vocab_size'] = vocab_size
+    if not values.get('max_len'):
+      values['max_len'] = seq_len or 0
+    return cls(**values)
+
+  def param_count(self) -> int:
+    """Number of parameters, computed from the shapes (no arrays are built)."""
+    d, h, k, dh, f, v = (self.width, self.num_heads, self.num_kv_heads, self.head_dim,
+                         self.mlp_dim, self.vocab_size)
+    bias = self.use_bias
+    attn = d * h * dh + 2 * d * k * dh + h * dh * d + (bias and (h * dh + 2 * k * dh + d))
+    mlp_in = 2 if self.mlp == 'swiglu' else 1
+    mlp = mlp_in * d * f + f * d + (bias and (mlp_in * f + d))
+    norm = d * (2 if self.norm == 'layernorm' else 1)
+    block = attn + mlp + 2 * norm
+    embed = v * d + (0 if self.tie_embeddings else d * v + (bias and v))
+    pos = self.max_len * d if self.position == 'learned' else 0
+    return self.num_layers * block + embed + pos + norm
+
+  def flops_per_token(self, seq_len: int) -> int:
+    """Training FLOPs per token: 6 x matmul parameters + attention (PaLM appendix B)."""
+    matmul_params = self.param_count() - self.vocab_size * self.width * (
+        1 if not self.tie_embeddings else 0)
+    if self.position == 'learned':
+      matmul_params -= self.max_len * self.width
+    attn = 12 * self.num_layers * self.num_heads * self.head_dim * seq_len // 2
+    return 6 * matmul_params + attn

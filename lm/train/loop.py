@@ -1,0 +1,233 @@
+"""The training loop: data -> jit'd steps -> eval, logging, checkpoints -> a sample.
+
+`train(config, workdir)` is the whole run; `lm.main` only parses flags and calls it,
+and notebooks call it directly (no absl flags needed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lm import config as config_lib
+from lm import parallel
+from lm.checkpoint import Checkpointer
+from lm.data import prepare
+from lm.model import ModelConfig
+from lm.train.metrics import MetricsWriter
+from lm.train.optimizer import build_optimizer
+from lm.train.sample import sample_tokens
+from lm.train.state import ModelDef, abstract_state, init_state, state_shardings
+from lm.train.step import make_eval_step, make_train_step, summarize_eval
+
+CONFIG_FILE = 'config.json'
+SAMPLE_FILE = 'sample.txt'
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN/inf; the last good checkpoint is left as it was."""
+
+
+def _stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+class Trainer:
+  """Holds one run's pieces; `run()` trains to `config.train.steps` (resuming if possible)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, log=None):
+    self.config = cfg = config_lib.resolve(config, num_devices=jax.device_count())
+    self.workdir = os.path.abspath(workdir)
+    self.mesh = parallel.build_mesh(cfg.mesh)
+    self.rules = cfg.mesh.rules
+    self.writer = MetricsWriter(self.workdir, total_steps=cfg.train.steps, enabled=False)
+    self._log = log or print
+    self.data = prepare(cfg.data, seq_len=cfg.data.seq_len, log=self.log)
+    self.tokenizer = self.data.tokenizer
+    model_cfg = ModelConfig.from_config(cfg.model, vocab_size=self.tokenizer.vocab_size,
+                                        seq_len=cfg.data.seq_len)
+    cfg.model.vocab_size = model_cfg.vocab_size  # the resolved config records it
+    self.model_def = ModelDef.create(model_cfg)
+    self.optimizer, self.schedule = build_optimizer(cfg.optimizer, cfg.train.steps)
+    self.shardings = state_shardings(self.model_def, self.optimizer, self.mesh, self.rules)
+    self.config_json = config_lib.to_json(cfg)
+    self.checkpoints = Checkpointer(os.path.join(self.workdir, 'checkpoints'),
+                                    keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    nproc = jax.process_count()
+    self.local_batch = cfg.train.batch_size // nproc
+    self.steps_per_dispatch = cfg.train.steps_per_dispatch
+    self.train_step = make_train_step(
+        self.model_def, self.optimizer, self.schedule, grad_accum=cfg.train.grad_accum,
+        mesh=self.mesh, rules=self.rules, shardings=self.shardings,
+        batch_sharding=parallel.batch_sharding(self.mesh, leading_dims=1))
+    self.eval_step = make_eval_step(
+        self.model_def, mesh=self.mesh, rules=self.rules,
+        param_shardings=self.shardings['params'],
+        batch_sharding=parallel.batch_sharding(self.mesh),
+        byte_lengths_V=jnp.asarray(self._byte_lengths(model_cfg.vocab_size)))
+
+  def log(self, msg: str) -> None:
+    if jax.process_index() == 0:
+      if self.writer.active:
+        self.writer.log(msg)
+      else:
+        self._log(msg)
+
+  def _byte_lengths(self, vocab_size: int) -> np.ndarray:
+    lengths = np.zeros(vocab_size, np.int32)
+    tok = self.tokenizer.byte_lengths()
+    lengths[:len(tok)] = tok
+    return lengths
+
+  # ---- state ------------------------------------------------------------------------------
+
+  def _initial_state(self) -> tuple[dict, Any]:
+    """A restored state and data iterator when the workdir has a checkpoint, else fresh."""
+    cfg = self.config
+    it = self.data.train_iterator(batch_size=self.local_batch, seed=cfg.seed,
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count())
+    step = self.checkpoints.latest_step()
+    if step is None:
+      return init_state(self.model_def, self.optimizer, cfg.seed, self.shardings), it
+    target = abstract_state(self.model_def, self.optimizer, cfg.seed, self.shardings)
+    state, data_state, _ = self.checkpoints.restore(target, step)
+    it.set_state(data_state)
+    self.log(f'resumed from {self.checkpoints.step_path(step)} (step {step})')
+    return state, it
+
+  def summary(self) -> str:
+    cfg, m = self.config, self.model_def.cfg
+    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+    return '\n'.join([
+        f'model: {m.num_layers} layers, width {m.width}, {m.num_heads} heads '
+        f'({m.num_kv_heads} kv), {m.norm}/{m.mlp}/{m.position}, vocab {m.vocab_size}',
+        f'parameters: {m.param_count():,}   FLOPs/token (train): '
+        f'{m.flops_per_token(cfg.data.seq_len):,}',
+        f'devices: {jax.device_count()} x {jax.devices()[0].platform} in '
+        f'{jax.process_count()} process(es); mesh {dict(self.mesh.shape)}',
+        f'batch: {cfg.train.batch_size} x {cfg.data.seq_len} = {tokens_per_step:,} tokens/step; '
+        f'{cfg.train.steps} steps = {tokens_per_step * cfg.train.steps:,} tokens',
+        f'workdir: {self.workdir}',
+    ])
+
+  # ---- the loop ---------------------------------------------------------------------------
+
+  def evaluate(self, params) -> dict[str, float]:
+    cfg = self.config
+    if not hasattr(self, '_eval_batches'):
+      local = self.data.eval_batches(batch_size=self.local_batch,
+                                     num_batches=cfg.train.eval_batches,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+      sharding = parallel.batch_sharding(self.mesh)
+      self._eval_batches = [parallel.global_batch(b, sharding) for b in local]
+    return summarize_eval([self.eval_step(params, b) for b in self._eval_batches])
+
+  def run(self) -> dict[str, Any]:
+    """Trains to the configured step count; returns the final metrics."""
+    cfg = self.config
+    os.makedirs(self.workdir, exist_ok=True)
+    if jax.process_index() == 0:
+      with open(os.path.join(self.workdir, CONFIG_FILE), 'w', encoding='utf-8') as f:
+        f.write(self.config_json)
+    state, it = self._initial_state()
+    start = int(state['step'])
+    self.log(self.summary())
+    self.writer = MetricsWriter(self.workdir, total_steps=cfg.train.steps, start_step=start)
+    k = self.steps_per_dispatch
+    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+    batch_sharding = parallel.batch_sharding(self.mesh, leading_dims=1)
+    final: dict[str, Any] = {}
+    pending: list[dict] = []  # device metrics not yet read back (dispatch ahead)
+    step, data_state = start, it.get_state()
+    t_last, step_last = time.perf_counter(), start
+    try:
+      while step < cfg.train.steps:
+        n = min(k, cfg.train.steps - step)
+        batches = _stack([next(it) for _ in range(n)])
+        data_state = it.get_state()
+        state, metrics = self.train_step(state, parallel.global_batch(batches, batch_sharding,
+                                                                      batch_axis=1))
+        pending.append(metrics)
+        step += n
+        if step_last == start and step - n == start:  # keep compilation out of tokens/s
+          jax.block_until_ready(metrics)
+          t_last, step_last = time.perf_counter(), step
+        last = step == cfg.train.steps
+        do_eval = step % cfg.train.eval_every == 0 or last
+        do_ckpt = step % cfg.checkpoint.every == 0 or last
+        if not (step % cfg.train.log_every == 0 or do_eval or do_ckpt):
+          continue
+        # Read back: this waits for the steps dispatched so far.
+        losses = np.concatenate([np.asarray(m['train/loss']) for m in pending])
+        if not np.all(np.isfinite(losses)):
+          bad = step - len(losses) + int(np.argmax(~np.isfinite(losses))) + 1
+          raise TrainingDiverged(
+              f'loss is {losses[~np.isfinite(losses)][0]} at step {bad}; stopping. The last '
+              f'good checkpoint ({self.checkpoints.latest_step()}) is intact in '
+              f'{self.checkpoints.directory}. Lower optimizer.lr or raise warmup_steps.')
+        now = time.perf_counter()
+        row = {'train/loss': float(losses.mean()),
+               'train/grad_norm': float(np.asarray(pending[-1]['train/grad_norm'])[-1]),
+               'train/lr': float(np.asarray(pending[-1]['train/lr'])[-1]),
+               'train/tokens_per_sec': (step - step_last) * tokens_per_step / max(now - t_last, 1e-9)}
+        pending.clear()
+        if do_eval:
+          row.update(self.evaluate(state['params']))
+          self.log(f'step {step}: train loss {row["train/loss"]:.4f}, '
+                   f'eval loss {row["eval/loss"]:.4f}, '
+                   f'bits/byte {row["eval/bits_per_byte"]:.3f}')
+        self.writer.write(step, row)
+        self.writer.progress(step, loss=row['train/loss'],
+                             tokens_per_sec=row['train/tokens_per_sec'])
+        final.update(row)
+        if do_ckpt:
+          self.checkpoints.save(step, state, data_state=data_state,
+                                config_json=self.config_json, eval_loss=row.get('eval/loss'))
+        t_last, step_last = time.perf_counter(), step
+    except KeyboardInterrupt:
+      # `state` and `data_state` always belong together: both are from the last dispatch.
+      jax.block_until_ready(state)
+      self.log(f'interrupted: saving step {step} to {self.checkpoints.directory}')
+      self.checkpoints.save(step, state, data_state=data_state, config_json=self.config_json)
+      self.checkpoints.close()
+      self.writer.close()
+      raise
+    except BaseException:
+      self.checkpoints.close()
+      self.writer.close()
+      raise
+    self.checkpoints.close()
+    self.writer.close()
+    if cfg.train.sample_tokens > 0:
+      final['sample'] = self.sample(state['params'])
+    return final
+
+  def sample(self, params) -> str:
+    """Continues a validation-text prompt and writes prompt + continuation to the workdir."""
+    cfg = self.config
+    prompt_text = self.data.val_text_sample(4 * cfg.train.sample_prompt_tokens + 64)
+    prompt_ids = self.tokenizer.encode(prompt_text)[:cfg.train.sample_prompt_tokens]
+    ids = sample_tokens(self.model_def, params, prompt_ids, num_tokens=cfg.train.sample_tokens,
+                        temperature=cfg.train.sample_temperature, seed=cfg.seed,
+                        window=cfg.data.seq_len)
+    prompt, continuation = self.tokenizer.decode(prompt_ids), self.tokenizer.decode(ids)
+    if jax.process_index() == 0:
+      with open(os.path.join(self.workdir, SAMPLE_FILE), 'w', encoding='utf-8') as f:
+        f.write(prompt + continuation)
+      self._log(f'---- sample (prompt from the validation split) ----\n{prompt}'
+                f'{continuation}\n----')
+    return prompt + continuation
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) the run `config` in `workdir`; returns the final metrics."""
+  return Trainer(config, workdir).run()

@@ -1,0 +1,82 @@
+"""The train state (params, optimizer state, step, RNG) and its sharded creation.
+
+The state is a plain dict of jax.Arrays: Flax NNX modules are split into a static
+graph definition and pure parameters at the jit boundary and merged back inside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from lm import parallel
+from lm.model import ModelConfig, Transformer
+
+
+def to_pure(state: nnx.State) -> dict:
+  return nnx.to_pure_dict(state) if hasattr(nnx, 'to_pure_dict') else state.to_pure_dict()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDef:
+  """What turns pure parameters back into a callable module."""
+
+  cfg: ModelConfig
+  graphdef: nnx.GraphDef
+  abstract_params: nnx.State  # shapes + metadata, used to rebuild an nnx.State
+
+  @classmethod
+  def create(cls, cfg: ModelConfig) -> ModelDef:
+    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(abstract, nnx.Param)
+    return cls(cfg, graphdef, params)
+
+  def merge(self, params: dict) -> Transformer:
+    state = jax.tree.map(lambda x: x, self.abstract_params)  # a fresh copy to fill
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(self.graphdef, state)
+
+  def logical_axes(self) -> dict:
+    return to_pure(nnx.eval_shape(lambda: Transformer(self.cfg, rngs=nnx.Rngs(0))).logical_axes())
+
+  def init_params(self, key: jax.Array) -> dict:
+    return to_pure(nnx.state(Transformer(self.cfg, rngs=nnx.Rngs(params=key)), nnx.Param))
+
+
+def state_shardings(model_def: ModelDef, optimizer: optax.GradientTransformation, mesh: Mesh,
+                    rules) -> dict:
+  """NamedShardings for every leaf of the train state, from the logical-axis rules."""
+  abstract_params = jax.eval_shape(model_def.init_params, jax.random.key(0))
+  param_sh = parallel.shardings_for(model_def.logical_axes(), abstract_params, mesh, rules)
+  abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+  opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, param_sh,
+                                 transform_non_params=lambda _: parallel.replicated(mesh))
+  rep = parallel.replicated(mesh)
+  return {'params': param_sh, 'opt_state': opt_sh, 'step': rep, 'rng': rep}
+
+
+def fresh_state(model_def: ModelDef, optimizer: optax.GradientTransformation, seed: int) -> dict:
+  """Step 0: parameters from `seed`, zeroed optimizer moments, the training RNG."""
+  init_key, train_key = jax.random.split(jax.random.key(seed))
+  params = model_def.init_params(init_key)
+  return {'params': params, 'opt_state': optimizer.init(params),
+          'step': jnp.zeros((), jnp.int32), 'rng': jax.random.key_data(train_key)}
+
+
+def init_state(model_def: ModelDef, optimizer: optax.GradientTransformation, seed: int,
+               shardings: dict) -> dict:
+  """A fresh train state, created directly in its sharded layout."""
+  return jax.jit(lambda: fresh_state(model_def, optimizer, seed), out_shardings=shardings)()
+
+
+def abstract_state(model_def: ModelDef, optimizer: optax.GradientTransformation, seed: int,
+                   shardings: dict) -> dict:
+  """ShapeDtypeStructs (with shardings) of the state: what a restore fills in."""
+  shapes = jax.eval_shape(lambda: fresh_state(model_def, optimizer, seed))
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      shapes, shardings)
