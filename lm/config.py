@@ -1,0 +1,437 @@
+"""Checks an experiment config once at start-up, fills its derived values, and (de)serializes it.
+
+A config FILE is checked here: unknown or missing keys (against `configs/default.py`),
+wrong types, values out of range and fields that disagree with each other or with the
+device count. Every problem names the dotted key and what would fix it, and all problems
+are reported at once. (`--config.x=...` overrides are type-checked by ml_collections.)
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import importlib.util
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+MESH_AXES = ('data', 'fsdp', 'tensor')  # the `mesh.*` size fields, in mesh order
+MIN_SENTENCEPIECE_VOCAB = 256  # room for the special tokens and every character of a corpus
+
+ENUMS: dict[str, tuple[str, ...]] = {
+    'data.source': ('stdlib', 'text', 'tfds'),
+    'data.split': ('document', 'tail'),
+    'data.tokenizer.kind': ('sentencepiece', 'byte', 'char'),
+    'data.tokenizer.model_type': ('bpe', 'unigram'),
+    'model.norm': ('rmsnorm', 'layernorm'),
+    'model.mlp': ('swiglu', 'gelu'),
+    'model.position': ('rope', 'learned'),
+    'model.remat': ('none', 'full', 'dots'),
+    'model.attention': ('xla', 'cudnn', 'auto'),
+    'model.param_dtype': ('float32', 'bfloat16'),
+    'model.dtype': ('float32', 'bfloat16'),
+    'optimizer.schedule': ('cosine', 'linear', 'constant'),
+}
+
+POSITIVE_INTS = (
+    'data.seq_len', 'data.tokenizer.max_train_chars',
+    'model.num_layers', 'model.width', 'model.num_heads', 'model.num_kv_heads', 'model.mlp_dim',
+    'train.steps', 'train.batch_size', 'train.grad_accum', 'train.steps_per_dispatch',
+    'train.log_every', 'train.eval_every', 'train.eval_batches',
+    'checkpoint.every', 'checkpoint.keep',
+)
+NON_NEGATIVE_INTS = (
+    'data.max_docs', 'model.vocab_size', 'model.max_len', 'optimizer.warmup_steps',
+    'train.sample_tokens', 'train.sample_prompt_tokens',
+)
+POSITIVE_FLOATS = (
+    'model.norm_eps', 'model.rope_theta', 'model.init_std', 'optimizer.lr', 'optimizer.eps',
+)
+NON_NEGATIVE_FLOATS = (
+    'optimizer.min_lr', 'optimizer.weight_decay', 'optimizer.grad_clip',
+    'train.sample_temperature',
+)
+# key -> (low, high, low inclusive, description of the allowed range)
+RANGES: dict[str, tuple[float, float, bool, str]] = {
+    'data.val_fraction': (0.0, 1.0, False, '0 < value < 1'),
+    'model.dropout': (0.0, 1.0, True, '0 <= value < 1'),
+    'optimizer.b1': (0.0, 1.0, True, '0 <= value < 1'),
+    'optimizer.b2': (0.0, 1.0, True, '0 <= value < 1'),
+}
+
+
+class ConfigError(ValueError):
+  """A config problem a user can fix; `problems` lists every one found."""
+
+  def __init__(self, problems: str | Sequence[str]):
+    self.problems = [problems] if isinstance(problems, str) else list(problems)
+    if len(self.problems) == 1:
+      msg = f'invalid config: {self.problems[0]}'
+    else:
+      lines = '\n'.join(f'  {i}. {p}' for i, p in enumerate(self.problems, 1))
+      msg = f'invalid config ({len(self.problems)} problems):\n{lines}'
+    super().__init__(msg)
+
+
+# ---- public API -------------------------------------------------------------------------
+
+
+def default_config() -> ConfigDict:
+  """The base config every experiment derives from (`configs/default.py`)."""
+  try:
+    from configs import default  # the repository's configs package, installed with lm
+  except ModuleNotFoundError:  # lm imported from a checkout that is not on sys.path
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        'configs', 'default.py')
+    spec = importlib.util.spec_from_file_location('_lm_default_config', path)
+    if spec is None or spec.loader is None or not os.path.exists(path):
+      raise
+    default = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(default)
+  return default.get_config()
+
+
+def check_known_keys(config: ConfigDict, base: ConfigDict | None = None) -> None:
+  """Raises ConfigError for keys that `base` (default: configs/default.py) lacks or has extra."""
+  problems = _key_problems(config, base if base is not None else default_config())
+  if problems:
+    raise ConfigError(problems)
+
+
+def validate(config: ConfigDict, *, num_devices: int) -> None:
+  """Raises ConfigError listing every problem in `config` for a run on `num_devices` devices."""
+  if not isinstance(num_devices, int) or isinstance(num_devices, bool) or num_devices < 1:
+    raise ValueError(f'num_devices must be a positive int, got {num_devices!r}')
+  base = default_config()
+  problems = _key_problems(config, base) + _type_problems(config, base)
+  if problems:  # value checks assume the keys exist and have the right types
+    raise ConfigError(problems)
+  problems = _value_problems(config, num_devices)
+  if problems:
+    raise ConfigError(problems)
+
+
+def resolve(config: ConfigDict, *, num_devices: int) -> ConfigDict:
+  """Returns a validated copy with derived values filled in.
+
+  `model.max_len=0` becomes `data.seq_len`; a mesh size of -1 becomes the devices the
+  other mesh axes leave. `model.vocab_size=0` stays: the tokenizer fills it later.
+  """
+  validate(config, num_devices=num_devices)
+  out = ConfigDict(config.to_dict())  # a plain copy: FieldReferences resolved, never frozen
+  if out.model.max_len == 0:
+    out.model.max_len = out.data.seq_len
+  sizes = {a: out.mesh[a] for a in MESH_AXES}
+  if -1 in sizes.values():
+    rest = math.prod(s for s in sizes.values() if s != -1)
+    for a, s in sizes.items():
+      if s == -1:
+        out.mesh[a] = num_devices // rest
+  validate(out, num_devices=num_devices)
+  return out
+
+
+def to_json(config: ConfigDict) -> str:
+  """The config as indented JSON (tuples become lists; `from_json` turns them back)."""
+  return json.dumps(config.to_dict(), indent=2)
+
+
+def from_json(s: str) -> ConfigDict:
+  """Inverse of `to_json`: JSON lists come back as tuples, as configs/default.py writes them."""
+  try:
+    d = json.loads(s)
+  except json.JSONDecodeError as e:
+    raise ConfigError(f'config JSON does not parse ({e}); was it written by '
+                      'lm.config.to_json?') from e
+  if not isinstance(d, dict):
+    raise ConfigError(f'config JSON must hold an object, got {type(d).__name__}')
+  return ConfigDict(_lists_to_tuples(d))
+
+
+# ---- keys and types ---------------------------------------------------------------------
+
+
+def _leaves(c: ConfigDict, prefix: str = '') -> Iterator[tuple[str, Any]]:
+  """(dotted key, value) for every leaf; nested ConfigDicts are walked, not yielded."""
+  for k, v in c.items():
+    key = f'{prefix}{k}'
+    if isinstance(v, ConfigDict):
+      yield from _leaves(v, key + '.')
+    else:
+      yield key, v
+
+
+def _all_keys(c: ConfigDict, prefix: str = '') -> list[str]:
+  """Every dotted key, sections included ('model' and 'model.width')."""
+  out = []
+  for k, v in c.items():
+    out.append(f'{prefix}{k}')
+    if isinstance(v, ConfigDict):
+      out += _all_keys(v, f'{prefix}{k}.')
+  return out
+
+
+def _key_problems(config: ConfigDict, base: ConfigDict) -> list[str]:
+  known = _all_keys(base)
+  known_set = set(known)
+  have = _all_keys(config)
+  have_sections = {k for k in have if isinstance(_get(config, k), ConfigDict)}
+  have_set = set(have)
+  problems = []
+  for key in have:
+    parent = key.rpartition('.')[0]
+    if key in known_set or (parent and parent not in known_set):
+      continue  # known, or inside an unknown section already reported
+    siblings = [k for k in known if k.rpartition('.')[0] == parent]
+    close = _closest(key, siblings) or _closest(key, known)  # same section first, then anywhere
+    hint = f"did you mean '{close}'?" if close else (
+        f"known keys here: {', '.join(k.rpartition('.')[2] for k in siblings)}.")
+    problems.append(f"unknown key '{key}' (not in configs/default.py); {hint} "
+                    'New settings must be added to configs/default.py first.')
+  for key in known:
+    parent = key.rpartition('.')[0]
+    if key not in have_set and (not parent or parent in have_sections):
+      problems.append(f"missing key '{key}'; start the config from configs.default.get_config() "
+                      'and override fields instead of building a new ConfigDict.')
+  return problems
+
+
+def _closest(key: str, candidates: list[str]) -> str | None:
+  """The candidate whose last name part is most like `key`'s (difflib), if any is close."""
+  by_leaf: dict[str, str] = {}
+  for k in candidates:
+    by_leaf.setdefault(k.rpartition('.')[2], k)
+  match = difflib.get_close_matches(key.rpartition('.')[2], list(by_leaf), n=1, cutoff=0.6)
+  return by_leaf[match[0]] if match else None
+
+
+def _type_ok(value: Any, like: Any) -> bool:
+  if isinstance(like, bool):
+    return isinstance(value, bool)
+  if isinstance(like, int):
+    return isinstance(value, int) and not isinstance(value, bool)
+  if isinstance(like, float):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(like, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  return isinstance(value, type(like))
+
+
+def _type_problems(config: ConfigDict, base: ConfigDict) -> list[str]:
+  base_leaves = dict(_leaves(base))
+  base_sections = set(_all_keys(base)) - set(base_leaves)
+  problems = []
+  for key, value in _leaves(config):
+    if key in base_sections:
+      problems.append(f"'{key}' must be a section (ConfigDict) as in configs/default.py, "
+                      f'got {type(value).__name__} {value!r}')
+    elif key in base_leaves and not _type_ok(value, base_leaves[key]):
+      like = base_leaves[key]
+      want = 'int or float' if isinstance(like, float) else type(like).__name__
+      problems.append(f'{key}={value!r} has type {type(value).__name__}; it must be {want} '
+                      f'(the default is {like!r}).')
+  for key, like in base_leaves.items():
+    if isinstance(_get(config, key), ConfigDict):
+      problems.append(f"'{key}' must be a value like the default {like!r}, "
+                      'not a section.')
+  return problems
+
+
+def _get(c: ConfigDict, key: str) -> Any:
+  """The value at a dotted key, or None where the path does not exist."""
+  node: Any = c
+  for part in key.split('.'):
+    if not isinstance(node, ConfigDict) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+# ---- values -----------------------------------------------------------------------------
+
+
+def _value_problems(c: ConfigDict, num_devices: int) -> list[str]:
+  problems: list[str] = []
+  add = problems.append
+
+  def get(key: str) -> Any:
+    return _get(c, key)
+
+  for key, allowed in ENUMS.items():
+    if get(key) not in allowed:
+      close = difflib.get_close_matches(str(get(key)), allowed, n=1)
+      hint = f" (did you mean '{close[0]}'?)" if close else ''
+      add(f'{key}={get(key)!r} is not one of {", ".join(map(repr, allowed))}{hint}.')
+  for key in POSITIVE_INTS:
+    if get(key) < 1:
+      add(f'{key}={get(key)} must be a positive integer.')
+  divisors_ok = all(get(k) >= 1 for k in POSITIVE_INTS)
+  for key in NON_NEGATIVE_INTS:
+    if get(key) < 0:
+      note = {'model.vocab_size': ' (0: the tokenizer size)', 'model.max_len': ' (0: data.seq_len)',
+              'data.max_docs': ' (0: all documents)'}.get(key, '')
+      add(f'{key}={get(key)} must be >= 0{note}.')
+  for key in POSITIVE_FLOATS:
+    if not get(key) > 0:
+      add(f'{key}={get(key)} must be > 0.')
+  for key in NON_NEGATIVE_FLOATS:
+    if not get(key) >= 0:
+      note = ' (0 disables clipping)' if key == 'optimizer.grad_clip' else ''
+      add(f'{key}={get(key)} must be >= 0{note}.')
+  for key, (lo, hi, lo_inclusive, text) in RANGES.items():
+    v = get(key)
+    if not ((lo <= v if lo_inclusive else lo < v) and v < hi):
+      add(f'{key}={v} is out of range; it must satisfy {text}.')
+  if not divisors_ok:
+    return problems  # the cross-field checks below divide by these values
+
+  _data_problems(c, add)
+  _model_problems(c, add)
+  _train_problems(c, add)
+  _mesh_problems(c, num_devices, add)
+  return problems
+
+
+def _data_problems(c: ConfigDict, add: Callable[[str], None]) -> None:
+  d = c.data
+  if d.source == 'text':
+    if not d.path:
+      add("data.path is empty but data.source='text' needs one; give a .txt/.jsonl file, "
+          "a directory or a glob (e.g. --config.data.path='corpus/*.txt').")
+    elif not glob.glob(os.path.expanduser(d.path)):
+      add(f'data.path={d.path!r} matches no file; give a .txt/.jsonl file, a directory or a '
+          'glob that exists on this machine.')
+  if d.source == 'tfds' and not d.tfds_name:
+    add("data.tfds_name is empty but data.source='tfds' needs a TFDS dataset name "
+        "(e.g. --config.data.tfds_name=tiny_shakespeare).")
+  if d.source == 'tfds' and not d.tfds_split:
+    add("data.tfds_split is empty but data.source='tfds' reads documents from it; "
+        "use e.g. 'train' or 'train[:10%]'.")
+  t = d.tokenizer
+  if t.kind == 'sentencepiece' and t.vocab_size < MIN_SENTENCEPIECE_VOCAB:
+    add(f'data.tokenizer.vocab_size={t.vocab_size} is too small for sentencepiece; use >= '
+        f"{MIN_SENTENCEPIECE_VOCAB}, or data.tokenizer.kind='byte' for a tiny vocabulary.")
+
+
+def _model_problems(c: ConfigDict, add: Callable[[str], None]) -> None:
+  m = c.model
+  if m.width % m.num_heads:
+    add(f'model.width={m.width} is not divisible by model.num_heads={m.num_heads}; '
+        'change one so that width / num_heads is the head dimension.')
+  elif m.position == 'rope' and (m.width // m.num_heads) % 2:
+    add(f'model.position=rope needs an even head dimension, but model.width/model.num_heads = '
+        f'{m.width}/{m.num_heads} = {m.width // m.num_heads}; change model.width or '
+        'model.num_heads.')
+  if m.num_heads % m.num_kv_heads:
+    add(f'model.num_heads={m.num_heads} is not divisible by model.num_kv_heads={m.num_kv_heads}; '
+        'each key/value head must serve a whole group of query heads.')
+  if m.position == 'learned' and 0 < m.max_len < c.data.seq_len:
+    add(f'model.max_len={m.max_len} is shorter than data.seq_len={c.data.seq_len}: the learned '
+        'position table would not cover a training row; raise it or set 0 (= data.seq_len).')
+  t = c.data.tokenizer
+  if m.vocab_size and t.kind == 'sentencepiece' and m.vocab_size < t.vocab_size:
+    add(f'model.vocab_size={m.vocab_size} is smaller than data.tokenizer.vocab_size='
+        f'{t.vocab_size}; token ids would overflow the embedding. Set 0 to take the '
+        'tokenizer size.')
+  if c.optimizer.min_lr > c.optimizer.lr:
+    add(f'optimizer.min_lr={c.optimizer.min_lr} is above optimizer.lr={c.optimizer.lr}; '
+        'the schedule decays from lr to min_lr.')
+
+
+def _train_problems(c: ConfigDict, add: Callable[[str], None]) -> None:
+  t = c.train
+  if t.batch_size % t.grad_accum:
+    add(f'train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}; '
+        'each microbatch must have the same number of rows.')
+  k = t.steps_per_dispatch
+  for key, v in (('train.log_every', t.log_every), ('train.eval_every', t.eval_every),
+                 ('checkpoint.every', c.checkpoint.every)):
+    if v % k:
+      add(f'{key}={v} is not a multiple of train.steps_per_dispatch={k}: the loop only sees the '
+          f'state between dispatches; use e.g. {key}={max(k, v // k * k)}.')
+
+
+def _mesh_problems(c: ConfigDict, num_devices: int, add: Callable[[str], None]) -> None:
+  sizes = {a: c.mesh[a] for a in MESH_AXES}
+  names = ', '.join(f'mesh.{a}={s}' for a, s in sizes.items())
+  bad = [a for a, s in sizes.items() if s != -1 and s < 1]
+  for a in bad:
+    add(f'mesh.{a}={sizes[a]} must be a positive size, or -1 to take the remaining devices.')
+  wild = [a for a, s in sizes.items() if s == -1]
+  if len(wild) > 1:
+    add(f"more than one mesh size is -1 ({', '.join('mesh.' + a for a in wild)}); at most one "
+        'axis can take the remaining devices. Give the others explicit sizes.')
+  _rules_problems(c.mesh.rules, add)
+  if bad or len(wild) > 1:
+    return
+  rest = math.prod(s for s in sizes.values() if s != -1)
+  if wild:
+    if num_devices % rest:
+      add(f'mesh.{wild[0]}=-1 cannot take the remaining devices: {num_devices} devices are not '
+          f'divisible by the product of the other mesh sizes ({names}: {rest}). Make that '
+          f'product divide {num_devices}.')
+      return
+    sizes[wild[0]] = num_devices // rest
+  elif rest != num_devices:
+    product = '*'.join(str(s) for s in sizes.values())
+    add(f'the mesh has {product} = {rest} devices ({names}) but this run has {num_devices}; '
+        f'make the product equal {num_devices}, e.g. --config.mesh.data=-1 to give the data '
+        'axis the remaining devices.')
+    return
+
+  m, tp, dp = c.model, sizes['tensor'], sizes['data'] * sizes['fsdp']
+  for key, v in (('model.num_heads', m.num_heads), ('model.num_kv_heads', m.num_kv_heads),
+                 ('model.mlp_dim', m.mlp_dim)):
+    if v % tp:
+      add(f'mesh.tensor={tp} does not divide {key}={v}; tensor parallelism splits it over the '
+          'tensor axis. Choose a mesh.tensor that divides it.')
+  if m.width % sizes['fsdp']:
+    add(f"mesh.fsdp={sizes['fsdp']} does not divide model.width={m.width}; FSDP shards the "
+        'embedding dimension over it.')
+  b, a = c.train.batch_size, c.train.grad_accum
+  if b % a == 0 and (b // a) % dp:
+    what = (f'train.batch_size={b}' if a == 1 else
+            f'train.batch_size/train.grad_accum = {b}/{a} = {b // a} rows per microbatch')
+    add(f'{what} is not divisible by mesh.data*mesh.fsdp = {sizes["data"]}*{sizes["fsdp"]} = '
+        f'{dp}, the devices a batch is split over; use a batch_size that is a multiple of '
+        f'{dp * a}.')
+
+
+def _rules_problems(rules: Any, add: Callable[[str], None]) -> None:
+  seen: set[str] = set()
+  for i, rule in enumerate(rules):
+    where = f'mesh.rules[{i}]'
+    if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)):
+      add(f"{where}={rule!r} must be a pair (logical axis name, mesh axes), e.g. "
+          "('embed', ('fsdp',)).")
+      continue
+    name, axes = rule
+    if name in seen:
+      add(f"{where} repeats the logical axis '{name}'; give each logical axis one rule.")
+    seen.add(name)
+    if axes is None or isinstance(axes, str):
+      axes = (axes,) if axes else ()
+    if not isinstance(axes, (tuple, list)) or not all(isinstance(a, str) for a in axes):
+      add(f'{where} maps {name!r} to {rule[1]!r}; mesh axes must be a tuple of names from '
+          f"{MESH_AXES} ('' or () for replicated).")
+      continue
+    unknown = [a for a in axes if a and a not in MESH_AXES]
+    if unknown:
+      add(f"{where} maps '{name}' to unknown mesh axes {unknown}; use names from {MESH_AXES}.")
+    named = [a for a in axes if a]
+    if len(set(named)) != len(named):
+      add(f"{where} uses a mesh axis twice for '{name}': {tuple(axes)}.")
+
+
+def _lists_to_tuples(x: Any) -> Any:
+  if isinstance(x, dict):
+    return {k: _lists_to_tuples(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_lists_to_tuples(v) for v in x)
+  return x
