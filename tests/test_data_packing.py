@@ -1,0 +1,118 @@
+"""Packing (segments, positions, weights, no token lost), row storage, atomic cache dirs."""
+
+import numpy as np
+import pytest
+
+from lm.data import cache, loader, packing
+
+
+def _hand_made():
+  docs = [np.array([10, 11, 12]), np.array([20]), np.array([30, 31, 32, 33, 34]), np.array([40])]
+  return packing.pack(docs, seq_len=4, bos_id=1, eos_id=2)
+
+
+def test_pack_hand_made_rows_and_segments():
+  tokens_NL, segments_NL = _hand_made()
+  assert tokens_NL.tolist() == [[1, 10, 11, 12, 2],
+                                [1, 20, 2, 1, 30],
+                                [31, 32, 33, 34, 2],  # continues doc 3: a new segment 1
+                                [1, 40, 2, 0, 0]]  # final row padded with 0
+  assert segments_NL.tolist() == [[1, 1, 1, 1, 1],
+                                  [1, 1, 1, 2, 2],
+                                  [1, 1, 1, 1, 1],
+                                  [1, 1, 1, 0, 0]]
+  assert tokens_NL.dtype == segments_NL.dtype == np.int32
+
+
+def test_rows_to_batch_hand_made():
+  tokens_NL, segments_NL = _hand_made()
+  batch = packing.rows_to_batch(np.stack([tokens_NL, segments_NL], axis=1))
+  assert batch['inputs'][1].tolist() == [1, 20, 2, 1]
+  assert batch['targets'][1].tolist() == [20, 2, 1, 30]
+  assert batch['segment_ids'][1].tolist() == [1, 1, 1, 2]
+  assert batch['positions'][1].tolist() == [0, 1, 2, 0]
+  assert batch['weights'][1].tolist() == [1, 1, 0, 1]  # eos -> next doc's bos is not a target
+  assert batch['positions'][2].tolist() == [0, 1, 2, 3]
+  assert batch['weights'][2].tolist() == [1, 1, 1, 1]
+  assert batch['inputs'][3].tolist() == [1, 40, 2, 0]
+  assert batch['segment_ids'][3].tolist() == [1, 1, 1, 0]
+  assert batch['positions'][3].tolist() == [0, 1, 2, 0]
+  assert batch['weights'][3].tolist() == [1, 1, 0, 0]
+  assert {k: v.dtype for k, v in batch.items()} == {
+      'inputs': np.int32, 'targets': np.int32, 'segment_ids': np.int32,
+      'positions': np.int32, 'weights': np.float32}
+
+
+def _reference(segments_L):
+  """Loop version of positions and weights for one row."""
+  positions, weights = [], []
+  for t in range(len(segments_L) - 1):
+    start = t == 0 or segments_L[t] != segments_L[t - 1]
+    positions.append(0 if segments_L[t] == 0 or start else positions[-1] + 1)
+    weights.append(float(segments_L[t + 1] == segments_L[t] != 0))
+  return positions, weights
+
+
+def test_no_token_lost_and_batch_matches_reference():
+  rng = np.random.default_rng(0)
+  docs = [rng.integers(3, 100, size=rng.integers(0, 40)).astype(np.int32) for _ in range(50)]
+  tokens_NL, segments_NL = packing.pack(docs, seq_len=16, bos_id=1, eos_id=2)
+  stream = np.concatenate([np.concatenate([[1], d, [2]]) for d in docs])
+  flat = tokens_NL.reshape(-1)
+  assert flat[:len(stream)].tolist() == stream.tolist()
+  assert not flat[len(stream):].any() and len(flat) - len(stream) < 17
+  assert not segments_NL.reshape(-1)[len(stream):].any()
+  batch = packing.rows_to_batch(np.stack([tokens_NL, segments_NL], axis=1))
+  for n in range(len(tokens_NL)):
+    positions, weights = _reference(segments_NL[n].tolist())
+    assert batch['positions'][n].tolist() == positions
+    assert batch['weights'][n].tolist() == weights
+  # Segments count document pieces: a new id exactly where a bos starts a document.
+  starts_NL = np.diff(segments_NL, axis=1) > 0
+  is_bos_NL = (tokens_NL[:, 1:] == 1) & (segments_NL[:, 1:] > 0)
+  assert (starts_NL == is_bos_NL).all()
+
+
+def test_document_order_is_a_fixed_permutation():
+  order = packing.document_order(100)
+  assert sorted(order.tolist()) == list(range(100))
+  assert order.tolist() != list(range(100))
+  assert order.tolist() == packing.document_order(100).tolist()
+
+
+def test_rows_round_trip_through_array_record(tmp_path):
+  tokens_NL, segments_NL = _hand_made()
+  path = tmp_path / 'rows.array_record'
+  packing.write_rows(path, tokens_NL, segments_NL)
+  rows_N2L = loader.read_all(path)
+  assert rows_N2L.dtype == np.int32
+  assert (rows_N2L[:, 0] == tokens_NL).all() and (rows_N2L[:, 1] == segments_NL).all()
+
+
+def test_atomic_dir_publishes_on_success_only(tmp_path):
+  final = tmp_path / 'entry'
+  with pytest.raises(RuntimeError), cache.atomic_dir(final) as tmp:
+    (tmp / 'half').write_text('x')
+    raise RuntimeError('interrupted')
+  assert not final.exists() and list(tmp_path.iterdir()) == []
+  with cache.atomic_dir(final) as tmp:
+    (tmp / 'done').write_text('ok')
+  assert (final / 'done').read_text() == 'ok' and list(tmp_path.iterdir()) == [final]
+
+
+def test_atomic_dir_concurrent_writer_wins(tmp_path):
+  final = tmp_path / 'entry'
+  with cache.atomic_dir(final) as tmp:
+    (tmp / 'mine').write_text('late')
+    final.mkdir()  # another process renamed its copy in first
+    (final / 'theirs').write_text('early')
+  assert [p.name for p in final.iterdir()] == ['theirs']
+  assert list(tmp_path.iterdir()) == [final]
+
+
+def test_cache_root_precedence(tmp_path, monkeypatch):
+  monkeypatch.setenv('LM_CACHE', str(tmp_path / 'env'))
+  assert cache.cache_root(str(tmp_path / 'cfg')) == tmp_path / 'cfg'
+  assert cache.cache_root('') == tmp_path / 'env'
+  monkeypatch.delenv('LM_CACHE')
+  assert str(cache.cache_root('')).endswith('.cache/lm')
