@@ -66,7 +66,7 @@ def test_gqa_and_mqa_run_and_differ_from_mha():
   for kv in (1, 2, 4):
     cfg = dataclasses.replace(LLAMA, num_kv_heads=kv)
     model = _model(cfg)
-    assert model.blocks.attn.k.kernel.shape == (2, 64, kv, 16)
+    assert model.blocks.attn.qkv.kernel.shape == (2, 64, kv, 4 // kv + 2, 16)
     assert model(jnp.ones((1, 8), jnp.int32)).shape == (1, 8, 97)
 
 
@@ -90,8 +90,8 @@ def test_remat_and_unroll_give_the_same_gradients(remat):
 def test_layers_are_stacked_in_one_layout():
   model = _model(LLAMA)
   axes = model.logical_axes()
-  assert axes['blocks']['mlp']['up']['kernel'] == ('layers', 'embed', 'mlp')
-  assert model.blocks.mlp.up.kernel.shape == (2, 64, 96)
+  assert axes['blocks']['mlp']['up']['kernel'] == ('layers', 'embed', 'mlp', None)
+  assert model.blocks.mlp.up.kernel.shape == (2, 64, 96, 2)
   # Layers are initialised independently.
   w = model.blocks.mlp.up.kernel[...]
   assert not np.allclose(w[0], w[1])
@@ -105,3 +105,23 @@ def test_dropout_is_active_only_with_a_key():
   a = model(tokens, dropout_key=jax.random.key(0))
   b = model(tokens, dropout_key=jax.random.key(1))
   assert not np.allclose(a, b)
+
+
+def test_grouped_query_attention_matches_a_per_head_reference():
+  """Query head n attends with KV head n // (heads / kv_heads), as in LLaMA/HF."""
+  from lm.model.attention import Attention, attention_mask
+  cfg = dataclasses.replace(LLAMA, num_heads=4, num_kv_heads=2, position='learned')
+  attn = Attention(cfg, rngs=nnx.Rngs(3))
+  x = np.asarray(jax.random.normal(jax.random.key(4), (1, 6, 64)))
+  w = np.asarray(attn.qkv.kernel[...])  # [D, K, G + 2, H]
+  wo = np.asarray(attn.out.kernel[...])  # [N, H, D]
+  g = 2
+  out = np.zeros((6, 64))
+  for n in range(4):
+    kv = n // g
+    q, k, v = x[0] @ w[:, kv, n % g], x[0] @ w[:, kv, g], x[0] @ w[:, kv, g + 1]
+    s = q @ k.T / np.sqrt(16) + np.triu(np.full((6, 6), -np.inf), 1)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    out += (p / p.sum(-1, keepdims=True)) @ v @ wo[n]
+  got = attn(jnp.asarray(x), jnp.arange(6)[None], attention_mask(jnp.ones((1, 6), jnp.int32)))
+  np.testing.assert_allclose(got[0], out, atol=1e-5)

@@ -31,18 +31,22 @@ def attention_mask(segment_ids_BT: jax.Array) -> jax.Array:
 
 
 class Attention(nnx.Module):
-  """Causal self-attention through `jax.nn.dot_product_attention`."""
+  """Causal self-attention through `jax.nn.dot_product_attention`.
+
+  Q, K and V come from one fused projection whose kernel is laid out per KV group,
+  [D, K, G + 2, H] (G = query heads per KV head, then one K and one V head): one larger
+  matmul is faster than three small ones, and splitting the 'kv_heads' axis over a
+  tensor-parallel mesh keeps every group's q, k and v on the same device.
+  """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     d, n, k, h = cfg.width, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    self.groups = n // k
     common = dict(use_bias=cfg.use_bias, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
                   rngs=rngs)
-    self.q = Projection('BTD,DNH->BTNH', (d, n, h), ('embed', 'heads', 'head_dim'),
-                        bias_dims=2, std=cfg.init_std, **common)
-    self.k = Projection('BTD,DKH->BTKH', (d, k, h), ('embed', 'kv_heads', 'head_dim'),
-                        bias_dims=2, std=cfg.init_std, **common)
-    self.v = Projection('BTD,DKH->BTKH', (d, k, h), ('embed', 'kv_heads', 'head_dim'),
-                        bias_dims=2, std=cfg.init_std, **common)
+    self.qkv = Projection('BTD,DKGH->BTKGH', (d, k, self.groups + 2, h),
+                          ('embed', 'kv_heads', None, 'head_dim'), bias_dims=3,
+                          std=cfg.init_std, **common)
     # GPT-2's scaled init of residual-output projections: std / sqrt(2 * layers).
     self.out = Projection('BTNH,NHD->BTD', (n, h, d), ('heads', 'head_dim', 'embed'),
                           bias_dims=1, std=cfg.init_std / (2 * cfg.num_layers) ** 0.5, **common)
@@ -51,7 +55,11 @@ class Attention(nnx.Module):
   def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array, mask_B1TT: jax.Array,
                dropout_key: jax.Array | None = None) -> jax.Array:
     cfg = self.cfg
-    q_BTNH, k_BTKH, v_BTKH = self.q(x_BTD), self.k(x_BTD), self.v(x_BTD)
+    b, t, _ = x_BTD.shape
+    qkv_BTKGH = self.qkv(x_BTD)
+    q_BTNH = qkv_BTKGH[:, :, :, :self.groups].reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k_BTKH = qkv_BTKGH[:, :, :, self.groups]
+    v_BTKH = qkv_BTKGH[:, :, :, self.groups + 1]
     if cfg.position == 'rope':
       q_BTNH = rope(q_BTNH, positions_BT, cfg.rope_theta)
       k_BTKH = rope(k_BTKH, positions_BT, cfg.rope_theta)

@@ -10,22 +10,32 @@ from lm.model.layers import Projection, dropout
 
 
 class MLP(nnx.Module):
-  """x -> down(act(up(x))) with act = silu(gate(x)) * up(x) for SwiGLU."""
+  """x -> down(act(up(x))); for SwiGLU act = silu(gate(x)) * up(x).
+
+  SwiGLU's gate and up projections are one fused kernel [D, F, 2] (one matmul instead
+  of two); F stays the outer axis so a tensor-parallel split of 'mlp' keeps each
+  unit's gate and up together.
+  """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     d, f = cfg.width, cfg.mlp_dim
     common = dict(use_bias=cfg.use_bias, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
-                  rngs=rngs, bias_dims=1)
-    self.up = Projection('BTD,DF->BTF', (d, f), ('embed', 'mlp'), std=cfg.init_std, **common)
-    self.gate = (Projection('BTD,DF->BTF', (d, f), ('embed', 'mlp'), std=cfg.init_std, **common)
-                 if cfg.mlp == 'swiglu' else None)
-    self.down = Projection('BTF,FD->BTD', (f, d), ('mlp', 'embed'),
+                  rngs=rngs)
+    self.gated = cfg.mlp == 'swiglu'
+    if self.gated:
+      self.up = Projection('BTD,DFC->BTFC', (d, f, 2), ('embed', 'mlp', None), bias_dims=2,
+                           std=cfg.init_std, **common)
+    else:
+      self.up = Projection('BTD,DF->BTF', (d, f), ('embed', 'mlp'), bias_dims=1,
+                           std=cfg.init_std, **common)
+    self.down = Projection('BTF,FD->BTD', (f, d), ('mlp', 'embed'), bias_dims=1,
                            std=cfg.init_std / (2 * cfg.num_layers) ** 0.5, **common)
     self.dropout_rate = cfg.dropout
 
   def __call__(self, x_BTD: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
-    if self.gate is not None:
-      h_BTF = jax.nn.silu(self.gate(x_BTD)) * self.up(x_BTD)
+    if self.gated:
+      up_BTFC = self.up(x_BTD)
+      h_BTF = jax.nn.silu(up_BTFC[..., 0]) * up_BTFC[..., 1]
     else:
       h_BTF = jax.nn.gelu(self.up(x_BTD), approximate=True)
     return dropout(self.down(h_BTF), self.dropout_rate, dropout_key)

@@ -88,7 +88,7 @@ class Transformer(nnx.Module):
 
     x_BTD = self.final_norm(x_BTD)
     w_DV = self.embed[...].T if self.unembed is None else self.unembed[...]
-    logits_BTV = jnp.einsum('BTD,DV->BTV', x_BTD, w_DV.astype(cfg.jnp_dtype))
+    logits_BTV = (x_BTD.reshape(b * t, -1) @ w_DV.astype(cfg.jnp_dtype)).reshape(b, t, -1)
     if self.unembed_bias is not None:
       logits_BTV = logits_BTV + self.unembed_bias[...].astype(cfg.jnp_dtype)
     return constrain(logits_BTV.astype(jnp.float32), ('batch', 'seq', 'act_vocab'))
