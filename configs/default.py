@@ -53,7 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'  # compute dtype
   c.model.remat = 'none'  # 'none' | 'full' | 'dots' (save matmul outputs)
   c.model.unroll_layers = True  # same stacked layout; unrolled scan is faster on CPU, rolled compiles faster
-  c.model.attention = 'xla'  # jax.nn.dot_product_attention implementation: 'xla' | 'cudnn' | 'auto'
+  # jax.nn.dot_product_attention implementation: 'auto' (cuDNN where it applies, else
+  # XLA) | 'xla' | 'cudnn'
+  c.model.attention = 'auto'
 
   # ---- optimizer (lm/train/optimizer.py) -------------------------------------
   c.optimizer = ml_collections.ConfigDict()

@@ -6,13 +6,22 @@ Rerunning the same command on the same workdir resumes from its latest checkpoin
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+_DEFAULT_CONFIG = 'configs/default.py'
+_CONFIG_FLAG = re.compile(r'^--?config(=|$)')
+if __name__ == '__main__' and not any(_CONFIG_FLAG.match(a) for a in sys.argv[1:]):
+  # Name the default config explicitly so that it loads (and --config.* overrides apply)
+  # inside app.run's flag parsing, where _parse_flags reports a bad override in one line,
+  # not at import time with a traceback.
+  sys.argv.insert(1, f'--config={_DEFAULT_CONFIG}')
+
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/default.py',
+    'config', _DEFAULT_CONFIG,
     'Experiment config file (a Python file with get_config()); override any field with '
     '--config.<field>=<value>, e.g. --config.train.steps=100.')
 _WORKDIR = flags.DEFINE_string(
@@ -23,6 +32,23 @@ _WORKDIR = flags.DEFINE_string(
 
 def default_workdir(config_path: str) -> str:
   return os.path.join('workdirs', os.path.splitext(os.path.basename(config_path))[0])
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, but a --config.<key> override naming a key the config lacks ends
+  the run with one line naming it instead of a traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections: an override names no config field
+    while e.args and isinstance(e.args[0], BaseException):
+      e = e.args[0]  # the KeyError inside the AttributeError
+    name, _, hint = str(e.args[0] if e.args else e).partition('\n')
+    name = name.strip('\'"')
+    given = [a.split('=', 1)[0] for a in argv[1:]
+             if a.lstrip('-').startswith('config.') and name in a.split('=', 1)[0]]
+    print(f"error: unknown config key '{name}' in {', '.join(given) or 'a --config.* override'}"
+          f"{'; ' + hint if hint else ''} (configs/default.py lists every key)", file=sys.stderr)
+    sys.exit(1)
 
 
 def main(argv: list[str]) -> None:
@@ -47,4 +73,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

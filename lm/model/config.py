@@ -32,7 +32,7 @@ class ModelConfig:
   dtype: str = 'float32'
   remat: str = 'none'  # 'none' | 'full' | 'dots'
   unroll_layers: bool = False  # scan over the stacked layers unrolled (faster on CPU)
-  attention: str = 'xla'  # 'xla' | 'cudnn' | 'auto'
+  attention: str = 'auto'  # 'auto' | 'xla' | 'cudnn'
 
   @property
   def head_dim(self) -> int:

@@ -135,10 +135,12 @@ class Trainer:
     """Trains to the configured step count; returns the final metrics."""
     cfg = self.config
     os.makedirs(self.workdir, exist_ok=True)
+    # Restore before writing config.json: a checkpoint this config cannot resume leaves the
+    # workdir's config.json as it was.
+    state, it = self._initial_state()
     if jax.process_index() == 0:
       with open(os.path.join(self.workdir, CONFIG_FILE), 'w', encoding='utf-8') as f:
         f.write(self.config_json)
-    state, it = self._initial_state()
     start = int(state['step'])
     self.log(self.summary())
     self.writer = MetricsWriter(self.workdir, total_steps=cfg.train.steps, start_step=start)
@@ -177,8 +179,10 @@ class Trainer:
         now = time.perf_counter()
         row = {'train/loss': float(losses.mean()),
                'train/grad_norm': float(np.asarray(pending[-1]['train/grad_norm'])[-1]),
-               'train/lr': float(np.asarray(pending[-1]['train/lr'])[-1]),
-               'train/tokens_per_sec': (step - step_last) * tokens_per_step / max(now - t_last, 1e-9)}
+               'train/lr': float(np.asarray(pending[-1]['train/lr'])[-1])}
+        if step > step_last:  # none timed yet when only the (compiling) first dispatch ran
+          row['train/tokens_per_sec'] = (step - step_last) * tokens_per_step / max(now - t_last,
+                                                                                   1e-9)
         pending.clear()
         if do_eval:
           row.update(self.evaluate(state['params']))
@@ -187,7 +191,7 @@ class Trainer:
                    f'bits/byte {row["eval/bits_per_byte"]:.3f}')
         self.writer.write(step, row)
         self.writer.progress(step, loss=row['train/loss'],
-                             tokens_per_sec=row['train/tokens_per_sec'])
+                             tokens_per_sec=row.get('train/tokens_per_sec', 0.0))
         final.update(row)
         if do_ckpt:
           self.checkpoints.save(step, state, data_state=data_state,
