@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.max_docs = 0  # read at most this many documents (in source order); 0: all
   c.data.cache_dir = ''  # prepared ArrayRecord files + tokenizers; '' -> $LM_CACHE or ~/.cache/lm
   c.data.seq_len = 256  # tokens per training row (inputs and targets each)
+  # Training rows start every this many tokens: 0 = seq_len + 1 (no overlap); smaller
+  # values give overlapping windows, like nanoGPT's random crops (validation never overlaps).
+  c.data.train_row_stride = 0
   c.data.tokenizer = ml_collections.ConfigDict()
   c.data.tokenizer.kind = 'sentencepiece'  # 'sentencepiece' | 'byte' | 'char'
   c.data.tokenizer.model_type = 'bpe'  # sentencepiece: 'bpe' | 'unigram'
@@ -67,7 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.b2 = 0.95
   c.optimizer.eps = 1e-8
   c.optimizer.weight_decay = 0.1
-  c.optimizer.decay_norms_biases_embeddings = False  # False: exclude them from weight decay
+  # Parameter kinds weight decay skips, of 'norm', 'bias', 'embed' (nanoGPT: norm, bias).
+  c.optimizer.weight_decay_exclude = ('norm', 'bias', 'embed')
   c.optimizer.grad_clip = 1.0  # global-norm clipping; 0 disables
 
   # ---- training loop (lm/train/loop.py) ------------------------------------
@@ -88,6 +92,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint.every = 500
   c.checkpoint.keep = 2  # the last K; the best by eval loss is kept as well
   c.checkpoint.async_save = True
+
+  # ---- runtime (lm/runtime.py; applied by lm.main / lm.bench before jax starts) --------
+  c.runtime = ml_collections.ConfigDict()
+  # Split the host CPU into this many XLA devices for data parallelism across cores:
+  # 0 = one device (XLA's default), -1 = one per core. Ignored when XLA_FLAGS sets it.
+  c.runtime.cpu_devices = 0
 
   # ---- mesh (lm/parallel) ------------------------------------------------
   # Sizes per mesh axis; one may be -1 to take the remaining devices.

@@ -23,25 +23,32 @@ _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed dispatches first (compilati
 _VOCAB = flags.DEFINE_integer('vocab_size', 0, 'Vocabulary size when config.model.vocab_size '
                               'is 0 (default: the config\'s tokenizer, prepared if needed).')
 _PEAK_N = flags.DEFINE_integer('peak_matmul_size', 2048, 'Square matmul size used to measure '
-                               'the peak FLOP/s (per device).')
+                               'the machine\'s peak FLOP/s (one such matmul per device).')
 _JSON = flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
 
 
 def peak_matmul_flops(n: int, dtype: str, repeats: int = 10) -> float:
-  """Measured FLOP/s of an n x n x n matmul on device 0 (median of `repeats`)."""
+  """Measured FLOP/s of the whole machine: one n x n x n matmul on every device at once
+  (median of `repeats`), so devices that share cores are not counted twice."""
   import jax
   import jax.numpy as jnp
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
-  mm = jax.jit(lambda x, y: x @ y)
+  devices = jax.devices()
+  sharding = NamedSharding(Mesh(devices, ('d',)), PartitionSpec('d'))
+  shape = (len(devices), n, n)
+  a = jax.device_put(jax.random.normal(jax.random.key(0), shape, jnp.float32).astype(dtype),
+                     sharding)
+  b = jax.device_put(jax.random.normal(jax.random.key(1), shape, jnp.float32).astype(dtype),
+                     sharding)
+  mm = jax.jit(lambda x, y: jnp.einsum('dij,djk->dik', x, y), out_shardings=sharding)
   mm(a, b).block_until_ready()
   times = []
   for _ in range(repeats):
     t = time.perf_counter()
     mm(a, b).block_until_ready()
     times.append(time.perf_counter() - t)
-  return 2 * n**3 / statistics.median(times)
+  return len(devices) * 2 * n**3 / statistics.median(times)
 
 
 def run_benchmark(config, *, dispatches: int, warmup: int, vocab_size: int = 0,
@@ -101,7 +108,7 @@ def run_benchmark(config, *, dispatches: int, warmup: int, vocab_size: int = 0,
   step_s = statistics.median(times)
   tokens_per_sec = b * t / step_s
   flops_per_token = model_cfg.flops_per_token(t)
-  peak = peak_matmul_flops(peak_n, model_cfg.dtype) * jax.device_count()
+  peak = peak_matmul_flops(peak_n, model_cfg.dtype)
   device = jax.devices()[0]
   return {
       'device': f'{jax.device_count()} x {getattr(device, "device_kind", device.platform)}',
@@ -120,6 +127,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  from lm import runtime
+  runtime.use_cpu_devices(_CONFIG.value.runtime.cpu_devices)  # before jax is imported
   r = run_benchmark(_CONFIG.value, dispatches=_DISPATCHES.value, warmup=_WARMUP.value,
                     vocab_size=_VOCAB.value, peak_n=_PEAK_N.value)
   print(f"device: {r['device']} (jax {r['jax']})")

@@ -56,6 +56,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  from lm import runtime
+  runtime.use_cpu_devices(_CONFIG.value.runtime.cpu_devices)  # before jax is imported
   from lm import config as config_lib  # deferred: --help should not import jax
   from lm.checkpoint import CheckpointError
   from lm.data import DataError

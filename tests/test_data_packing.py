@@ -116,3 +116,14 @@ def test_cache_root_precedence(tmp_path, monkeypatch):
   assert cache.cache_root('') == tmp_path / 'env'
   monkeypatch.delenv('LM_CACHE')
   assert str(cache.cache_root('')).endswith('.cache/lm')
+
+
+def test_stride_gives_overlapping_windows_with_their_own_segments():
+  docs = [np.arange(10, 30, dtype=np.int32), np.arange(40, 45, dtype=np.int32)]
+  tokens_NL, segments_NL = packing.pack(docs, 7, 1, 2, stride=3)
+  stream = np.concatenate([[1], docs[0], [2], [1], docs[1], [2]])
+  assert tokens_NL.shape == (len(range(0, len(stream) - 8 + 1, 3)), 8)
+  for n, row in enumerate(tokens_NL):
+    assert row.tolist() == stream[3 * n:3 * n + 8].tolist()
+  assert segments_NL[0].tolist() == [1] * 8
+  assert segments_NL[6].tolist() == [1, 1, 1, 1, 2, 2, 2, 2]  # the second document starts

@@ -206,7 +206,11 @@ def test_eval_batches_are_fixed_and_sharded(prepared):
   b = prepared.eval_batches(batch_size=2, num_batches=3)
   assert len(a) == 3 and all((x[k] == y[k]).all() for x, y in zip(a, b, strict=True) for k in x)
   stored = prepared.rows('validation')
-  assert a[0]['inputs'].tolist() == stored[:2, 0, :-1].tolist()  # stored order, no shuffle
+  # Rows spread evenly over the split, in stored order (no shuffle).
+  spread = (np.arange(6) * len(stored)) // 6
+  assert a[0]['inputs'].tolist() == stored[spread[:2], 0, :-1].tolist()
+  assert a[2]['inputs'].tolist() == stored[spread[4:], 0, :-1].tolist()
+  assert spread[-1] > len(stored) // 2  # not just the split's first rows
   shards = [prepared.eval_batches(batch_size=1, num_batches=3, process_index=p, process_count=2)
             for p in range(2)]
   for n in range(3):

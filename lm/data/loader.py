@@ -17,11 +17,12 @@ import numpy as np
 from lm.data import packing
 from lm.data.errors import DataError
 
-_READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)
+def _source(path: pathlib.Path) -> grain.sources.ArrayRecordDataSource:
+  return grain.sources.ArrayRecordDataSource([str(path)])
 
 
 def _rows(path: pathlib.Path) -> grain.MapDataset:
-  return grain.MapDataset.source(grain.sources.ArrayRecordDataSource([str(path)]))
+  return grain.MapDataset.source(_source(path))
 
 
 def _check_sharding(batch_size: int, process_index: int, process_count: int) -> None:
@@ -44,14 +45,20 @@ class TrainIterator:
   def __init__(self, path: pathlib.Path, *, batch_size: int, seed: int,
                process_index: int, process_count: int):
     _check_sharding(batch_size, process_index, process_count)
-    rows = _rows(path)
-    self._num_rows = len(rows)
-    dataset = (rows.shuffle(seed=shuffle_seed(seed)).repeat()
+    source = _source(path)
+    self._num_rows = len(source)
+    # Grain orders, shards and batches row *indices*; a batch's rows are then read
+    # directly. Host CPU per batch of 12 rows: 1.1 ms, against 2 ms for a per-row Grain
+    # map with threaded prefetch — time taken from the train step on a 2-core machine.
+    def read_batch(index_B: np.ndarray) -> dict[str, np.ndarray]:
+      records = [source[int(i)] for i in index_B]
+      return packing.rows_to_batch(np.stack([packing.parse_row(r) for r in records]))
+
+    dataset = (grain.MapDataset.range(self._num_rows).shuffle(seed=shuffle_seed(seed)).repeat()
                [process_index::process_count]
-               .map(packing.parse_row)
                .batch(batch_size, drop_remainder=True)
-               .map(packing.rows_to_batch))
-    self._iterator = dataset.to_iter_dataset(_READ_OPTIONS).__iter__()
+               .map(read_batch))
+    self._iterator = dataset.__iter__()
     # What a saved state is only valid for (process_index is not in it: every process
     # is at the same step, so any process's state restores any other).
     self._pipeline = {'seed': int(seed), 'batch_size': int(batch_size),
@@ -76,18 +83,23 @@ class TrainIterator:
 
 def eval_batches(path: pathlib.Path, *, batch_size: int, num_batches: int,
                  process_index: int, process_count: int) -> list[dict[str, np.ndarray]]:
-  """The first `num_batches` batches of the rows in stored order (fewer if the split
-  is smaller; at least one, wrapping around the split if needed)."""
+  """`num_batches` batches of rows spread evenly over the whole split (all of it if it is
+  smaller; at least one batch, wrapping around the split if needed).
+
+  Evenly spread rows estimate the loss of the whole split; the first rows alone
+  measure only the text the split happens to start with.
+  """
   _check_sharding(batch_size, process_index, process_count)
   rows = _rows(path)
   global_batch = batch_size * process_count
   available = len(rows) // global_batch
   n = max(1, min(num_batches, available))
-  if available == 0:
-    rows = rows.repeat()
-  dataset = (rows[process_index::process_count].map(packing.parse_row)
-             .batch(batch_size, drop_remainder=True).map(packing.rows_to_batch))
-  return [dataset[i] for i in range(n)]
+  total = n * global_batch
+  picked_N = (np.arange(total) * len(rows)) // total if available else np.arange(total) % len(rows)
+  mine_N = picked_N[process_index::process_count]
+  rows_N2L = np.stack([packing.parse_row(rows[int(i)]) for i in mine_N])
+  return [packing.rows_to_batch(rows_N2L[b * batch_size:(b + 1) * batch_size])
+          for b in range(n)]
 
 
 def read_all(path: pathlib.Path) -> np.ndarray:

@@ -23,8 +23,12 @@ def document_order(num_docs: int) -> np.ndarray:
 
 
 def pack(docs: Sequence[np.ndarray], seq_len: int, bos_id: int, eos_id: int,
-         pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """tokens_NL, segments_NL (int32) of `docs` (token arrays) packed in the given order."""
+         pad_id: int = 0, stride: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """tokens_NL, segments_NL (int32) of `docs` (token arrays) packed in the given order.
+
+  Rows start every `stride` tokens of the stream (0: every seq_len + 1, no overlap);
+  a smaller stride gives overlapping windows, like nanoGPT's random crops.
+  """
   row_len = seq_len + 1
   lengths_D = np.array([len(d) + 2 for d in docs], np.int64)
   stream = np.empty(int(lengths_D.sum()), np.int32)
@@ -35,6 +39,11 @@ def pack(docs: Sequence[np.ndarray], seq_len: int, bos_id: int, eos_id: int,
     stream[start + 1:end - 1] = doc
     stream[end - 1] = eos_id
   doc_of_token = np.repeat(np.arange(len(docs), dtype=np.int64), lengths_D)
+  if stride and stride != row_len and len(stream) > row_len:
+    starts_N = np.arange(0, len(stream) - row_len + 1, stride)
+    window_NL = starts_N[:, None] + np.arange(row_len)
+    tokens_NL, doc_NL = stream[window_NL], doc_of_token[window_NL]
+    return tokens_NL, (doc_NL - doc_NL[:, :1] + 1).astype(np.int32)
   num_rows = -(-len(stream) // row_len)
   pad = num_rows * row_len - len(stream)
   tokens_NL = np.concatenate([stream, np.full(pad, pad_id, np.int32)]).reshape(num_rows, row_len)

@@ -111,9 +111,11 @@ def prepare(data_cfg: Any, seq_len: int | None = None, log: Log = print) -> Prep
     log(f'[data] tokenizer {tok_key} built in {time.perf_counter() - start:.1f}s')
   tokenizer = tokenizers.load(tok_dir)
 
-  packed_dir = root / f'packed-{tok_key}-{seq_len}'
+  stride = data_cfg.get('train_row_stride', 0)
+  packed_dir = root / f'packed-{tok_key}-{seq_len}' if not stride else (
+      root / f'packed-{tok_key}-{seq_len}-stride{stride}')
   if not packed_dir.is_dir():
-    _build_packed(tokenizer, docs_dir, packed_dir, seq_len, log)
+    _build_packed(tokenizer, docs_dir, packed_dir, seq_len, log, stride)
   stats = {**doc_stats, **cache.read_json(packed_dir / 'meta.json'),
            'vocab_size': tokenizer.vocab_size, 'tokenizer': tok_key, 'seq_len': seq_len,
            'cache_path': str(root)}
@@ -148,7 +150,7 @@ def _build_documents(cfg: Any, identity: dict[str, Any], docs_dir: pathlib.Path,
 
 
 def _build_packed(tokenizer: Tokenizer, docs_dir: pathlib.Path, packed_dir: pathlib.Path,
-                  seq_len: int, log: Log) -> None:
+                  seq_len: int, log: Log, train_stride: int = 0) -> None:
   start = time.perf_counter()
   meta: dict[str, Any] = {}
   with cache.atomic_dir(packed_dir) as tmp:
@@ -157,7 +159,8 @@ def _build_packed(tokenizer: Tokenizer, docs_dir: pathlib.Path, packed_dir: path
       ids = tokenizer.encode_batch(texts)
       order = packing.document_order(len(ids))
       tokens_NL, segments_NL = packing.pack([ids[i] for i in order], seq_len,
-                                            tokenizer.bos_id, tokenizer.eos_id)
+                                            tokenizer.bos_id, tokenizer.eos_id,
+                                            stride=train_stride if name == 'train' else 0)
       num_tokens = sum(len(x) + 2 for x in ids)
       if num_tokens < seq_len + 1:
         raise DataError(f'the {name} split has {num_tokens} tokens, fewer than one row of '

@@ -145,12 +145,15 @@ class Trainer:
     self.log(self.summary())
     self.writer = MetricsWriter(self.workdir, total_steps=cfg.train.steps, start_step=start)
     k = self.steps_per_dispatch
-    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
     batch_sharding = parallel.batch_sharding(self.mesh, leading_dims=1)
     final: dict[str, Any] = {}
-    pending: list[dict] = []  # device metrics not yet read back (dispatch ahead)
+    # (last step of a dispatch, its device metrics), not yet read back. A plain log step's
+    # row is read only after the next dispatch is queued, so the device never waits for
+    # the host; eval and checkpoint steps read back at once (they need the state).
+    pending: list[tuple[int, dict]] = []
+    deferred: int | None = None
     step, data_state = start, it.get_state()
-    t_last, step_last = time.perf_counter(), start
+    self._t_last, self._step_last = time.perf_counter(), start
     try:
       while step < cfg.train.steps:
         n = min(k, cfg.train.steps - step)
@@ -158,48 +161,39 @@ class Trainer:
         data_state = it.get_state()
         state, metrics = self.train_step(state, parallel.global_batch(batches, batch_sharding,
                                                                       batch_axis=1))
-        pending.append(metrics)
         step += n
-        if step_last == start and step - n == start:  # keep compilation out of tokens/s
+        pending.append((step, metrics))
+        if self._step_last == start and step - n == start:  # keep compilation out of tokens/s
           jax.block_until_ready(metrics)
-          t_last, step_last = time.perf_counter(), step
+          self._t_last, self._step_last = time.perf_counter(), step
+        if deferred is not None:
+          final.update(self._report(deferred, self._train_row(pending, deferred)))
+          deferred = None
         last = step == cfg.train.steps
         do_eval = step % cfg.train.eval_every == 0 or last
         do_ckpt = step % cfg.checkpoint.every == 0 or last
-        if not (step % cfg.train.log_every == 0 or do_eval or do_ckpt):
+        if not (do_eval or do_ckpt):
+          if step % cfg.train.log_every == 0:
+            deferred = step
           continue
-        # Read back: this waits for the steps dispatched so far.
-        losses = np.concatenate([np.asarray(m['train/loss']) for m in pending])
-        if not np.all(np.isfinite(losses)):
-          bad = step - len(losses) + int(np.argmax(~np.isfinite(losses))) + 1
-          raise TrainingDiverged(
-              f'loss is {losses[~np.isfinite(losses)][0]} at step {bad}; stopping. The last '
-              f'good checkpoint ({self.checkpoints.latest_step()}) is intact in '
-              f'{self.checkpoints.directory}. Lower optimizer.lr or raise warmup_steps.')
-        now = time.perf_counter()
-        row = {'train/loss': float(losses.mean()),
-               'train/grad_norm': float(np.asarray(pending[-1]['train/grad_norm'])[-1]),
-               'train/lr': float(np.asarray(pending[-1]['train/lr'])[-1])}
-        if step > step_last:  # none timed yet when only the (compiling) first dispatch ran
-          row['train/tokens_per_sec'] = (step - step_last) * tokens_per_step / max(now - t_last,
-                                                                                   1e-9)
-        pending.clear()
+        row = self._train_row(pending, step)  # waits for the steps dispatched so far
         if do_eval:
           row.update(self.evaluate(state['params']))
           self.log(f'step {step}: train loss {row["train/loss"]:.4f}, '
                    f'eval loss {row["eval/loss"]:.4f}, '
                    f'bits/byte {row["eval/bits_per_byte"]:.3f}')
-        self.writer.write(step, row)
-        self.writer.progress(step, loss=row['train/loss'],
-                             tokens_per_sec=row.get('train/tokens_per_sec', 0.0))
-        final.update(row)
+        final.update(self._report(step, row))
         if do_ckpt:
           self.checkpoints.save(step, state, data_state=data_state,
                                 config_json=self.config_json, eval_loss=row.get('eval/loss'))
-        t_last, step_last = time.perf_counter(), step
+        self._t_last = time.perf_counter()  # eval and checkpoint time is not training time
     except KeyboardInterrupt:
       # `state` and `data_state` always belong together: both are from the last dispatch.
       jax.block_until_ready(state)
+      for log_step in sorted({deferred, step if step % cfg.train.log_every == 0 else None}
+                             - {None}):
+        if any(end <= log_step for end, _ in pending):  # rows the resumed run will not redo
+          self._report(log_step, self._train_row(pending, log_step))
       self.log(f'interrupted: saving step {step} to {self.checkpoints.directory}')
       self.checkpoints.save(step, state, data_state=data_state, config_json=self.config_json)
       self.checkpoints.close()
@@ -214,6 +208,36 @@ class Trainer:
     if cfg.train.sample_tokens > 0:
       final['sample'] = self.sample(state['params'])
     return final
+
+  def _train_row(self, pending: list[tuple[int, dict]], upto: int) -> dict[str, float]:
+    """Reads back the metrics of the dispatches ending at or before `upto` (and removes
+    them from `pending`); raises TrainingDiverged on a NaN/inf loss or gradient."""
+    done = [m for end, m in pending if end <= upto]
+    del pending[:len(done)]
+    losses = np.concatenate([np.asarray(m['train/loss']) for m in done])
+    norms = np.concatenate([np.asarray(m['train/grad_norm']) for m in done])
+    bad = ~(np.isfinite(losses) & np.isfinite(norms))
+    if bad.any():
+      first = int(np.argmax(bad))
+      raise TrainingDiverged(
+          f'loss {losses[first]}, gradient norm {norms[first]} at step '
+          f'{upto - len(losses) + first + 1}; stopping. The last good checkpoint '
+          f'({self.checkpoints.latest_step()}) is intact in {self.checkpoints.directory}. '
+          'Lower optimizer.lr or raise optimizer.warmup_steps.')
+    now = time.perf_counter()
+    row = {'train/loss': float(losses.mean()), 'train/grad_norm': float(norms[-1]),
+           'train/lr': float(np.asarray(done[-1]['train/lr'])[-1])}
+    if upto > self._step_last:  # none timed yet when only the (compiling) first dispatch ran
+      tokens = (upto - self._step_last) * self.config.train.batch_size * self.config.data.seq_len
+      row['train/tokens_per_sec'] = tokens / max(now - self._t_last, 1e-9)
+    self._t_last, self._step_last = now, upto
+    return row
+
+  def _report(self, step: int, row: dict[str, float]) -> dict[str, float]:
+    self.writer.write(step, row)
+    self.writer.progress(step, loss=row['train/loss'],
+                         tokens_per_sec=row.get('train/tokens_per_sec', 0.0))
+    return row
 
   def sample(self, params) -> str:
     """Continues a validation-text prompt and writes prompt + continuation to the workdir."""

@@ -25,15 +25,22 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> 
   return optax.join_schedules([warm, decay], [warmup])
 
 
-def decay_mask(params) -> dict:
-  """True for the parameters weight decay applies to: matrices, not norms/biases/embeddings."""
+WEIGHT_DECAY_KINDS = ('norm', 'bias', 'embed')
+
+
+def decay_mask(params, exclude: tuple[str, ...]) -> dict:
+  """True where weight decay applies: every parameter except the excluded kinds —
+  'norm' (norm scales), 'bias' (biases), 'embed' (token/position embedding tables)."""
   def is_decayed(path, leaf) -> bool:
-    names = [str(getattr(k, 'key', k)) for k in path]
-    if names[-1] in ('bias', 'scale') or names[-1].endswith('_bias'):
-      return False
-    if names[-1] in ('embed', 'pos_embed'):
-      return False
-    return leaf.ndim >= 2
+    name = str(getattr(path[-1], 'key', path[-1]))
+    parent = str(getattr(path[-2], 'key', path[-2])) if len(path) > 1 else ''
+    if name == 'scale' or (name == 'bias' and parent.endswith('norm')):
+      return 'norm' not in exclude
+    if name == 'bias' or name.endswith('_bias'):
+      return 'bias' not in exclude
+    if name in ('embed', 'pos_embed'):
+      return 'embed' not in exclude
+    return True
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
@@ -41,7 +48,8 @@ def build_optimizer(opt: ml_collections.ConfigDict, total_steps: int
                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optax chain the train step applies, and its learning-rate schedule."""
   schedule = learning_rate_schedule(opt, total_steps)
-  mask = None if opt.decay_norms_biases_embeddings else decay_mask
+  exclude = tuple(opt.weight_decay_exclude)
+  mask = (lambda params: decay_mask(params, exclude)) if exclude else None
   chain = []
   if opt.grad_clip > 0:
     chain.append(optax.clip_by_global_norm(opt.grad_clip))
