@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.val_fraction = 0.05
   c.data.max_docs = 0  # read at most this many documents (in source order); 0: all
   c.data.cache_dir = ''  # prepared ArrayRecord files + tokenizers; '' -> $LM_CACHE or ~/.cache/lm
-  c.data.seq_len = 256  # tokens per training row (inputs and targets each)
+  c.data.seq_len = 128  # tokens per training row (inputs and targets each)
   # Training rows start every this many tokens: 0 = seq_len + 1 (no overlap); smaller
   # values give overlapping windows, like nanoGPT's random crops (validation never overlaps).
   c.data.train_row_stride = 0
@@ -38,10 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.vocab_size = 0  # 0: take the tokenizer's vocabulary size
   c.model.num_layers = 4
-  c.model.width = 256
-  c.model.num_heads = 4
-  c.model.num_kv_heads = 4  # < num_heads: grouped-query attention; 1: multi-query
-  c.model.mlp_dim = 768
+  c.model.width = 192
+  c.model.num_heads = 6
+  c.model.num_kv_heads = 2  # < num_heads: grouped-query attention; 1: multi-query
+  c.model.mlp_dim = 512
   c.model.max_len = 0  # learned positions: table size; 0: data.seq_len
   c.model.norm = 'rmsnorm'  # 'rmsnorm' | 'layernorm'
   c.model.norm_eps = 1e-5
@@ -76,12 +76,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- training loop (lm/train/loop.py) ------------------------------------
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 1500
+  c.train.steps = 1200
   c.train.batch_size = 16  # global, in rows of data.seq_len tokens
   c.train.grad_accum = 1  # microbatches per step; batch_size must divide by it
   c.train.steps_per_dispatch = 10  # optimizer steps run inside one jit call (lax.scan)
   c.train.log_every = 10  # must be a multiple of steps_per_dispatch
-  c.train.eval_every = 250
+  c.train.eval_every = 200
   c.train.eval_batches = 10
   c.train.sample_tokens = 200  # tokens generated from a validation prompt at the end
   c.train.sample_prompt_tokens = 32
@@ -89,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- checkpoints (lm/checkpoint.py) ----------------------------------------
   c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every = 500
+  c.checkpoint.every = 400
   c.checkpoint.keep = 2  # the last K; the best by eval loss is kept as well
   c.checkpoint.async_save = True
 
