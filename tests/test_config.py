@@ -61,11 +61,14 @@ BAD = {
     'negative warmup': ({'optimizer.warmup_steps': -5}, ['optimizer.warmup_steps']),
     'negative max_docs': ({'data.max_docs': -1}, ['data.max_docs=-1', '0: all documents']),
     # model shape
-    'width % heads': ({'model.width': 250},
+    'width % heads': ({'model.width': 250, 'model.num_heads': 4, 'model.num_kv_heads': 4},
                       ['model.width=250 is not divisible by model.num_heads=4']),
-    'heads % kv_heads': ({'model.num_kv_heads': 3}, ['model.num_heads=4', 'model.num_kv_heads=3']),
-    'rope odd head_dim': ({'model.width': 12}, ['model.position', 'model.width/model.num_heads']),
-    'learned positions too short': ({'model.position': 'learned', 'model.max_len': 128},
+    'heads % kv_heads': ({'model.num_heads': 4, 'model.num_kv_heads': 3},
+                         ['model.num_heads=4', 'model.num_kv_heads=3']),
+    'rope odd head_dim': ({'model.width': 12, 'model.num_heads': 4, 'model.num_kv_heads': 4},
+                          ['model.position', 'model.width/model.num_heads']),
+    'learned positions too short': ({'model.position': 'learned', 'model.max_len': 128,
+                                     'data.seq_len': 256},
                                     ['model.max_len=128', 'data.seq_len=256']),
     'model vocab below tokenizer': ({'model.vocab_size': 1000}, ['model.vocab_size=1000']),
     # mesh
@@ -152,7 +155,7 @@ def test_resolve_fills_derived_values():
   for n in (1, 8):
     resolved = config_lib.resolve(config, num_devices=n)
     assert (resolved.mesh.data, resolved.mesh.fsdp, resolved.mesh.tensor) == (n, 1, 1)
-    assert resolved.model.max_len == config.data.seq_len == 256
+    assert resolved.model.max_len == config.data.seq_len > 0
     assert resolved.model.vocab_size == 0  # the tokenizer fills it later
   assert config.mesh.data == -1 and config.model.max_len == 0  # the input is not modified
 
