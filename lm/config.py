@@ -97,6 +97,22 @@ def default_config() -> ConfigDict:
   return default.get_config()
 
 
+def from_flag(holder) -> ConfigDict:
+  """The config of an `ml_collections.config_flags` --config flag; a file that does not
+  load is a ConfigError naming it (ml_collections defers that error to first use)."""
+  try:
+    config = holder.value
+    config.keys()  # a config that failed to load raises here, on first use
+    return config
+  except OSError as e:
+    cause = e
+    while cause.__cause__ is not None or cause.__context__ is not None:
+      cause = cause.__cause__ or cause.__context__
+    reason = ' '.join(str(cause).split())
+    raise ConfigError(f'--config: cannot load the config file ({reason}); give a '
+                      'Python file with get_config(), e.g. --config=configs/default.py') from e
+
+
 def check_known_keys(config: ConfigDict, base: ConfigDict | None = None) -> None:
   """Raises ConfigError for keys that `base` (default: configs/default.py) lacks or has extra."""
   problems = _key_problems(config, base if base is not None else default_config())

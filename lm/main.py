@@ -56,16 +56,21 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  from lm import config as config_lib
   from lm import runtime
-  runtime.use_cpu_devices(_CONFIG.value.runtime.cpu_devices)  # before jax is imported
-  from lm import config as config_lib  # deferred: --help should not import jax
-  from lm.checkpoint import CheckpointError
+  try:
+    config = config_lib.from_flag(_CONFIG)
+  except config_lib.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  runtime.use_cpu_devices(config.runtime.cpu_devices)  # before jax is imported
+  from lm.checkpoint import CheckpointError  # deferred: --help should not import jax
   from lm.data import DataError
   from lm.train import TrainingDiverged, train
 
   workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS['config']))
   try:
-    train(_CONFIG.value, workdir)
+    train(config, workdir)
   except (config_lib.ConfigError, DataError, CheckpointError, TrainingDiverged) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

@@ -174,3 +174,10 @@ def test_empty_text_file_is_named(env, tmp_path):
   result = _main(env, *TINY, f'--config.data.path={empty}', f'--workdir={tmp_path / "run"}')
   _assert_user_error(result, str(empty), 'no non-empty text')
   assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def test_a_config_file_that_does_not_exist_is_named(env, tmp_path):
+  workdir = tmp_path / 'run'
+  result = _main(env, '--config=configs/no_such_experiment.py', f'--workdir={workdir}')
+  _assert_user_error(result, 'configs/no_such_experiment.py', 'No such file')
+  assert not workdir.exists()
