@@ -72,6 +72,7 @@ class Trainer:
         param_shardings=self.shardings['params'],
         batch_sharding=parallel.batch_sharding(self.mesh),
         byte_lengths_V=jnp.asarray(self._byte_lengths(model_cfg.vocab_size)))
+    self._eval_batches: list[dict] | None = None
 
   def log(self, msg: str) -> None:
     if jax.process_index() == 0:
@@ -122,7 +123,7 @@ class Trainer:
 
   def evaluate(self, params) -> dict[str, float]:
     cfg = self.config
-    if not hasattr(self, '_eval_batches'):
+    if self._eval_batches is None:  # built on first use, then reused
       local = self.data.eval_batches(batch_size=self.local_batch,
                                      num_batches=cfg.train.eval_batches,
                                      process_index=jax.process_index(),
@@ -137,7 +138,11 @@ class Trainer:
     os.makedirs(self.workdir, exist_ok=True)
     # Restore before writing config.json: a checkpoint this config cannot resume leaves the
     # workdir's config.json as it was.
-    state, it = self._initial_state()
+    try:
+      state, it = self._initial_state()
+    except BaseException:
+      self.checkpoints.close()
+      raise
     if jax.process_index() == 0:
       with open(os.path.join(self.workdir, CONFIG_FILE), 'w', encoding='utf-8') as f:
         f.write(self.config_json)
