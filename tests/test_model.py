@@ -125,3 +125,17 @@ def test_grouped_query_attention_matches_a_per_head_reference():
     out += (p / p.sum(-1, keepdims=True)) @ v @ wo[n]
   got = attn(jnp.asarray(x), jnp.arange(6)[None], attention_mask(jnp.ones((1, 6), jnp.int32)))
   np.testing.assert_allclose(got[0], out, atol=1e-5)
+
+
+@pytest.mark.parametrize('param_dtype', ['float32', 'bfloat16'])
+def test_bfloat16_compute_tracks_float32(param_dtype):
+  tokens = jnp.asarray(np.random.default_rng(5).integers(0, 97, (2, 16)))
+  f32 = ModelDef.create(LLAMA)
+  params = f32.init_params(jax.random.key(0))
+  bf16 = ModelDef.create(dataclasses.replace(LLAMA, dtype='bfloat16', param_dtype=param_dtype))
+  cast = jax.tree.map(lambda p: p.astype(param_dtype), params)
+  ref, got = f32.merge(params)(tokens), bf16.merge(cast)(tokens)
+  assert got.dtype == jnp.float32  # logits are returned in float32 for the loss
+  assert jax.tree.leaves(bf16.init_params(jax.random.key(0)))[0].dtype == jnp.dtype(param_dtype)
+  np.testing.assert_allclose(got, ref, atol=0.05)
+  assert not np.array_equal(got, ref)  # it really ran in bfloat16
