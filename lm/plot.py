@@ -17,7 +17,7 @@ from absl import app, flags
 
 from lm.train.metrics import METRICS_FILE, read_metrics
 
-CONFIG_FILE = 'config.json'  # written by lm.train.loop (kept here so --help needs no jax)
+CONFIG_FILE = 'config.json'  # lm.train.loop.CONFIG_FILE (not imported: it pulls in the model)
 X_AXES = ('step', 'tokens')
 DEFAULT_OUT = 'loss.png'
 

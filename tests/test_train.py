@@ -201,9 +201,7 @@ def test_loss_falls_and_the_run_writes_its_files(reference):
   for r in rows:
     assert math.isfinite(r['train/loss']) and math.isfinite(r['train/grad_norm'])
     assert ('eval/loss' in r) == (r['step'] % 20 == 0), r
-  # Throughput is measured from the end of the first (compiling) dispatch on.
-  assert 'train/tokens_per_sec' not in rows[0]
-  assert all(r['train/tokens_per_sec'] > 0 for r in rows[1:])
+  assert all(r['train/tokens_per_sec'] > 0 for r in rows)  # the first includes compilation
   first, last = rows[0]['train/loss'], rows[-1]['train/loss']
   assert first > 0.7 * math.log(trainer.model_def.cfg.vocab_size)  # starts near uniform
   assert last < 0.6 * first, (first, last)

@@ -168,9 +168,6 @@ class Trainer:
                                                                       batch_axis=1))
         step += n
         pending.append((step, metrics))
-        if self._step_last == start and step - n == start:  # keep compilation out of tokens/s
-          jax.block_until_ready(metrics)
-          self._t_last, self._step_last = time.perf_counter(), step
         if deferred is not None:
           final.update(self._report(deferred, self._train_row(pending, deferred)))
           deferred = None
@@ -232,16 +229,15 @@ class Trainer:
     now = time.perf_counter()
     row = {'train/loss': float(losses.mean()), 'train/grad_norm': float(norms[-1]),
            'train/lr': float(np.asarray(done[-1]['train/lr'])[-1])}
-    if upto > self._step_last:  # none timed yet when only the (compiling) first dispatch ran
-      tokens = (upto - self._step_last) * self.config.train.batch_size * self.config.data.seq_len
-      row['train/tokens_per_sec'] = tokens / max(now - self._t_last, 1e-9)
+    # Wall-clock rate since the previous row; the first row of a run includes compilation.
+    tokens = (upto - self._step_last) * self.config.train.batch_size * self.config.data.seq_len
+    row['train/tokens_per_sec'] = tokens / max(now - self._t_last, 1e-9)
     self._t_last, self._step_last = now, upto
     return row
 
   def _report(self, step: int, row: dict[str, float]) -> dict[str, float]:
     self.writer.write(step, row)
-    self.writer.progress(step, loss=row['train/loss'],
-                         tokens_per_sec=row.get('train/tokens_per_sec', 0.0))
+    self.writer.progress(step, loss=row['train/loss'], tokens_per_sec=row['train/tokens_per_sec'])
     return row
 
   def sample(self, params) -> str:
