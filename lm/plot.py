@@ -72,6 +72,7 @@ def plot_runs(workdirs: Sequence[str | os.PathLike], out: str | os.PathLike | No
   import matplotlib
   matplotlib.use('Agg', force=True)  # headless: no display needed
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
 
   names = _labels(workdirs)
   fig, ax = plt.subplots(figsize=(8, 5))
@@ -89,6 +90,9 @@ def plot_runs(workdirs: Sequence[str | os.PathLike], out: str | os.PathLike | No
     ax.set_ylabel('loss (nats/token)')
     if log_y:
       ax.set_yscale('log')
+      plain = matplotlib.ticker.FormatStrFormatter('%g')  # 3, not 3x10^0
+      ax.yaxis.set_major_formatter(plain)
+      ax.yaxis.set_minor_formatter(plain)
     ax.grid(True, alpha=0.3)
     if ax.lines:
       ax.legend(fontsize='small')

@@ -317,7 +317,8 @@ def test_fsdp_splits_the_large_parameters_and_their_optimizer_moments():
   state = init_state(model_def, optimizer, 0, state_shardings(model_def, optimizer, mesh,
                                                               get_config().mesh.rules))
   # Initialised in place, split, with the values a single device gets.
-  _assert_trees_equal(jax.device_get(state), _fresh_state(_model_cfg()), rtol=0)
+  # Equal to float32 rounding: jax 0.12 rounds a few sharded init values 1 ulp apart.
+  _assert_trees_equal(jax.device_get(state), _fresh_state(_model_cfg()), rtol=1e-6)
   axes = model_def.logical_axes()
   is_axes = lambda x: isinstance(x, tuple)  # noqa: E731
   moments = [s for s in jax.tree.leaves(state['opt_state'], is_leaf=lambda x: hasattr(x, 'mu'))
