@@ -30,6 +30,13 @@ def attention_mask(segment_ids_BT: jax.Array) -> jax.Array:
   return (causal_TT[None] & same_BTT)[:, None]
 
 
+def cache_attention_mask(positions_BT: jax.Array, cache_len: int) -> jax.Array:
+  """[B, 1, T, S] boolean for decoding with a KV cache whose slot s holds position s:
+  a token at position p sees slots 0..p (later slots are padding or not yet written)."""
+  slots_S = jnp.arange(cache_len, dtype=positions_BT.dtype)
+  return (slots_S[None, None, :] <= positions_BT[:, :, None])[:, None]
+
+
 class Attention(nnx.Module):
   """Causal self-attention through `jax.nn.dot_product_attention`.
 
@@ -54,6 +61,26 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array, mask_B1TT: jax.Array,
                dropout_key: jax.Array | None = None) -> jax.Array:
+    q_BTNH, k_BTKH, v_BTKH = self._project(x_BTD, positions_BT)
+    implementation = None if self.cfg.attention == 'auto' else self.cfg.attention
+    return self._attend(q_BTNH, k_BTKH, v_BTKH, mask_B1TT, dropout_key, implementation)
+
+  def decode(self, x_BTD: jax.Array, positions_BT: jax.Array, mask_B1TS: jax.Array,
+             k_BSKH: jax.Array, v_BSKH: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Attention over a KV cache: writes this call's K/V at slots `positions_BT` of each
+    row, attends to the cache under `mask_B1TS` and returns (out, k cache, v cache)."""
+    q_BTNH, k_BTKH, v_BTKH = self._project(x_BTD, positions_BT)
+    rows_B1 = jnp.arange(x_BTD.shape[0])[:, None]
+    k_BSKH = k_BSKH.at[rows_B1, positions_BT].set(k_BTKH.astype(k_BSKH.dtype))
+    v_BSKH = v_BSKH.at[rows_B1, positions_BT].set(v_BTKH.astype(v_BSKH.dtype))
+    # cuDNN's fused kernel does not take every decode shape (T=1 queries over S slots).
+    implementation = 'xla' if self.cfg.attention == 'xla' else None
+    out = self._attend(q_BTNH, k_BSKH.astype(q_BTNH.dtype), v_BSKH.astype(q_BTNH.dtype),
+                       mask_B1TS, None, implementation)
+    return out, k_BSKH, v_BSKH
+
+  def _project(self, x_BTD: jax.Array, positions_BT: jax.Array):
+    """q [B, T, N, H], k and v [B, T, K, H], with RoPE applied when configured."""
     cfg = self.cfg
     b, t, _ = x_BTD.shape
     qkv_BTKGH = self.qkv(x_BTD)
@@ -63,7 +90,9 @@ class Attention(nnx.Module):
     if cfg.position == 'rope':
       q_BTNH = rope(q_BTNH, positions_BT, cfg.rope_theta)
       k_BTKH = rope(k_BTKH, positions_BT, cfg.rope_theta)
-    implementation = None if cfg.attention == 'auto' else cfg.attention
-    o_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_B1TT,
+    return q_BTNH, k_BTKH, v_BTKH
+
+  def _attend(self, q_BTNH, k_BSKH, v_BSKH, mask_B1TS, dropout_key, implementation):
+    o_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=mask_B1TS,
                                           implementation=implementation)
-    return dropout(self.out(o_BTNH), cfg.dropout, dropout_key)
+    return dropout(self.out(o_BTNH), self.cfg.dropout, dropout_key)

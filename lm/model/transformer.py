@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lm.model.attention import Attention, attention_mask
+from lm.model.attention import Attention, attention_mask, cache_attention_mask
 from lm.model.config import ModelConfig
 from lm.model.layers import Norm, dropout, param
 from lm.model.mlp import MLP
@@ -40,6 +40,14 @@ class Block(nnx.Module):
     x_BTD = constrain(x_BTD, ACT_BTD)
     x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD), k_mlp)
     return constrain(x_BTD, ACT_BTD)
+
+  def decode(self, x_BTD, positions_BT, mask_B1TS, k_BSKH, v_BSKH):
+    """The block over a KV cache (no dropout): returns (x, k cache, v cache)."""
+    a_BTD, k_BSKH, v_BSKH = self.attn.decode(self.attn_norm(x_BTD), positions_BT, mask_B1TS,
+                                             k_BSKH, v_BSKH)
+    x_BTD = constrain(x_BTD + a_BTD, ACT_BTD)
+    x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD))
+    return constrain(x_BTD, ACT_BTD), k_BSKH, v_BSKH
 
 
 class Transformer(nnx.Module):
@@ -76,16 +84,47 @@ class Transformer(nnx.Module):
       segment_ids_BT = jnp.ones((b, t), jnp.int32)
     mask_B1TT = attention_mask(segment_ids_BT)
 
-    x_BTD = jnp.take(self.embed[...], tokens_BT, axis=0).astype(cfg.jnp_dtype)
-    if self.pos_embed is not None:
-      x_BTD = x_BTD + jnp.take(self.pos_embed[...], positions_BT, axis=0).astype(cfg.jnp_dtype)
+    x_BTD = self._embed(tokens_BT, positions_BT)
     if dropout_key is not None:
       dropout_key, k_embed = jax.random.split(dropout_key)
       x_BTD = dropout(x_BTD, cfg.dropout, k_embed)
     x_BTD = constrain(x_BTD, ACT_BTD)
 
     x_BTD = self._apply_blocks(x_BTD, positions_BT, mask_B1TT, dropout_key)
+    return self._logits(x_BTD)
 
+  def decode(self, tokens_BT: jax.Array, positions_BT: jax.Array,
+             cache: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Logits of `tokens_BT` at `positions_BT`, reading and filling a KV cache.
+
+    `cache` is {'k', 'v'}: [layers, B, S, K, H] where slot s of a row holds position s.
+    One call can prefill a whole (right-padded) prompt or feed one token per row; a token
+    at position p attends to slots 0..p. Returns (logits [B, T, V], updated cache).
+    """
+    x_BTD = constrain(self._embed(tokens_BT, positions_BT), ACT_BTD)
+    mask_B1TS = cache_attention_mask(positions_BT, cache['k'].shape[2])
+    block_def, stacked = nnx.split(self.blocks)
+
+    def body(x_BTD, layer):
+      layer_state, k_BSKH, v_BSKH = layer
+      block = nnx.merge(block_def, layer_state)
+      x_BTD, k_BSKH, v_BSKH = block.decode(x_BTD, positions_BT, mask_B1TS, k_BSKH, v_BSKH)
+      return x_BTD, (k_BSKH, v_BSKH)
+
+    x_BTD, (k_LBSKH, v_LBSKH) = jax.lax.scan(body, x_BTD, (stacked, cache['k'], cache['v']),
+                                             unroll=self.cfg.unroll_layers)
+    return self._logits(x_BTD), {'k': k_LBSKH, 'v': v_LBSKH}
+
+  def _embed(self, tokens_BT, positions_BT):
+    cfg = self.cfg
+    x_BTD = jnp.take(self.embed[...], tokens_BT, axis=0).astype(cfg.jnp_dtype)
+    if self.pos_embed is not None:
+      x_BTD = x_BTD + jnp.take(self.pos_embed[...], positions_BT, axis=0).astype(cfg.jnp_dtype)
+    return x_BTD
+
+  def _logits(self, x_BTD):
+    cfg = self.cfg
+    b, t, _ = x_BTD.shape
     x_BTD = self.final_norm(x_BTD)
     w_DV = self.embed[...].T if self.unembed is None else self.unembed[...]
     logits_BTV = (x_BTD.reshape(b * t, -1) @ w_DV.astype(cfg.jnp_dtype)).reshape(b, t, -1)

@@ -1,0 +1,61 @@
+"""Next-token choice from logits: greedy, temperature, top-k and top-p (nucleus).
+
+The settings are traced arrays, not static arguments, so changing them between
+requests never recompiles the decode step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """temperature 0 = greedy (argmax); top_k 0 and top_p 1 switch those filters off."""
+
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+
+  def __post_init__(self):
+    if not self.temperature >= 0:
+      raise ValueError(f'temperature={self.temperature} must be >= 0 (0 = greedy)')
+    if not isinstance(self.top_k, int) or self.top_k < 0:
+      raise ValueError(f'top_k={self.top_k!r} must be an int >= 0 (0 = off)')
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f'top_p={self.top_p} must be in (0, 1] (1 = off)')
+
+  def as_arrays(self) -> dict[str, jax.Array]:
+    return {'temperature': jnp.float32(self.temperature), 'top_k': jnp.int32(self.top_k),
+            'top_p': jnp.float32(self.top_p)}
+
+
+def filter_logits(logits_BV: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+  """Sets logits outside the top-k, then outside the nucleus, to -inf (in that order, as
+  Hugging Face does). The nucleus is the smallest set of most likely tokens whose
+  probability reaches top_p; the most likely token is always kept."""
+  logits_BV = logits_BV.astype(jnp.float32)
+  vocab = logits_BV.shape[-1]
+  sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]  # descending
+  k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+  kth_B1 = jax.lax.dynamic_slice_in_dim(sorted_BV, k - 1, 1, axis=-1)
+  logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+  sorted_BV = jnp.where(jnp.arange(vocab) < k, sorted_BV, -jnp.inf)
+  probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+  mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+  keep_BV = (mass_before_BV < top_p) | (jnp.arange(vocab) == 0)
+  cutoff_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+  return jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+
+
+def sample(logits_BV: jax.Array, key: jax.Array, *, temperature: jax.Array, top_k: jax.Array,
+           top_p: jax.Array) -> jax.Array:
+  """One token id per row [B]: argmax when temperature is 0, else a draw from
+  softmax(logits / temperature) restricted to the top-k and the top-p nucleus."""
+  greedy_B = jnp.argmax(logits_BV, axis=-1)
+  scaled_BV = logits_BV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+  drawn_B = jax.random.categorical(key, filter_logits(scaled_BV, top_k, top_p), axis=-1)
+  return jnp.where(temperature > 0, drawn_B, greedy_B).astype(jnp.int32)
