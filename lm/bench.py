@@ -127,14 +127,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  from lm import config as config_lib
   from lm import runtime
-  try:
-    config = config_lib.from_flag(_CONFIG)
-  except config_lib.ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  runtime.use_cpu_devices(config.runtime.cpu_devices)  # before jax is imported
+  config = runtime.config_from_flag(_CONFIG)  # before jax is imported
   r = run_benchmark(config, dispatches=_DISPATCHES.value, warmup=_WARMUP.value,
                     vocab_size=_VOCAB.value, peak_n=_PEAK_N.value)
   print(f"device: {r['device']} (jax {r['jax']})")

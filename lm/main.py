@@ -58,12 +58,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   from lm import config as config_lib
   from lm import runtime
-  try:
-    config = config_lib.from_flag(_CONFIG)
-  except config_lib.ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  runtime.use_cpu_devices(config.runtime.cpu_devices)  # before jax is imported
+  config = runtime.config_from_flag(_CONFIG)  # before jax is imported
   from lm.checkpoint import CheckpointError  # deferred: --help should not import jax
   from lm.data import DataError
   from lm.train import TrainingDiverged, train

@@ -30,3 +30,17 @@ def use_cpu_devices(n: int) -> None:
   flags = os.environ.get('XLA_FLAGS', '')
   os.environ['XLA_FLAGS'] = (f'{flags} {DEVICE_COUNT_FLAG}={count} '
                              '--xla_cpu_multi_thread_eigen=false').strip()
+
+
+def config_from_flag(holder):
+  """The --config flag's ConfigDict with its runtime settings applied (before jax starts);
+  a config file that does not load ends the program with one line naming it."""
+  from lm import config as config_lib
+
+  try:
+    config = config_lib.from_flag(holder)
+  except config_lib.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  use_cpu_devices(config.runtime.cpu_devices)
+  return config
