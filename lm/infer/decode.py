@@ -38,6 +38,16 @@ def _ends_with(tokens: list[int], stops: Sequence[Sequence[int]]) -> int:
   return 0
 
 
+def _collect(steps: Iterator[np.ndarray], batch: int) -> list[list[int]]:
+  """Each row's tokens from a `Decoder.stream` (dropping the -1 of finished rows)."""
+  out: list[list[int]] = [[] for _ in range(batch)]
+  for step_B in steps:
+    for i, t in enumerate(step_B):
+      if t >= 0:
+        out[i].append(int(t))
+  return out
+
+
 class Decoder:
   """Jit-compiled prefill and decode step for one model; build once, generate many times.
 
@@ -145,12 +155,8 @@ class Decoder:
                sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
                stop_tokens: Sequence[Sequence[int]] = ()) -> list[list[int]]:
     """The continuation of every prompt, without a stop sequence it ended on."""
-    out: list[list[int]] = [[] for _ in prompts]
-    for step_B in self.stream(params, prompts, max_new_tokens=max_new_tokens, sampling=sampling,
-                              seed=seed, stop_tokens=stop_tokens):
-      for i, t in enumerate(step_B):
-        if t >= 0:
-          out[i].append(int(t))
+    out = _collect(self.stream(params, prompts, max_new_tokens=max_new_tokens,
+                               sampling=sampling, seed=seed, stop_tokens=stop_tokens), len(prompts))
     return [row[:len(row) - _ends_with(row, stop_tokens)] for row in out]
 
   def generate_text(self, params: dict, tokenizer, prompts: Sequence[str], *,
@@ -158,12 +164,9 @@ class Decoder:
                     seed: int = 0, stop: Sequence[str] = ()) -> list[str]:
     """Text in, text out: each continuation cut before the first stop string in it."""
     ids = [tokenizer.encode(p) for p in prompts]
-    out: list[list[int]] = [[] for _ in prompts]
-    for step_B in self.stream(params, ids, max_new_tokens=max_new_tokens, sampling=sampling,
-                              seed=seed, stop_texts=stop, detokenize=tokenizer.decode):
-      for i, t in enumerate(step_B):
-        if t >= 0:
-          out[i].append(int(t))
+    out = _collect(self.stream(params, ids, max_new_tokens=max_new_tokens, sampling=sampling,
+                               seed=seed, stop_texts=stop, detokenize=tokenizer.decode),
+                   len(prompts))
     texts = []
     for row in out:
       text = tokenizer.decode(row)
