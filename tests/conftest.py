@@ -1,7 +1,10 @@
 """Every test sees 8 fake CPU devices; the flag must be set before jax is imported."""
 
 import os
+import tempfile
 
+# Prepared data goes to a throwaway cache unless a test names its own: never ~/.cache/lm.
+os.environ.setdefault('LM_CACHE', tempfile.mkdtemp(prefix='lm-test-cache-'))
 os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
 ).strip()
