@@ -2,7 +2,9 @@
 
 from lm.parallel.mesh import (MESH_AXES, batch_sharding, build_mesh, global_batch, mesh_shape,
                               replicated, shardings_for)
+from lm.parallel.report import sharding_report
 from lm.parallel.rules import constrain, logical_to_spec, use_rules
 
 __all__ = ['MESH_AXES', 'batch_sharding', 'build_mesh', 'constrain', 'global_batch',
-           'logical_to_spec', 'mesh_shape', 'replicated', 'shardings_for', 'use_rules']
+           'logical_to_spec', 'mesh_shape', 'replicated', 'sharding_report', 'shardings_for',
+           'use_rules']

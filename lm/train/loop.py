@@ -29,6 +29,7 @@ from lm.train.step import make_eval_step, make_train_step, summarize_eval
 
 CONFIG_FILE = 'config.json'
 SAMPLE_FILE = 'sample.txt'
+SHARDING_FILE = 'sharding.txt'
 
 
 class TrainingDiverged(RuntimeError):
@@ -73,6 +74,10 @@ class Trainer:
         batch_sharding=parallel.batch_sharding(self.mesh),
         byte_lengths_V=jnp.asarray(self._byte_lengths(model_cfg.vocab_size)))
     self._eval_batches: list[dict] | None = None
+    self.sharding_table, self.param_bytes = parallel.sharding_report(
+        self.model_def.logical_axes(), jax.eval_shape(self.model_def.init_params,
+                                                      jax.random.key(0)),
+        self.shardings['params'])
 
   def log(self, msg: str) -> None:
     if jax.process_index() == 0:
@@ -113,7 +118,10 @@ class Trainer:
         f'parameters: {m.param_count():,}   FLOPs/token (train): '
         f'{m.flops_per_token(cfg.data.seq_len):,}',
         f'devices: {jax.device_count()} x {jax.devices()[0].platform} in '
-        f'{jax.process_count()} process(es); mesh {dict(self.mesh.shape)}',
+        f'{jax.process_count()} process(es); mesh {dict(self.mesh.shape)}; parameters '
+        f'{self.param_bytes["bytes"] / 2**20:.1f} MiB, '
+        f'{self.param_bytes["bytes_per_device"] / 2**20:.1f} MiB per device '
+        f'({SHARDING_FILE} has every parameter)',
         f'batch: {cfg.train.batch_size} x {cfg.data.seq_len} = {tokens_per_step:,} tokens/step; '
         f'{cfg.train.steps} steps = {tokens_per_step * cfg.train.steps:,} tokens',
         f'workdir: {self.workdir}',
@@ -146,6 +154,8 @@ class Trainer:
     if jax.process_index() == 0:
       with open(os.path.join(self.workdir, CONFIG_FILE), 'w', encoding='utf-8') as f:
         f.write(self.config_json)
+      with open(os.path.join(self.workdir, SHARDING_FILE), 'w', encoding='utf-8') as f:
+        f.write(self.sharding_table + '\n')
     start = int(state['step'])
     self.log(self.summary())
     self.writer = MetricsWriter(self.workdir, total_steps=cfg.train.steps, start_step=start)
