@@ -25,6 +25,6 @@ setup(
         'matplotlib>=3.8',
     ],
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist>=3.5'],
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6'],
     },
 )

@@ -18,9 +18,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.jsonl_field = 'text'  # text: the field of each .jsonl line that holds the text
   c.data.tfds_name = ''  # tfds: a TFDS dataset name (needs network the first time)
   c.data.tfds_text_feature = 'text'
-  c.data.tfds_split = 'train'  # tfds: the split documents are read from (TFDS slicing works: 'train[:10%]')
-  c.data.tfds_data_dir = ''  # tfds: where TFDS keeps datasets; '' -> $TFDS_DATA_DIR or ~/tensorflow_datasets
-  c.data.split = 'document'  # 'document': val gets whole documents; 'tail': the last val_fraction of the text
+  # tfds: the split documents are read from (TFDS slicing works: 'train[:10%]')
+  c.data.tfds_split = 'train'
+  # tfds: where TFDS keeps datasets; '' -> $TFDS_DATA_DIR or ~/tensorflow_datasets
+  c.data.tfds_data_dir = ''
+  # 'document': validation gets whole documents; 'tail': the last val_fraction of the text
+  c.data.split = 'document'
   c.data.val_fraction = 0.05
   c.data.max_docs = 0  # read at most this many documents (in source order); 0: all
   c.data.cache_dir = ''  # prepared ArrayRecord files + tokenizers; '' -> $LM_CACHE or ~/.cache/lm
@@ -32,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.tokenizer.kind = 'sentencepiece'  # 'sentencepiece' | 'byte' | 'char'
   c.data.tokenizer.model_type = 'bpe'  # sentencepiece: 'bpe' | 'unigram'
   c.data.tokenizer.vocab_size = 2048  # sentencepiece only; byte/char derive their own
-  c.data.tokenizer.max_train_chars = 5_000_000  # sentencepiece trains on a fixed sample of at most this much text
+  # sentencepiece trains on a fixed sample of at most this much text
+  c.data.tokenizer.max_train_chars = 5_000_000
 
   # ---- model (lm/model) ----------------------------------------------------
   c.model = ml_collections.ConfigDict()
@@ -55,7 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.param_dtype = 'float32'  # 'float32' | 'bfloat16'
   c.model.dtype = 'float32'  # compute dtype
   c.model.remat = 'none'  # 'none' | 'full' | 'dots' (save matmul outputs)
-  c.model.unroll_layers = True  # same stacked layout; unrolled scan is faster on CPU, rolled compiles faster
+  # Same stacked layout either way: unrolled is faster on CPU, rolled compiles faster.
+  c.model.unroll_layers = True
   # jax.nn.dot_product_attention implementation: 'auto' (cuDNN where it applies, else
   # XLA) | 'xla' | 'cudnn'
   c.model.attention = 'auto'

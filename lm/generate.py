@@ -133,7 +133,7 @@ def main(argv: list[str]) -> None:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   print(f'[checkpoint step {step} of {workdir}]', file=sys.stderr)
-  for i, (prompt, text) in enumerate(zip(prompts, texts)):
+  for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
     if len(prompts) > 1:
       print(f'---- prompt {i + 1} ----')
     print(prompt + text)

@@ -63,7 +63,8 @@ def main(argv: list[str]) -> None:
   from lm.data import DataError
   from lm.train import TrainingDiverged, train
 
-  workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS['config']))
+  config_path = config_flags.get_config_filename(flags.FLAGS['config'])
+  workdir = _WORKDIR.value or default_workdir(config_path)
   try:
     train(config, workdir)
   except (config_lib.ConfigError, DataError, CheckpointError, TrainingDiverged) as e:

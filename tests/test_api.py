@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from lm import api
-from lm.checkpoint import CheckpointError, Checkpointer
+from lm.checkpoint import Checkpointer, CheckpointError
 from lm.config import ConfigError
 from lm.train.metrics import read_metrics
 

@@ -62,7 +62,7 @@ def test_cached_decode_logits_equal_the_full_forward_at_every_position(cfg, mode
   for i, n in enumerate(lengths):
     np.testing.assert_allclose(logits[i, :n], full[i][:n], atol=1e-5, rtol=0)
   for j in range(new):
-    token_B = np.array([r[n + j] for r, n in zip(rows, lengths)], np.int32)
+    token_B = np.array([r[n + j] for r, n in zip(rows, lengths, strict=True)], np.int32)
     logits, cache = step(params, token_B, np.array(lengths, np.int32) + j, cache)
     for i, n in enumerate(lengths):
       np.testing.assert_allclose(logits[i, 0], full[i][n + j], atol=1e-5, rtol=0)
@@ -75,7 +75,7 @@ def test_greedy_equals_full_recomputation(cfg, models):
   prompts = [[3, 14, 15, 92, 65], [35, 89], [7, 9, 3, 2, 38, 46, 26, 43, 38]]
   greedy = SamplingConfig(temperature=0.0)
   got = decoder.generate(params, prompts, max_new_tokens=12, sampling=greedy)
-  for prompt, tokens in zip(prompts, got):
+  for prompt, tokens in zip(prompts, got, strict=True):
     want = sample_tokens(md, params, prompt, num_tokens=12, temperature=0.0, seed=0,
                          window=cfg.max_len)
     assert tokens == want

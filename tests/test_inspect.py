@@ -2,7 +2,6 @@
 logits, and the CLI writes heatmaps and report.json for a tiny trained run."""
 
 import json
-import pathlib
 import subprocess
 import sys
 

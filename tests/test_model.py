@@ -77,7 +77,9 @@ def test_remat_and_unroll_give_the_same_gradients(remat):
   def grads(cfg):
     md = ModelDef.create(cfg)
     params = md.init_params(jax.random.key(0))
-    loss = lambda p: jnp.mean(md.merge(p)(tokens) ** 2)
+    def loss(p):
+      return jnp.mean(md.merge(p)(tokens) ** 2)
+
     return jax.grad(loss)(params)
 
   base = grads(LLAMA)

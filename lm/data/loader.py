@@ -17,6 +17,7 @@ import numpy as np
 from lm.data import packing
 from lm.data.errors import DataError
 
+
 def _source(path: pathlib.Path) -> grain.sources.ArrayRecordDataSource:
   return grain.sources.ArrayRecordDataSource([str(path)])
 

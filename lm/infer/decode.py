@@ -22,6 +22,7 @@ from lm.train.state import ModelDef
 
 PREFILL_BUCKET = 16  # prompts are padded to a multiple of this: fewer distinct compiles
 ROPE_CACHE_BUCKET = 64
+DEFAULT_SAMPLING = SamplingConfig()  # the sampling a request gets when it names none
 
 
 def init_cache(cfg: ModelConfig, batch: int, cache_len: int) -> dict[str, jax.Array]:
@@ -98,7 +99,7 @@ class Decoder:
     return limit
 
   def stream(self, params: dict, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-             sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
+             sampling: SamplingConfig = DEFAULT_SAMPLING, seed: int = 0,
              stop_tokens: Sequence[Sequence[int]] = (), stop_texts: Sequence[str] = (),
              detokenize: Callable[[list[int]], str] | None = None) -> Iterator[np.ndarray]:
     """Yields, per step, the new token of every row ([B] int32; -1 for a finished row).
@@ -152,7 +153,7 @@ class Decoder:
         return
 
   def generate(self, params: dict, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-               sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
+               sampling: SamplingConfig = DEFAULT_SAMPLING, seed: int = 0,
                stop_tokens: Sequence[Sequence[int]] = ()) -> list[list[int]]:
     """The continuation of every prompt, without a stop sequence it ended on."""
     out = _collect(self.stream(params, prompts, max_new_tokens=max_new_tokens,
@@ -160,7 +161,7 @@ class Decoder:
     return [row[:len(row) - _ends_with(row, stop_tokens)] for row in out]
 
   def generate_text(self, params: dict, tokenizer, prompts: Sequence[str], *,
-                    max_new_tokens: int, sampling: SamplingConfig = SamplingConfig(),
+                    max_new_tokens: int, sampling: SamplingConfig = DEFAULT_SAMPLING,
                     seed: int = 0, stop: Sequence[str] = ()) -> list[str]:
     """Text in, text out: each continuation cut before the first stop string in it."""
     ids = [tokenizer.encode(p) for p in prompts]

@@ -1,7 +1,14 @@
 """Mesh construction and logical-axis sharding rules (the only place mesh axes appear)."""
 
-from lm.parallel.mesh import (MESH_AXES, batch_sharding, build_mesh, global_batch, mesh_shape,
-                              replicated, shardings_for)
+from lm.parallel.mesh import (
+                              MESH_AXES,
+                              batch_sharding,
+                              build_mesh,
+                              global_batch,
+                              mesh_shape,
+                              replicated,
+                              shardings_for,
+)
 from lm.parallel.report import sharding_report
 from lm.parallel.rules import constrain, logical_to_spec, use_rules
 

@@ -32,7 +32,10 @@ def sharding_report(logical_axes, abstract_params, shardings) -> tuple[str, dict
                  f'{size:,}', f'{local:,}'))
   header = ('parameter', 'shape', 'logical axes', 'mesh placement', 'bytes', 'bytes/device')
   widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-  line = lambda r: '  '.join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+
+  def line(r):
+    return '  '.join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+
   table = '\n'.join([line(header), line(tuple('-' * w for w in widths)), *map(line, rows),
                      f'total: {total:,} bytes of parameters, {per_device:,} per device '
                      f'({total / max(per_device, 1):.1f}x split)'])

@@ -6,7 +6,6 @@ and notebooks call it directly (no absl flags needed).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Any
