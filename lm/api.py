@@ -131,16 +131,13 @@ class Run:
     (train.eval_batches of train.batch_size rows unless `num_batches` is given)."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from lm import parallel
-    from lm.train.step import make_eval_step, summarize_eval
+    from lm.train.step import byte_lengths, make_eval_step, summarize_eval
 
     cfg = self.config
     if self._eval_step is None:
-      lengths = np.zeros(self.model_def.cfg.vocab_size, np.int32)
-      tok = self.tokenizer.byte_lengths()
-      lengths[:len(tok)] = tok
+      lengths = byte_lengths(self.tokenizer, self.model_def.cfg.vocab_size)
       self._eval_step = make_eval_step(
           self.model_def, mesh=self.mesh, rules=cfg.mesh.rules,
           param_shardings=jax.tree.map(lambda x: x.sharding, self.params),

@@ -24,7 +24,7 @@ from lm.train.metrics import MetricsWriter
 from lm.train.optimizer import build_optimizer
 from lm.train.sample import sample_tokens
 from lm.train.state import ModelDef, abstract_state, init_state, state_shardings
-from lm.train.step import make_eval_step, make_train_step, summarize_eval
+from lm.train.step import byte_lengths, make_eval_step, make_train_step, summarize_eval
 
 CONFIG_FILE = 'config.json'
 SAMPLE_FILE = 'sample.txt'
@@ -71,7 +71,7 @@ class Trainer:
         self.model_def, mesh=self.mesh, rules=self.rules,
         param_shardings=self.shardings['params'],
         batch_sharding=parallel.batch_sharding(self.mesh),
-        byte_lengths_V=jnp.asarray(self._byte_lengths(model_cfg.vocab_size)))
+        byte_lengths_V=jnp.asarray(byte_lengths(self.tokenizer, model_cfg.vocab_size)))
     self._eval_batches: list[dict] | None = None
     self.sharding_table, self.param_bytes = parallel.sharding_report(
         self.model_def.logical_axes(), jax.eval_shape(self.model_def.init_params,
@@ -84,12 +84,6 @@ class Trainer:
         self.writer.log(msg)
       else:
         self._log(msg)
-
-  def _byte_lengths(self, vocab_size: int) -> np.ndarray:
-    lengths = np.zeros(vocab_size, np.int32)
-    tok = self.tokenizer.byte_lengths()
-    lengths[:len(tok)] = tok
-    return lengths
 
   # ---- state ------------------------------------------------------------------------------
 

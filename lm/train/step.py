@@ -11,6 +11,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lm import parallel
@@ -75,6 +76,14 @@ def make_train_step(model_def: ModelDef, optimizer: optax.GradientTransformation
 
   return jax.jit(multi_step, in_shardings=(shardings, batch_sharding),
                  out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+
+
+def byte_lengths(tokenizer, vocab_size: int) -> np.ndarray:
+  """[V] UTF-8 bytes each id decodes to, zero-padded to the model's vocabulary size."""
+  lengths_V = np.zeros(vocab_size, np.int32)
+  tok = tokenizer.byte_lengths()
+  lengths_V[:len(tok)] = tok
+  return lengths_V
 
 
 def make_eval_step(model_def: ModelDef, *, mesh, rules, param_shardings, batch_sharding,
