@@ -5,6 +5,10 @@
     api.train(config, 'workdirs/demo')            # final metrics
     run = api.load('workdirs/demo')               # the latest checkpoint
     run.evaluate()['eval/loss']; run.generate('ROMEO:', max_new_tokens=50)
+    maps_LNTT, tokens = run.attention_maps('ROMEO:')  # per layer and head
+    model = api.build_model(config, vocab_size=256)  # a fresh NNX Transformer
+
+experiments/quickstart.ipynb walks through all of it.
 
 Nothing here parses absl flags; heavy imports (jax, the model) happen on first use.
 """
@@ -99,6 +103,17 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
   return loop.train(config, os.fspath(workdir))
 
 
+def build_model(config: ConfigDict, *, vocab_size: int | None = None, seed: int = 0):
+  """A freshly initialised NNX Transformer for `config.model` (no data, no training);
+  `vocab_size` is needed when config.model.vocab_size is 0 (the tokenizer's size)."""
+  from flax import nnx
+
+  from lm.model import ModelConfig, Transformer
+  model_cfg = ModelConfig.from_config(config.model, vocab_size=vocab_size,
+                                      seq_len=config.data.seq_len)
+  return Transformer(model_cfg, rngs=nnx.Rngs(seed))
+
+
 # ---- loading a trained run ---------------------------------------------------------------
 
 
@@ -166,6 +181,14 @@ class Run:
     ids = sample_tokens(self.model_def, self.params, prompt_ids, num_tokens=max_new_tokens,
                         temperature=temperature, seed=seed, window=self.config.data.seq_len)
     return self.tokenizer.decode(ids)
+
+  def attention_maps(self, text: str):
+    """(attention probabilities [layers, heads, T, T], the T token labels) of `text`, cut
+    to the model's max_len tokens (lm.inspect draws them as heatmaps)."""
+    from lm import inspect
+    ids, _ = inspect.encode(self.tokenizer, text, self.model_def.cfg.max_len)
+    return (inspect.attention_maps(self.model, ids),
+            [inspect.token_label(self.tokenizer, i) for i in ids])
 
   def __repr__(self) -> str:
     m = self.model_def.cfg
