@@ -25,6 +25,8 @@ setup(
         'matplotlib>=3.8',
     ],
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6'],
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6',
+                 # tests/test_notebook.py executes experiments/quickstart.ipynb in a kernel
+                 'nbclient>=0.10', 'nbformat>=5.9', 'ipykernel>=6.29'],
     },
 )

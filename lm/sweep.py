@@ -267,9 +267,9 @@ def _cell(value: Any, key: str) -> str:
   return str(value)
 
 
-def write_results(sweep_dir: Path, rows: Sequence[dict[str, Any]], keys: Sequence[str],
+def write_results(out_dir: Path, rows: Sequence[dict[str, Any]], keys: Sequence[str],
                   header: str = '') -> tuple[Path, Path]:
-  """results.md (best final eval loss in bold) and results.csv in `sweep_dir`."""
+  """results.md (best final eval loss in bold) and results.csv in `out_dir`."""
   finals = [r['final_eval_loss'] for r in rows if r['final_eval_loss'] is not None]
   best = min(finals) if finals else None
   lines = [header, ''] if header else []
@@ -280,7 +280,7 @@ def write_results(sweep_dir: Path, rows: Sequence[dict[str, Any]], keys: Sequenc
     if best is not None and r['final_eval_loss'] == best:
       cells[len(keys)] = f'**{cells[len(keys)]}**'
     lines.append('| ' + ' | '.join(cells) + ' |')
-  md = sweep_dir / RESULTS_MD
+  md = out_dir / RESULTS_MD
   md.write_text('\n'.join(lines) + '\n', encoding='utf-8')
   buf = io.StringIO()
   fields = [*keys, 'run', *(k for k, _ in COLUMNS)]
@@ -288,22 +288,24 @@ def write_results(sweep_dir: Path, rows: Sequence[dict[str, Any]], keys: Sequenc
   writer.writeheader()
   for r in rows:
     writer.writerow({k: ('' if r[k] is None else r[k]) for k in fields})
-  csv_path = sweep_dir / RESULTS_CSV
+  csv_path = out_dir / RESULTS_CSV
   csv_path.write_text(buf.getvalue(), encoding='utf-8')
   return md, csv_path
 
 
-def plot_results(sweep_dir: Path, rows: Sequence[dict[str, Any]]) -> Path | None:
+def plot_results(sweep_dir: Path, rows: Sequence[dict[str, Any]], out_dir: Path) -> Path | None:
   """Every run with metrics on one figure (lm.plot); None when no run has any."""
   from lm.plot import plot_runs
   workdirs = [sweep_dir / r['run'] for r in rows if _metrics(sweep_dir / r['run'])]
-  return plot_runs(workdirs, sweep_dir / PLOT_FILE) if workdirs else None
+  return plot_runs(workdirs, out_dir / PLOT_FILE) if workdirs else None
 
 
 def sweep(config_path: str, config, sweep_dir: str | os.PathLike, spec: str,
           base_overrides: Sequence[str] = (), launcher: str = 'local',
-          log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-  """Runs (or prints, or only collects) the grid; returns the results rows."""
+          log: Callable[[str], None] = print,
+          results_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+  """Runs (or prints, or only collects) the grid; returns the results rows. The table and
+  plot go to `results_dir` (default: `sweep_dir`)."""
   if launcher not in LAUNCHERS:
     raise SweepError(f'--launcher={launcher!r}: expected one of {", ".join(LAUNCHERS)}.')
   axes = parse_sweep(spec)
@@ -327,8 +329,10 @@ def sweep(config_path: str, config, sweep_dir: str | os.PathLike, spec: str,
   rows = results_table(sweep_dir, points, steps, status)
   header = (f'Sweep of `{config_path}` over `{spec}`' +
             (f' with `{" ".join(base_overrides)}`' if base_overrides else '') + '.')
-  md, csv_path = write_results(sweep_dir, rows, keys, header)
-  plot = plot_results(sweep_dir, rows)
+  out = Path(results_dir) if results_dir else sweep_dir
+  out.mkdir(parents=True, exist_ok=True)
+  md, csv_path = write_results(out, rows, keys, header)
+  plot = plot_results(sweep_dir, rows, out)
   log(md.read_text(encoding='utf-8'))
   log(f'wrote {md}, {csv_path}' + (f', {plot}' if plot else ''))
   return rows
@@ -361,6 +365,9 @@ def _define_flags():
       'sweep': flags.DEFINE_string(
           'sweep', None, "The grid: 'key=[v1,v2];key2=[v3,v4]' with dotted config keys and "
           'Python literal values; every combination is one run.', required=True),
+      'results_dir': flags.DEFINE_string(
+          'results_dir', None, 'Where results.md, results.csv and loss.png go (e.g. a '
+          'folder under experiments/ to commit); default: --workdir.'),
       'launcher': flags.DEFINE_enum(
           'launcher', 'local', list(LAUNCHERS),
           'local: train the runs one after another here; commands: print one lm.main command '
@@ -381,7 +388,8 @@ def main(argv: list[str], flag_values: dict) -> None:
     config = config_lib.from_flag(flag_values['config'])
     config_lib.check_known_keys(config)
     sweep(config_path, config, flag_values['workdir'].value, flag_values['sweep'].value,
-          argv_overrides(sys.argv[1:]), flag_values['launcher'].value)
+          argv_overrides(sys.argv[1:]), flag_values['launcher'].value,
+          results_dir=flag_values['results_dir'].value)
   except (SweepError, config_lib.ConfigError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
