@@ -59,6 +59,7 @@ class Plan:
   batch_bytes_per_device: int  # the K-step batch the train step takes as an argument
   other_state_bytes: int  # the step counter and RNG key, replicated
   xla: dict[str, int] | None = None  # compiled.memory_analysis(), when compiled
+  xla_platform: str = ''  # the devices it was compiled for ('cpu', 'gpu', 'tpu')
 
   def per_device(self, component: str) -> int:
     return self.memory[component][1]
@@ -263,7 +264,8 @@ def format_plan(plan: Plan, *, device_memory_gib: float = 0.0) -> str:
           for name, (total, per) in plan.memory.items()]
   rows.append(('total', human_bytes(plan.total_per_device),
                human_bytes(sum(t for t, _ in plan.memory.values()))))
-  lines.append(_table(('memory (estimate)', 'per device', 'all devices'), rows))
+  lines.append(_table(('memory (estimate)', 'per device', 'whole run'), rows))
+  lines.append('(whole run: every tensor once, replicas not counted; activations of all rows)')
   if device_memory_gib > 0:
     need, have = plan.total_per_device, device_memory_gib * 2**30
     verdict = 'fits' if need <= have else 'does NOT fit'
@@ -278,7 +280,7 @@ def format_plan(plan: Plan, *, device_memory_gib: float = 0.0) -> str:
     lines += [
         '',
         f'XLA memory analysis of the compiled train step (per device, {plan.num_devices} '
-        'CPU devices, abstract state):',
+        f'{plan.xla_platform.upper() or "?"} devices, abstract state):',
         _table(('', 'XLA', 'estimate'), [
             ('arguments (state + batches)', human_bytes(x['argument']),
              human_bytes(state + plan.batch_bytes_per_device)),
@@ -288,9 +290,10 @@ def format_plan(plan: Plan, *, device_memory_gib: float = 0.0) -> str:
             ('peak (args + outputs - aliased + temp)', human_bytes(peak),
              human_bytes(plan.total_per_device + plan.batch_bytes_per_device)),
         ]),
-        'The CPU compiler fuses and schedules differently from TPU/GPU ones (and may compute '
-        'bfloat16 in float32), so read its temporaries as an order of magnitude.',
     ]
+    if plan.xla_platform in ('cpu', ''):
+      lines.append('The CPU compiler fuses and schedules differently from TPU/GPU ones (and may '
+                   'compute bfloat16 in float32): read its temporaries as an order of magnitude.')
   return '\n'.join(lines)
 
 
@@ -355,6 +358,7 @@ def main(argv: list[str]) -> None:
     sys.exit(1)
   if _COMPILE.value:
     plan.xla = compile_memory(plan)
+    plan.xla_platform = jax.devices()[0].platform
   print(format_plan(plan, device_memory_gib=_DEVICE_MEMORY.value))
   sys.stdout.flush()
 
