@@ -4,8 +4,8 @@ Prints the parameter count, FLOPs per token and an estimate of the memory each d
 needs for parameters, optimizer state, gradients and activations under the config's mesh
 and remat policy. Then it checks the estimate: it lowers and compiles the real train step
 for N devices with abstract (ShapeDtypeStruct) state, never allocating the weights, and
-prints XLA's memory analysis beside it. When this process does not have N devices, the
-plan re-runs itself in a subprocess with N fake CPU devices.
+prints XLA's memory analysis beside it. When this process has fewer than N devices, the
+plan re-runs itself in a subprocess with N fake CPU devices; otherwise it uses the first N.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ _DEVICES = flags.DEFINE_integer(
     'devices', 0, 'Devices to plan for (the whole job, all hosts). 0: the product of the '
     "config's mesh sizes when none is -1, else this process's device count.")
 _COMPILE = flags.DEFINE_boolean(
-    'compile', True, 'Also lower and compile the train step for --devices fake CPU devices '
-    'and print XLA\'s memory analysis (slow for billion-parameter models on a small CPU).')
+    'compile', True, 'Also lower and compile the train step for --devices devices (fake CPU '
+    'devices when this process has fewer) and print XLA\'s memory analysis beside the '
+    'estimate (slow for billion-parameter models on a small CPU).')
 _VOCAB = flags.DEFINE_integer(
     'vocab_size', 0, 'Vocabulary size when config.model.vocab_size is 0 (default: the '
     "sentencepiece size the config asks for, or the byte tokenizer's 259; a char "
