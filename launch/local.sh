@@ -81,7 +81,7 @@ xla_flags="${xla_flags:+$xla_flags }--xla_force_host_platform_device_count=$devi
 xla_flags=${xla_flags# }
 
 command_for() {  # the argv of process $1, in the array `cmd`
-  cmd=(env "PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}" JAX_PLATFORMS=cpu
+  cmd=(env "PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 JAX_PLATFORMS=cpu
        "XLA_FLAGS=$xla_flags" "$python" -m lm.main "${args[@]}"
        "--coordinator_address=127.0.0.1:$port" "--num_processes=$num" "--process_id=$1")
 }
@@ -97,6 +97,11 @@ if ((dry_run)); then
   exit 0
 fi
 
+prefix_lines() {  # copies stdin to stdout line by line (unbuffered), each line after $1
+  local line
+  while IFS= read -r line || [[ -n "$line" ]]; do printf '%s%s\n' "$1" "$line"; done
+}
+
 # Job control while starting them puts each process (with its log prefixer) in a process
 # group of its own, so that the signals below reach the whole group and a Ctrl-C at the
 # terminal reaches only this script, which passes it on. The prefixer ignores SIGINT so a
@@ -105,7 +110,7 @@ set -m
 pids=()
 for ((i = 0; i < num; i++)); do
   command_for "$i"
-  ( "${cmd[@]}" 2>&1 | (trap '' INT; exec sed -u "s/^/[p$i] /")
+  ( "${cmd[@]}" 2>&1 | (trap '' INT; prefix_lines "[p$i] ")
     exit "${PIPESTATUS[0]}" ) &
   pids+=("$!")
 done

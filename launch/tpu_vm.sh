@@ -155,6 +155,6 @@ install+=" && python3 -m pip install -q -U $(quote "$jax_spec") && python3 -m pi
 run gcloud compute tpus tpu-vm ssh "$name" "${where[@]}" --worker=all --command="$install"
 
 # Every worker runs the same command; each line of its log is prefixed with its host name.
-train="set -o pipefail; cd ~/lm && python3 -m lm.main $(quote "--config=$config" "--workdir=$workdir" "${overrides[@]}")"
+train="set -o pipefail; cd ~/lm && PYTHONUNBUFFERED=1 python3 -m lm.main $(quote "--config=$config" "--workdir=$workdir" "${overrides[@]}")"
 train+=' 2>&1 | sed -u "s/^/[$(hostname)] /"'
 run gcloud compute tpus tpu-vm ssh "$name" "${where[@]}" --worker=all --command="$train"
