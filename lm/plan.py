@@ -119,7 +119,9 @@ def activation_bytes(model_cfg, *, rows: int, seq_len: int, tensor: int) -> int:
   qkv = b * t * (n + 2 * k) * h * a // tensor
   mlp_in = b * t * f * (2 if m.mlp == 'swiglu' else 1) * a // tensor
   mlp_hidden = b * t * f * a // tensor
-  scores = b * n * t * t * 4 // tensor  # float32 attention probabilities
+  # float32 attention probabilities, as XLA's attention keeps them; cuDNN's fused kernel
+  # recomputes them instead.
+  scores = 0 if m.attention == 'cudnn' else b * n * t * t * 4 // tensor
   # Everything one block keeps when nothing is rematerialized: residual stream, norm outputs,
   # q/k/v (before and after RoPE), attention probabilities and output, MLP in/hidden/out.
   full_layer = (6 * btd + qkv + b * t * (n + k) * h * a // tensor + scores
