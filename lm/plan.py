@@ -268,7 +268,8 @@ def format_plan(plan: Plan, *, device_memory_gib: float = 0.0) -> str:
   rows.append(('total', human_bytes(plan.total_per_device),
                human_bytes(sum(t for t, _ in plan.memory.values()))))
   lines.append(_table(('memory (estimate)', 'per device', 'whole run'), rows))
-  lines.append('(whole run: every tensor once, replicas not counted; activations of all rows)')
+  lines.append('(whole run: parameters and optimizer state once, without replicas; '
+               'activations summed over the devices)')
   if device_memory_gib > 0:
     need, have = plan.total_per_device, device_memory_gib * 2**30
     verdict = 'fits' if need <= have else 'does NOT fit'
