@@ -28,7 +28,8 @@ required:
   --workdir=DIR             the run's workdir; gs://bucket/path for a pod (shared)
 options:
   --config=FILE             config file inside this repository (default configs/default.py)
-  --version=VERSION         TPU software version (default tpu-ubuntu2204-base)
+  --version=VERSION         TPU software version (default tpu-ubuntu2204-base, for v4/v5p;
+                            v5e: v2-alpha-tpuv5-lite, v6e: v2-alpha-tpuv6e)
   --project=PROJECT         GCP project (default: gcloud's configured project)
   --spot                    create a Spot (preemptible) TPU
   --reuse                   the TPU already exists: skip creating it
