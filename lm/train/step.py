@@ -62,7 +62,9 @@ def make_train_step(model_def: ModelDef, optimizer: optax.GradientTransformation
       (total, count, grads), _ = jax.lax.scan(
           accumulate, (0.0, 0.0, zeros), (jnp.arange(grad_accum), micro))
     count = jnp.maximum(count, 1.0)
-    grads = jax.tree.map(lambda g: g / count, grads)
+    # Dividing by the float32 count must not turn bfloat16 gradients (and the optimizer
+    # moments that follow their dtype) into float32: the scan carry would change type.
+    grads = jax.tree.map(lambda g: (g / count).astype(g.dtype), grads)
     updates, opt_state = optimizer.update(grads, state['opt_state'], params)
     new_state = {'params': optax.apply_updates(params, updates), 'opt_state': opt_state,
                  'step': state['step'] + 1, 'rng': state['rng']}
