@@ -12,8 +12,9 @@ holds a finished run is not trained again, so a sweep that stopped resumes where
 At the end (or with --launcher=none, from the workdirs as they are) WORKDIR/results.md and
 WORKDIR/results.csv hold, per run: the swept values, final and best eval loss, median
 tokens/s, parameters and status; WORKDIR/loss.png has every run's curves (lm.plot).
---launcher=commands prints one lm.main command per point instead of running anything, to
-hand each to a job scheduler (e.g. each as the command of launch/slurm.sbatch).
+--launcher=slurm submits each point as its own job (`sbatch launch/slurm.sbatch ...`);
+--launcher=commands prints one lm.main command per point instead of running anything, for
+any other scheduler; --launcher=none collects the table once the jobs are done.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from typing import Any
 RESULTS_MD = 'results.md'
 RESULTS_CSV = 'results.csv'
 PLOT_FILE = 'loss.png'
-LAUNCHERS = ('local', 'commands', 'none')
+LAUNCHERS = ('local', 'slurm', 'commands', 'none')
+SLURM_SCRIPT = Path(__file__).resolve().parent.parent / 'launch' / 'slurm.sbatch'
 
 
 class SweepError(ValueError):
@@ -191,6 +193,23 @@ def run_all(cmds: Sequence[tuple[str, list[str], Path]], steps: int,
   return status
 
 
+def submit_slurm(cmds: Sequence[tuple[str, list[str], Path]],
+                 log: Callable[[str], None] = print) -> dict[str, int]:
+  """One `sbatch launch/slurm.sbatch <lm.main flags>` job per point (unfinished ones);
+  returns name -> sbatch's exit status."""
+  status = {}
+  for name, cmd, _ in cmds:
+    job = ['sbatch', f'--job-name=lm-sweep-{name}', str(SLURM_SCRIPT), *cmd[3:]]
+    try:
+      done = subprocess.run(job, check=False, capture_output=True, text=True)
+    except FileNotFoundError:
+      raise SweepError('--launcher=slurm needs sbatch on PATH (run the sweep on a SLURM '
+                       'login node), or use --launcher=commands.') from None
+    status[name] = done.returncode
+    log(f'{name}: {(done.stdout or done.stderr).strip()}')
+  return status
+
+
 # ---- results ----------------------------------------------------------------------------
 
 
@@ -325,6 +344,14 @@ def sweep(config_path: str, config, sweep_dir: str | os.PathLike, spec: str,
       'config': config_path, 'sweep': spec, 'overrides': list(base_overrides),
       'runs': [name for name, _, _ in cmds]}, indent=2) + '\n', encoding='utf-8')
   log(f'sweep: {len(points)} runs of {config_path} in {sweep_dir}')
+  if launcher == 'slurm':
+    todo = [c for c in cmds if not finished(c[2], steps)]
+    failed = {n: s for n, s in submit_slurm(todo, log).items() if s}
+    if failed:
+      raise SweepError(f'sbatch failed for {", ".join(failed)}; see its messages above.')
+    log(f'submitted {len(todo)} jobs; when they finish, collect the results with the same '
+        'command and --launcher=none.')
+    return []
   status = run_all(cmds, steps, log) if launcher == 'local' else None
   rows = results_table(sweep_dir, points, steps, status)
   header = (f'Sweep of `{config_path}` over `{spec}`' +
@@ -370,9 +397,10 @@ def _define_flags():
           'folder under experiments/ to commit); default: --workdir.'),
       'launcher': flags.DEFINE_enum(
           'launcher', 'local', list(LAUNCHERS),
-          'local: train the runs one after another here; commands: print one lm.main command '
-          'per run (for a job scheduler) and exit; none: only collect results from the '
-          'workdirs.'),
+          'local: train the runs one after another here; slurm: submit one job per run with '
+          'sbatch launch/slurm.sbatch (collect later with none); commands: print one lm.main '
+          'command per run (for any other scheduler) and exit; none: only collect results '
+          'from the workdirs.'),
   }
 
 

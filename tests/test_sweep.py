@@ -119,3 +119,26 @@ def test_rerunning_a_finished_sweep_trains_nothing_again(swept):
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.count('already finished') == 2
   assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_slurm_launcher_submits_one_job_per_point_and_collects_later(tmp_path, monkeypatch):
+  """sbatch here is a stand-in recording its arguments (the scheduler is not under test)."""
+  from lm import api
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  log = tmp_path / 'sbatch.log'
+  (bin_dir / 'sbatch').write_text(f'#!/bin/sh\necho "$@" >> {log}\necho Submitted batch job 7\n')
+  (bin_dir / 'sbatch').chmod(0o755)
+  monkeypatch.setenv('PATH', f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
+  config = api.load_config('default')
+  rows = sweep.sweep('configs/default.py', config, tmp_path / 's', 'optimizer.lr=[1e-3,3e-3]',
+                     ['--config.train.steps=5'], launcher='slurm', log=lambda _: None)
+  assert rows == []
+  jobs = log.read_text().splitlines()
+  assert len(jobs) == 2 and all(str(sweep.SLURM_SCRIPT) in j for j in jobs)
+  assert '--config.train.steps=5 --config.optimizer.lr=0.003' in jobs[1]
+  assert f'--workdir={tmp_path / "s" / "lr=0.003"}' in jobs[1]
+  rows = sweep.sweep('configs/default.py', config, tmp_path / 's', 'optimizer.lr=[1e-3,3e-3]',
+                     ['--config.train.steps=5'], launcher='none', log=lambda _: None)
+  assert [r['status'] for r in rows] == ['not run', 'not run']  # the jobs have not run here
+  assert (tmp_path / 's' / 'results.md').is_file()
