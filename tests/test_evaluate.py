@@ -10,23 +10,20 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from lm_eval.api.instance import Instance
+from lm_eval.api.registry import get_model
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from lm import api
 from lm.data import store
 from lm.eval import records
 from lm.eval.classification import ZeroShotLabels, classification_task
-from lm.eval.generation import Generator, generation_task
+from lm.eval.generation import generation_task
+from lm.eval.harness import NAME, LmJax
 from lm.eval.perplexity import perplexity
 from lm.train.metrics import read_metrics
-
-lm_eval = pytest.importorskip('lm_eval')
-from lm_eval.api.instance import Instance  # noqa: E402
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # noqa: E402
-
-from lm.eval.harness import LmJax  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SENTENCES = ['the quick brown fox jumps over the lazy dog.', 'a stitch in time saves nine.',
@@ -38,7 +35,7 @@ REVIEWS = [('what a good film, great fun', 'pos'), ('a dull and bad film', 'neg'
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
-  """(workdir, run): 20 steps of a 2-layer width-32 byte-level model on a few sentences."""
+  """(workdir, run): 10 steps of a 2-layer width-32 byte-level model on a few sentences."""
   root = tmp_path_factory.mktemp('evalh')
   corpus = root / 'corpus'
   corpus.mkdir()
@@ -51,9 +48,9 @@ def tiny(tmp_path_factory):
       'data.val_fraction': 0.25, 'data.tokenizer.kind': 'byte', 'data.seq_len': 32,
       'model.num_layers': 2, 'model.width': 32, 'model.mlp_dim': 64,
       'model.num_heads': 2, 'model.num_kv_heads': 2,
-      'train.steps': 20, 'train.batch_size': 8, 'train.eval_every': 20,
+      'train.steps': 10, 'train.batch_size': 8, 'train.eval_every': 10,
       'train.log_every': 10, 'train.steps_per_dispatch': 10, 'train.eval_batches': 2,
-      'train.sample_tokens': 0, 'checkpoint.every': 20, 'checkpoint.async_save': False,
+      'train.sample_tokens': 0, 'checkpoint.every': 10, 'checkpoint.async_save': False,
   }, optimizer__lr=1e-2, optimizer__warmup_steps=5)
   api.train(config, root / 'run')
   return root / 'run', api.load(root / 'run', log=lambda _: None)
@@ -72,6 +69,12 @@ def run1(tiny):
                 model_def=run.model_def, params=params, data=run.data, mesh=mesh)
   one.forward = jax.jit(lambda p, tokens_1T: one.model_def.merge(p)(tokens_1T))
   return one
+
+
+@pytest.fixture(scope='module')
+def lm(run1):
+  """The lm-eval adapter over the one-device run; its compiled pieces are shared."""
+  return LmJax(run=run1, batch_size=4)
 
 
 def _logprobs(run, tokens):
@@ -98,7 +101,7 @@ def _direct_score(run, context_ids, continuation_ids):
 # ---- perplexity --------------------------------------------------------------------------
 
 
-def test_perplexity_equals_the_training_eval_and_the_direct_loss(tiny, tmp_path):
+def test_perplexity_equals_the_training_eval_and_the_direct_loss(tiny, run1, tmp_path):
   workdir, run = tiny
   logged = read_metrics(workdir / 'metrics.jsonl')[-1]
   same_batches = perplexity(run, eval_batches=run.config.train.eval_batches)
@@ -110,8 +113,8 @@ def test_perplexity_equals_the_training_eval_and_the_direct_loss(tiny, tmp_path)
   rows = run.data.rows('validation')
   from lm.data.packing import rows_to_batch
   batch = rows_to_batch(rows)
-  logits = np.asarray(run.model(jnp.asarray(batch['inputs']), jnp.asarray(batch['positions']),
-                                jnp.asarray(batch['segment_ids'])), np.float64)
+  logits = np.asarray(jax.jit(lambda p, b: run1.model_def.merge(p)(
+      b['inputs'], b['positions'], b['segment_ids']))(run1.params, batch), np.float64)
   logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
   ce = -np.take_along_axis(logp, batch['targets'][..., None], -1)[..., 0]
   w = batch['weights']
@@ -137,9 +140,9 @@ def _requests(kind, args):
   return [Instance(request_type=kind, doc={}, arguments=a, idx=i) for i, a in enumerate(args)]
 
 
-def test_loglikelihood_equals_a_direct_forward_and_flags_greedy(run1):
-  run = run1
-  model = LmJax(run=run, batch_size=3)
+def test_loglikelihood_equals_a_direct_forward_and_flags_greedy(run1, lm):
+  run, model = run1, lm
+  assert get_model(NAME) is LmJax  # lm-eval finds it by name
   tok, max_len = run.tokenizer, run.model_def.cfg.max_len
   long_context = ' '.join(SENTENCES)  # longer than max_len: truncated from the left
   assert len(tok.encode(long_context)) > 2 * max_len
@@ -163,9 +166,8 @@ def test_loglikelihood_equals_a_direct_forward_and_flags_greedy(run1):
   assert got[-1] == (0.0, True)  # an empty continuation has probability 1
 
 
-def test_loglikelihood_rolling_is_the_total_loglikelihood_of_the_text(run1):
-  run = run1
-  model = LmJax(run=run, batch_size=2)
+def test_loglikelihood_rolling_is_the_total_loglikelihood_of_the_text(run1, lm):
+  run, model = run1, lm
   tok, max_len = run.tokenizer, run.model_def.cfg.max_len
   short, long = 'all that glitters', ' '.join(SENTENCES) * 2
   got = model.loglikelihood_rolling(_requests('loglikelihood_rolling', [(short,), (long,)]))
@@ -192,9 +194,8 @@ def _greedy(run, prompt_ids, num_tokens):
   return ids[len(prompt_ids):]
 
 
-def test_generate_until_is_greedy_decoding_cut_at_the_stop_string(run1):
-  run = run1
-  model = LmJax(run=run, batch_size=4)
+def test_generate_until_is_greedy_decoding_cut_at_the_stop_string(run1, lm):
+  run, model = run1, lm
   tok = run.tokenizer
   prompts = ['the quick brown', 'a stitch', 'to be or not']
   full = [tok.decode(_greedy(run, [tok.bos_id] + tok.encode(p), 8)) for p in prompts]
@@ -214,10 +215,17 @@ def _records(rows):
   return [(f'test:{i + 1}', r) for i, r in enumerate(rows)]
 
 
-def test_zero_shot_classification_picks_the_most_likely_label(run1):
-  run, tok = run1, run1.tokenizer
+@pytest.fixture(scope='module')
+def zero_shot(run1, lm):
+  """The zero-shot classification task on REVIEWS (labels neg, pos)."""
   rows = [{'text': t, 'label': y} for t, y in REVIEWS]
-  got = classification_task(run, _records(rows), labels=['neg', 'pos'], batch_size=4)
+  return classification_task(run1, _records(rows), labels=['neg', 'pos'],
+                             predict_labels=ZeroShotLabels(['neg', 'pos'], scorer=lm.scorer))
+
+
+def test_zero_shot_classification_picks_the_most_likely_label(run1, zero_shot):
+  run, tok, got = run1, run1.tokenizer, zero_shot
+  rows = [{'text': t, 'label': y} for t, y in REVIEWS]
   want = []
   for text, _ in REVIEWS:
     scores = [_direct_score(run, [tok.bos_id] + tok.encode(text), tok.encode(' ' + label))[0]
@@ -236,13 +244,13 @@ def test_zero_shot_classification_picks_the_most_likely_label(run1):
                         labels=['neg', 'pos'], predict_labels=lambda run, texts: [0, 0])
 
 
-def test_generation_task_scores_greedy_continuations(run1):
+def test_generation_task_scores_greedy_continuations(run1, lm):
   run, tok = run1, run1.tokenizer
-  sources = ['the quick brown', 'a stitch in']
-  full = [tok.decode(_greedy(run, [tok.bos_id] + tok.encode(s), 6)) for s in sources]
+  sources = ['the quick brown', 'a stitch in', 'all that']
+  full = [tok.decode(_greedy(run, [tok.bos_id] + tok.encode(s), 8)) for s in sources]
   rows = [{'source': s, 'reference': 'fox jumps over the lazy dog'} for s in sources]
   got = generation_task(run, _records(rows), source_field='source',
-                        reference_field='reference', max_new_tokens=6, batch_size=2)
+                        reference_field='reference', max_new_tokens=8, generator=lm.generator)
   predictions = [s['prediction'] for s in got['samples']]
   assert predictions == [f.strip() for f in full]
   from lm.eval import metrics
@@ -250,8 +258,7 @@ def test_generation_task_scores_greedy_continuations(run1):
   assert got['bleu'] == pytest.approx(metrics.bleu(predictions, refs))
   assert got['rougeL'] == pytest.approx(metrics.rouge(predictions, refs)['rougeL'])
   # A prompt longer than max_len is cut from the left, keeping room for the new tokens.
-  gen = Generator(run)
-  ids = gen.prompt_ids(' '.join(SENTENCES), max_new_tokens=6)
+  ids = lm.generator.prompt_ids(' '.join(SENTENCES), max_new_tokens=6)
   assert len(ids) == run.model_def.cfg.max_len - 6
   assert tok.decode(ids) == ' '.join(SENTENCES)[-len(ids):]
 
@@ -282,11 +289,12 @@ def _evaluate(env, *args):
 
 
 @pytest.fixture(scope='module')
-def env():
+def env(tmp_path_factory):
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)  # one device in the subprocess
+  # No network, and Hugging Face datasets' cache in a temp dir rather than ~/.cache.
   env.update(JAX_PLATFORMS='cpu', HF_DATASETS_OFFLINE='1', HF_HUB_OFFLINE='1',
-             PYTHONPATH=str(REPO))
+             HF_HOME=str(tmp_path_factory.mktemp('hf_home')), PYTHONPATH=str(REPO))
   return env
 
 
@@ -308,7 +316,7 @@ def test_cli_rejects_bad_inputs_before_loading_the_model(tiny, env, tmp_path):
   assert not (workdir / 'eval').exists()
 
 
-def test_cli_lm_eval_on_a_local_task_writes_json_and_markdown(tiny, run1, env, tmp_path):
+def test_cli_lm_eval_on_a_local_task_writes_json_and_markdown(tiny, zero_shot, env, tmp_path):
   """lm_eval.simple_evaluate through the CLI, offline, on a task YAML over a local JSONL:
   its accuracy is our zero-shot classifier's, whose scoring is the same."""
   workdir, _ = tiny
@@ -327,10 +335,7 @@ def test_cli_lm_eval_on_a_local_task_writes_json_and_markdown(tiny, run1, env, t
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads((workdir / 'eval' / 'lm_eval.json').read_text())
   acc = result['metrics']['results']['tiny_reviews']['acc,none']
-  rows = [{'text': t, 'label': y} for t, y in REVIEWS]
-  ours = classification_task(run1, _records(rows), labels=['neg', 'pos'],
-                             predict_labels=ZeroShotLabels(['neg', 'pos'], batch_size=4))
-  assert acc == pytest.approx(ours['accuracy'])
-  assert result['checkpoint']['step'] == 20
+  assert acc == pytest.approx(zero_shot['accuracy'])
+  assert result['checkpoint']['step'] == 10
   md = (workdir / 'eval' / 'lm_eval.md').read_text()
   assert '| tiny_reviews | acc,none |' in md and md.strip() in out.stdout

@@ -24,11 +24,12 @@ class ZeroShotLabels:
   """predict_labels for a decoder-only LM: argmax over labels of
   log p(label_prefix + label | text), the label's summed token log-probs."""
 
-  def __init__(self, labels: Sequence[str], *, label_prefix: str = ' ', batch_size: int = 8):
+  def __init__(self, labels: Sequence[str], *, label_prefix: str = ' ', batch_size: int = 8,
+               scorer: Scorer | None = None):
     if len(labels) < 2:
       raise EvalInputError(f'--labels needs at least two labels, got {list(labels)}')
     self.labels, self.label_prefix, self.batch_size = list(labels), label_prefix, batch_size
-    self._scorer: Scorer | None = None
+    self._scorer = scorer  # built for the run on first use unless given (compiled once)
 
   def scores(self, run, texts: Sequence[str]) -> np.ndarray:
     """[N, K] log-likelihood of each label's verbalizer after each text."""

@@ -68,10 +68,12 @@ class Generator:
 
 def generation_task(run, records: Sequence[tuple[str, dict[str, Any]]], *, source_field: str,
                     reference_field: str, template: str = '', max_new_tokens: int = 64,
-                    stop: Sequence[str] = (), batch_size: int = 8) -> dict[str, Any]:
+                    stop: Sequence[str] = (), batch_size: int = 8,
+                    generator: Generator | None = None) -> dict[str, Any]:
   """Greedy continuations of each record's prompt scored against its reference:
   corpus BLEU and mean ROUGE-1/2/L F-measures (0..100). Returns the metrics and, under
-  'samples', every prompt, prediction and reference."""
+  'samples', every prompt, prediction and reference. A `generator` built before (for this
+  run) saves compiling another."""
   prompts, references = [], []
   for where, record in records:
     source = text_field(record, source_field, where)
@@ -80,8 +82,8 @@ def generation_task(run, records: Sequence[tuple[str, dict[str, Any]]], *, sourc
   if not all(references):
     raise EvalInputError(f'{records[references.index("")][0]}: the reference '
                          f'({reference_field!r}) is empty; every record needs one')
-  predictions = Generator(run, batch_size).generate(prompts, max_new_tokens=max_new_tokens,
-                                                    stop=stop)
+  generator = generator or Generator(run, batch_size)
+  predictions = generator.generate(prompts, max_new_tokens=max_new_tokens, stop=stop)
   hypotheses = [p.strip() for p in predictions]
   scores = {'bleu': metrics.bleu(hypotheses, references),
             **metrics.rouge(hypotheses, references)}

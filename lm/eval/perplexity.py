@@ -10,6 +10,7 @@ and on all rows it is the loss of the whole split.
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ from lm.data.errors import DataError
 from lm.train.step import byte_lengths, make_eval_step, summarize_eval
 
 SPLITS = ('train', 'validation', 'all')
+_EVAL_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # run -> its eval step
 
 
 def source_config(run, overrides: Mapping[str, Any]):
@@ -117,10 +119,12 @@ def perplexity(run, *, overrides: Mapping[str, Any] | None = None, split_name: s
 
 def _summarize(run, local_batches: list[dict[str, np.ndarray]], num_rows: int) -> dict[str, Any]:
   sharding = parallel.batch_sharding(run.mesh)
-  step = make_eval_step(
-      run.model_def, mesh=run.mesh, rules=run.config.mesh.rules,
-      param_shardings=jax.tree.map(lambda x: x.sharding, run.params), batch_sharding=sharding,
-      byte_lengths_V=jnp.asarray(byte_lengths(run.tokenizer, run.model_def.cfg.vocab_size)))
+  step = _EVAL_STEPS.get(run)
+  if step is None:  # one compiled step per run, however many sources it evaluates
+    step = _EVAL_STEPS[run] = make_eval_step(
+        run.model_def, mesh=run.mesh, rules=run.config.mesh.rules,
+        param_shardings=jax.tree.map(lambda x: x.sharding, run.params), batch_sharding=sharding,
+        byte_lengths_V=jnp.asarray(byte_lengths(run.tokenizer, run.model_def.cfg.vocab_size)))
   sums = [step(run.params, parallel.global_batch(b, sharding)) for b in local_batches]
   summary = summarize_eval(sums)
   return {'loss': summary['eval/loss'], 'perplexity': summary['eval/perplexity'],
