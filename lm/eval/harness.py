@@ -77,7 +77,7 @@ class LmJax(LM):
 
   def generate_until(self, requests) -> list[str]:
     """Continuations grouped by their generation settings: `until` (stop strings),
-    `max_gen_toks`, and `temperature` when `do_sample` (default: greedy)."""
+    `max_gen_toks`, and `temperature` (default 1) when `do_sample`; greedy otherwise."""
     groups: dict[tuple, list[int]] = {}
     settings = []
     for i, request in enumerate(requests):
@@ -87,7 +87,8 @@ class LmJax(LM):
       until = [until] if isinstance(until, str) else list(until)
       max_toks = int(kwargs.pop('max_gen_toks', self.max_gen_toks))
       max_toks = min(max_toks, self.max_length - 1)
-      temperature = float(kwargs.pop('temperature', 0.0)) if kwargs.pop('do_sample', False) else 0.0
+      do_sample = bool(kwargs.pop('do_sample', False))
+      temperature = float(kwargs.pop('temperature', 1.0)) if do_sample else 0.0
       key = (tuple(until), max_toks, temperature)
       groups.setdefault(key, []).append(i)
       settings.append((context, key))
