@@ -23,10 +23,15 @@ setup(
         'tqdm>=4.66',
         'tensorboardX>=2.6',
         'matplotlib>=3.8',
+        'sacrebleu>=2.4',
+        'rouge-score>=0.1.2',
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6',
                  # tests/test_notebook.py executes experiments/quickstart.ipynb in a kernel
-                 'nbclient>=0.10', 'nbformat>=5.9', 'ipykernel>=6.29'],
+                 'nbclient>=0.10', 'nbformat>=5.9', 'ipykernel>=6.29',
+                 # tests/test_evaluate.py runs the lm-eval adapter
+                 'lm-eval>=0.4.13'],
+        'eval': ['lm-eval>=0.4.13'],
     },
 )
