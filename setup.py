@@ -23,8 +23,11 @@ setup(
         'tqdm>=4.66',
         'tensorboardX>=2.6',
         'matplotlib>=3.8',
+        'fastapi>=0.110',
+        'uvicorn>=0.29',
+        'prometheus-client>=0.20',
     ],
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6'],
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6', 'httpx>=0.27'],
     },
 )

@@ -416,3 +416,38 @@ def test_batch_buckets_and_protocol_bounds():
     protocol.check_context([[1, 2]], 47, 48)
   assert e.value.param == 'max_tokens'
   protocol.check_context([[1, 2]], 46, 48)
+
+
+def test_an_error_inside_generation_is_a_500_and_the_next_request_succeeds(model):
+  """The app in-process (TestClient): parameters that cannot run make the decode raise; the
+  request gets a 500 naming the error, /healthz stays up, and with the parameters back the
+  next request is answered."""
+  from fastapi.testclient import TestClient
+
+  from lm.serve.app import Service, create_app
+  from lm.serve.metrics import ServeMetrics
+
+  decoder, params, tokenizer = model
+  metrics = ServeMetrics()
+  batcher = Batcher(decoder, params, tokenizer, max_batch=2, batch_wait_s=0.0, metrics=metrics)
+  service = Service(batcher=batcher, tokenizer=tokenizer, context=CONTEXT, model_name='tiny',
+                    step=0, metrics=metrics)
+  body = {'prompt': 'the', 'max_tokens': 5, 'temperature': 0}
+  batcher.start()
+  try:
+    with TestClient(create_app(service)) as client:
+      batcher.params = {'not': 'the model'}
+      r = client.post('/v1/completions', json=body)
+      assert r.status_code == 500
+      assert r.json()['error']['type'] == 'server_error'
+      assert r.json()['error']['message'].startswith('generation failed: ')
+      streamed = client.post('/v1/completions', json={**body, 'stream': True}).text
+      assert streamed.startswith('data: {"error": {"message": "generation failed: ')
+      assert '[DONE]' not in streamed
+      assert client.get('/healthz').status_code == 200
+      batcher.params = params
+      r = client.post('/v1/completions', json=body)
+      assert r.status_code == 200 and r.json()['choices'][0]['text'] == _greedy(model, 'the', 5)
+      assert 'lm_serve_errors_total{kind="generation"} 2.0' in client.get('/metrics').text
+  finally:
+    batcher.stop()
