@@ -283,6 +283,9 @@ BAD_REQUESTS = [  # (raw body, status, the field the error names, words of the m
     (b'{"prompt": "hi", "seed": -3}', 400, 'seed', 'out of range'),
     (b'{"prompt": "hi", "frobnicate": 1}', 400, 'frobnicate', 'unknown field'),
     (b'{"prompt": "hi", "logprobs": 2}', 400, 'logprobs', 'not supported'),
+    (b'{"prompt": "hi", "temperature": 1' + b'0' * 400 + b'}', 400, 'temperature', 'range'),
+    (json.dumps({'prompt': ['x'] * 40, 'user': 'y' * (1 << 20)}).encode(), 413, None,
+     'send a smaller one'),
 ]
 
 
@@ -301,9 +304,11 @@ def test_malformed_requests_get_a_4xx_naming_the_field_and_serving_goes_on(serve
 
   after = server.request('GET', '/metrics', headers=AUTH)[1]
   path = '/v1/completions'
-  assert (_metric(after, 'lm_serve_requests_total', path=path, status='400')
-          - _metric(before, 'lm_serve_requests_total', path=path, status='400')
-          == len(BAD_REQUESTS))
+  for code in ('400', '413'):
+    assert (_metric(after, 'lm_serve_requests_total', path=path, status=code)
+            - _metric(before, 'lm_serve_requests_total', path=path, status=code)
+            == sum(str(status) == code for _, status, _, _ in BAD_REQUESTS))
+  assert _metric(after, 'lm_serve_requests_total', path='other', status='404') == 1
   assert (_metric(after, 'lm_serve_requests_total', path=path, status='200')
           - _metric(before, 'lm_serve_requests_total', path=path, status='200')
           == len(BAD_REQUESTS))

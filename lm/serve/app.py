@@ -23,6 +23,7 @@ from lm.serve.protocol import RequestError
 
 COMPLETIONS = '/v1/completions'
 ROUTES = 'POST /v1/completions, GET /v1/models, GET /healthz, GET /metrics'
+PATHS = ('/v1/completions', '/v1/models', '/healthz', '/metrics')
 
 
 @dataclasses.dataclass
@@ -38,11 +39,23 @@ class Service:
   api_key: str | None = None
 
 
+async def _read_body(request: Request) -> bytes:
+  """The request body; a 413 RequestError as soon as it passes MAX_BODY_BYTES."""
+  body = bytearray()
+  async for chunk in request.stream():
+    body += chunk
+    if len(body) > protocol.MAX_BODY_BYTES:
+      raise RequestError(f'the request body is over {protocol.MAX_BODY_BYTES} bytes; send a '
+                         'smaller one (fewer or shorter prompts)', status=413)
+  return bytes(body)
+
+
 def create_app(service: Service) -> FastAPI:
   app = FastAPI(title='lm', docs_url=None, redoc_url=None, openapi_url=None)
   metrics = service.metrics
 
   def error(path: str, e: RequestError, kind: str) -> JSONResponse:
+    path = path if path in PATHS else 'other'  # no label per random URL a scanner tries
     metrics.requests.labels(path, str(e.status)).inc()
     metrics.errors.labels(kind).inc()
     headers = {'WWW-Authenticate': 'Bearer'} if e.status == 401 else None
@@ -98,12 +111,8 @@ def create_app(service: Service) -> FastAPI:
     start = time.perf_counter()
     if (refusal := denied(request)) is not None:
       return refusal
-    body = await request.body()
     try:
-      if len(body) > protocol.MAX_BODY_BYTES:
-        raise RequestError(f'the request body is {len(body)} bytes; send at most '
-                           f'{protocol.MAX_BODY_BYTES}', status=413)
-      req = protocol.parse_completion_request(body)
+      req = protocol.parse_completion_request(await _read_body(request))
       prompt_ids = [service.tokenizer.encode(p) for p in req.prompts]
       protocol.check_context(prompt_ids, req.max_tokens, service.context)
     except RequestError as e:

@@ -48,7 +48,6 @@ class CompletionRequest:
   """A validated POST /v1/completions body (defaults filled in)."""
 
   prompts: tuple[str, ...]
-  prompt_is_list: bool
   max_tokens: int = DEFAULT_MAX_TOKENS
   temperature: float = 1.0
   top_p: float = 1.0
@@ -62,21 +61,17 @@ def _is_int(v: Any) -> bool:
   return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-  return (isinstance(v, int | float) and not isinstance(v, bool)) and math.isfinite(v)
-
-
 def _type_name(v: Any) -> str:
   return {dict: 'an object', list: 'an array', str: 'a string', bool: 'a boolean',
           int: 'an integer', float: 'a number', type(None): 'null'}.get(type(v), type(v).__name__)
 
 
-def _prompts(v: Any) -> tuple[tuple[str, ...], bool]:
+def _prompts(v: Any) -> tuple[str, ...]:
   fix = 'give a non-empty string or a list of non-empty strings'
   if isinstance(v, str):
     if not v:
       raise RequestError(f'prompt is empty; {fix}', param='prompt')
-    return (v,), False
+    return (v,)
   if not isinstance(v, list):
     raise RequestError(f'prompt must be a string or a list of strings, got {_type_name(v)}',
                        param='prompt')
@@ -91,7 +86,7 @@ def _prompts(v: Any) -> tuple[tuple[str, ...], bool]:
                          'are not supported; send text)', param='prompt')
     if not p:
       raise RequestError(f'prompt[{i}] is empty; {fix}', param='prompt')
-  return tuple(v), True
+  return tuple(v)
 
 
 def _stops(v: Any) -> tuple[str, ...]:
@@ -123,11 +118,15 @@ def _number_field(body: dict, name: str, ok, bounds: str) -> float | None:
   v = body.get(name)
   if v is None:
     return None
-  if not _is_number(v):
+  if not isinstance(v, int | float) or isinstance(v, bool):
     raise RequestError(f'{name} must be a number {bounds}, got {_type_name(v)} {v!r}', param=name)
-  if not ok(v):
-    raise RequestError(f'{name}={v} is out of range; give a number {bounds}', param=name)
-  return float(v)
+  try:
+    number = float(v)
+  except OverflowError:  # an integer literal beyond any float
+    number = math.inf
+  if not (math.isfinite(number) and ok(number)):
+    raise RequestError(f'{name}={number:g} is out of range; give a number {bounds}', param=name)
+  return number
 
 
 def parse_completion_request(body: bytes) -> CompletionRequest:
@@ -157,7 +156,7 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
   if data.get('prompt') is None:
     raise RequestError(f'prompt is required: a string or a list of strings, e.g. {EXAMPLE}',
                        param='prompt')
-  prompts, is_list = _prompts(data['prompt'])
+  prompts = _prompts(data['prompt'])
   for name in ('model', 'user'):
     if data.get(name) is not None and not isinstance(data[name], str):
       raise RequestError(f'{name} must be a string, got {_type_name(data[name])}', param=name)
@@ -177,7 +176,7 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
       seed=_int_field(data, 'seed', 0, (1 << 32) - 1, 'the same seed gives the same text'),
       stop=None if data.get('stop') is None else _stops(data['stop']),
       stream=stream)
-  return CompletionRequest(prompts=prompts, prompt_is_list=is_list,
+  return CompletionRequest(prompts=prompts,
                            **{k: v for k, v in fields.items() if v is not None})
 
 
