@@ -456,3 +456,12 @@ def test_an_error_inside_generation_is_a_500_and_the_next_request_succeeds(model
       assert 'lm_serve_errors_total{kind="generation"} 2.0' in client.get('/metrics').text
   finally:
     batcher.stop()
+
+
+def test_the_load_generator_reports_throughput_and_batching(server, capsys):
+  from lm.serve import bench
+  bench.main([f'--url=http://127.0.0.1:{server.port}', '--requests=6', '--concurrency=3',
+              '--max_tokens=3', f'--api_key={API_KEY}'])
+  out = capsys.readouterr().out
+  assert out.startswith('6 requests, concurrency 3, max_tokens 3: ')
+  assert 'generated tokens/s' in out and float(re.search(r'mean batch (\S+)', out)[1]) >= 1

@@ -14,6 +14,7 @@ import argparse
 import os
 import socket
 import sys
+import time
 
 from lm.generate import UserError, _check_workdir, load
 
@@ -42,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--batch_wait_ms', type=float, default=10.0,
                  help='How long the oldest waiting prompt waits for others to share its batch '
                  '(milliseconds); 0 = run whatever is waiting at once.')
+  p.add_argument('--warmup', action=argparse.BooleanOptionalAction, default=True,
+                 help='Compile every batch shape (prompts up to 16 tokens) before serving, so '
+                 'that the first requests of each do not wait for it; --no-warmup skips it.')
   p.add_argument('--api_key', default=None,
                  help='Require "Authorization: Bearer KEY" on every request except /healthz; '
                  'default: the LM_API_KEY environment variable, else no key.')
@@ -88,6 +92,11 @@ def _build(args: argparse.Namespace, workdir: str):
   metrics = ServeMetrics()
   batcher = Batcher(decoder, params, tokenizer, max_batch=args.max_batch,
                     batch_wait_s=args.batch_wait_ms / 1000, metrics=metrics)
+  if args.warmup:
+    start = time.perf_counter()
+    sizes = batcher.warm_up()
+    print(f'lm.serve: compiled batch sizes {sizes} in {time.perf_counter() - start:.1f} s',
+          flush=True)
   api_key = args.api_key if args.api_key is not None else os.environ.get('LM_API_KEY') or None
   service = Service(batcher=batcher, tokenizer=tokenizer, context=decoder.cache_len,
                     model_name=args.model_name or os.path.basename(workdir), step=step,

@@ -156,6 +156,18 @@ class Batcher:
     for row in left:
       _Progress(row, self.tokenizer, self.tokenizer.eos_id).fail('the server is shutting down')
 
+  def warm_up(self) -> list[int]:
+    """Compiles the prefill (for prompts of up to 16 tokens) and the step of every batch
+    shape the server uses, so that traffic does not wait for them; returns those sizes."""
+    sizes = sorted({batch_bucket(n, self.max_batch) for n in range(1, self.max_batch + 1)})
+    eos_id = self.tokenizer.eos_id
+    for size in sizes:
+      sampling = RowSampling((_FILLER,) * size, (0,) * size)
+      for _ in self.decoder.stream(self.params, [[eos_id]] * size, max_new_tokens=2,
+                                   sampling=sampling):
+        pass
+    return sizes
+
   def submit(self, rows: Sequence[Row]) -> None:
     with self._cond:
       if self._stopping:
