@@ -100,7 +100,7 @@ class Server:
       self.proc = subprocess.Popen(
           [sys.executable, '-m', 'lm.serve', f'--workdir={workdir}', '--port=0', *args],
           cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # start-up compiles; a busy CI machine is slow
     self.port = None
     while self.port is None:
       if self.proc.poll() is not None or time.monotonic() > deadline:
