@@ -104,23 +104,34 @@ def _build(args: argparse.Namespace, workdir: str):
   return create_app(service), batcher, step
 
 
+def _bind(host: str, port: int) -> socket.socket:
+  """A TCP socket bound to host:port (not listening yet)."""
+  try:
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+  except OSError as e:
+    raise UserError(f'cannot listen on {host}:{port} ({e}); pick another --port (0 = any free '
+                    'port) or --host') from e
+  return sock
+
+
 def main(argv: list[str] | None = None) -> None:
   args = _parser().parse_args(argv)
   try:
     _check_args(args)
     workdir = os.path.abspath(args.workdir)
     _check_workdir(workdir)
+    sock = _bind(args.host, args.port)  # a taken port fails now, not after loading
     app, batcher, step = _build(args, workdir)
-    try:
-      sock = socket.create_server((args.host, args.port))
-    except OSError as e:
-      raise UserError(f'cannot listen on {args.host}:{args.port} ({e}); pick another --port '
-                      '(0 = any free port) or --host') from e
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
 
   import uvicorn
+  sock.listen(1024)  # connections are refused until the model is ready
   host, port = sock.getsockname()[:2]
   shown = f'[{host}]' if ':' in host else host
   print(f'lm.serve: {workdir} (checkpoint step {step}) at http://{shown}:{port} '
