@@ -25,13 +25,18 @@ setup(
         'matplotlib>=3.8',
         'sacrebleu>=2.4',
         'rouge-score>=0.1.2',
+        'fastapi>=0.110',
+        'uvicorn>=0.29',
+        'prometheus-client>=0.20',
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6',
                  # tests/test_notebook.py executes experiments/quickstart.ipynb in a kernel
                  'nbclient>=0.10', 'nbformat>=5.9', 'ipykernel>=6.29',
                  # tests/test_evaluate.py runs the lm-eval adapter
-                 'lm-eval>=0.4.13'],
+                 'lm-eval>=0.4.13',
+                 # tests/test_serve.py: FastAPI's TestClient
+                 'httpx>=0.27'],
         'eval': ['lm-eval>=0.4.13'],
     },
 )
