@@ -23,8 +23,12 @@ setup(
         'tqdm>=4.66',
         'tensorboardX>=2.6',
         'matplotlib>=3.8',
+        'safetensors>=0.4.3',  # lm.convert: Hugging Face weights (numpy, bf16 via ml_dtypes)
+        'tokenizers>=0.15',  # data.tokenizer.kind='hf'
     ],
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6'],
+        # transformers + torch: tests/test_convert.py checks lm.convert against them.
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6', 'transformers>=4.40',
+                 'torch>=2.1'],
     },
 )

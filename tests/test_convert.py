@@ -86,7 +86,7 @@ def base_config(tmp_path_factory):
 IDS_BT = np.random.default_rng(0).integers(0, VOCAB, (3, 16))
 
 
-@pytest.mark.parametrize('kind', ['gpt2', 'llama_gqa', 'llama_tied'])
+@pytest.mark.parametrize('kind', ['gpt2', 'llama_tied'])  # llama_gqa (untied): the e2e test
 def test_from_hf_logits_equal_transformers(kind, tmp_path, base_config):
   model = hf_model(kind)
   model.save_pretrained(tmp_path / 'hf')
@@ -116,17 +116,14 @@ def random_workdir(root: pathlib.Path, base_config, family: str, **model) -> tup
   config = config_lib.resolve(config, num_devices=jax.device_count())
   model_def = ModelDef.create(ModelConfig.from_config(config.model))
   optimizer, _ = build_optimizer(config.optimizer, config.train.steps)
-
-  @jax.jit
-  def perturbed_state():
-    state = fresh_state(model_def, optimizer, config.seed)
-    leaves, tree = jax.tree.flatten(state['params'])
-    keys = jax.random.split(jax.random.key(7), len(leaves))
-    state['params'] = jax.tree.unflatten(tree, [x + 0.2 * jax.random.normal(k, x.shape)
-                                                for x, k in zip(leaves, keys, strict=True)])
-    return state
-
-  state = perturbed_state()
+  # Random weights from numpy: a jit'd jax.random init of every parameter compiles for ~8 s.
+  rng = np.random.default_rng(7)
+  state = jax.eval_shape(lambda: fresh_state(model_def, optimizer, config.seed))
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, s: jnp.asarray((path[-1].key == 'scale') + 0.2 * rng.standard_normal(s.shape),
+                                  s.dtype), state['params'])
+  state = {'params': params, 'opt_state': jax.jit(optimizer.init)(params),
+           'step': jnp.zeros((), jnp.int32), 'rng': jax.random.key_data(jax.random.key(0))}
   workdir = root / 'work'
   with Checkpointer(workdir / 'checkpoints', async_save=False) as checkpoints:
     checkpoints.save(0, state, data_state={}, config_json=config_lib.to_json(config))
@@ -197,7 +194,8 @@ def test_import_with_tokenizer_then_train_generate_and_export(tmp_path, base_con
   assert run.step == 2
   # Training went on from the imported weights (two Adam steps of lr 1e-3 move each weight
   # by a few 1e-3; a fresh init would differ from them by ~0.2).
-  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), run.params, imported.params)
+  moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(), run.params,
+                       imported.params)
   assert 0 < max(jax.tree.leaves(moved)) < 0.01
   assert isinstance(run.generate('the quick', max_new_tokens=5, temperature=0.0), str)
 

@@ -119,7 +119,7 @@ class HFTokenizer(Tokenizer):
       raise DataError(f'cannot tell the end-of-text token of the tokenizer in {directory}: add '
                       'a tokenizer_config.json with "eos_token" (and "bos_token").')
     ids = {}
-    for role in ('bos', 'eos', 'pad'):
+    for role in ('eos', 'bos', 'pad'):
       token = names.get(role, names['eos'])  # no bos/pad: the end-of-text token serves
       ids[role] = tok.token_to_id(token)
       if ids[role] is None:
