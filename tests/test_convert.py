@@ -300,3 +300,18 @@ def test_model_config_round_trips_through_hf_config():
     cfg = ModelConfig.from_hf(hf_config)
     assert ModelConfig.from_hf(cfg.to_hf()) == cfg
   assert ModelConfig.from_hf(hf_model('llama_gqa').config.to_dict()).rope_theta == 500.0
+
+
+def test_gpt2_hub_names_and_mask_buffers_are_accepted_unknown_tensors_are_not():
+  """Hub GPT-2 files lack the 'transformer.' prefix and carry attention-mask buffers."""
+  from lm.model import hf
+  model = hf_model('gpt2')
+  tensors = {k: v.numpy() for k, v in model.state_dict().items()}
+  cfg = ModelConfig.from_hf(model.config.to_dict())
+  want = hf.params_from_hf(cfg, tensors)
+  hub = {k.removeprefix('transformer.'): v for k, v in tensors.items() if k != 'lm_head.weight'}
+  hub.update({f'h.{i}.attn.bias': np.tril(np.ones((1, 1, 32, 32))) for i in range(2)})
+  jax.tree.map(np.testing.assert_array_equal, hf.params_from_hf(cfg, hub), want)
+  hub['h.1.mlp.c_gate.weight'] = np.zeros((32, 128))
+  with pytest.raises(HFConversionError, match='no place for: h.1.mlp.c_gate.weight'):
+    hf.params_from_hf(cfg, hub)
