@@ -55,6 +55,8 @@ def test_ids_round_trip_and_byte_lengths_count_utf8_bytes(tmp_path):
   assert loaded.encode(TEXTS[1]) == tok.encode(TEXTS[1]) and loaded.eos_id == 2
   np.testing.assert_array_equal(loaded.byte_lengths(), lengths_V)
   assert tokenizers.key(cfg.data.tokenizer).startswith('hf-')
+  # An HF directory as it is loads too (lm.generate --tokenizer_dir=WORKDIR/tokenizer).
+  assert tokenizers.load(tmp_path / 'hf').encode(TEXTS[2]) == tok.encode(TEXTS[2])
 
 
 def test_special_tokens_without_a_config(tmp_path):

@@ -180,7 +180,7 @@ class _Tensors:
       raise HFConversionError(f'tensor {name!r} in {self.source} has shape {tuple(x.shape)}, '
                               f'but config.json implies {tuple(shape)}.')
     self.used.add(name)
-    return np.asarray(x).astype(self.dtype)
+    return np.asarray(x).astype(self.dtype, copy=False)
 
   def check_all_used(self, ignore: tuple[str, ...] = ()) -> None:
     extra = sorted(n for n in self.tensors if n not in self.used and n not in ignore

@@ -79,7 +79,10 @@ def load(directory: str | pathlib.Path) -> Tokenizer:
   meta_path = directory / META_FILE
   if not meta_path.is_file():
     raise DataError(f'{directory} holds no tokenizer ({META_FILE} is missing)')
-  kind = json.loads(meta_path.read_text())['kind']
+  meta = json.loads(meta_path.read_text())
+  if 'kind' not in meta and 'model' in meta:  # a Hugging Face tokenizer directory as it is
+    return HFTokenizer.from_hf_dir(directory)
+  kind = meta['kind']
   if kind not in _KINDS:
     raise DataError(f'{meta_path}: unknown tokenizer kind {kind!r}')
   return _KINDS[kind].load(directory)
