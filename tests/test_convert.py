@@ -315,3 +315,21 @@ def test_gpt2_hub_names_and_mask_buffers_are_accepted_unknown_tensors_are_not():
   hub['h.1.mlp.c_gate.weight'] = np.zeros((32, 128))
   with pytest.raises(HFConversionError, match='no place for: h.1.mlp.c_gate.weight'):
     hf.params_from_hf(cfg, hub)
+
+
+def test_sharded_safetensors_are_read_through_their_index(tmp_path):
+  model = hf_model('gpt2')
+  model.save_pretrained(tmp_path / 'one')
+  model.save_pretrained(tmp_path / 'sharded', max_shard_size='50KB')
+  assert (tmp_path / 'sharded' / 'model.safetensors.index.json').is_file()
+  one, _ = convert.read_hf_tensors(tmp_path / 'one')
+  sharded, source = convert.read_hf_tensors(tmp_path / 'sharded')
+  assert 'index.json' in source and sorted(sharded) == sorted(one)
+  for name, x in one.items():
+    np.testing.assert_array_equal(sharded[name], x)
+  index = json.loads((tmp_path / 'sharded' / 'model.safetensors.index.json').read_text())
+  shards = sorted(set(index['weight_map'].values()))
+  assert len(shards) > 1
+  (tmp_path / 'sharded' / shards[-1]).unlink()
+  with pytest.raises(convert.UserError, match=f'{shards[-1]}, named in'):
+    convert.read_hf_tensors(tmp_path / 'sharded')
