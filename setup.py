@@ -28,6 +28,8 @@ setup(
         'fastapi>=0.110',
         'uvicorn>=0.29',
         'prometheus-client>=0.20',
+        'safetensors>=0.4.3',  # lm.convert: Hugging Face weights (numpy, bf16 via ml_dtypes)
+        'tokenizers>=0.15',  # data.tokenizer.kind='hf'
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6',
@@ -36,7 +38,9 @@ setup(
                  # tests/test_evaluate.py runs the lm-eval adapter
                  'lm-eval>=0.4.13',
                  # tests/test_serve.py: FastAPI's TestClient
-                 'httpx>=0.27'],
+                 'httpx>=0.27',
+                 # tests/test_convert.py checks lm.convert against transformers on torch
+                 'transformers>=4.40', 'torch>=2.1'],
         'eval': ['lm-eval>=0.4.13'],
     },
 )

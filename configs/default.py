@@ -32,11 +32,14 @@ def get_config() -> ml_collections.ConfigDict:
   # values give overlapping windows, like nanoGPT's random crops (validation never overlaps).
   c.data.train_row_stride = 0
   c.data.tokenizer = ml_collections.ConfigDict()
-  c.data.tokenizer.kind = 'sentencepiece'  # 'sentencepiece' | 'byte' | 'char'
+  # 'sentencepiece' | 'byte' | 'char' | 'hf' (a Hugging Face tokenizer.json, as
+  # `python -m lm.convert from-hf` sets up for an imported model)
+  c.data.tokenizer.kind = 'sentencepiece'
   c.data.tokenizer.model_type = 'bpe'  # sentencepiece: 'bpe' | 'unigram'
   c.data.tokenizer.vocab_size = 2048  # sentencepiece only; byte/char derive their own
   # sentencepiece trains on a fixed sample of at most this much text
   c.data.tokenizer.max_train_chars = 5_000_000
+  c.data.tokenizer.path = ''  # hf only: a directory holding an HF tokenizer.json
 
   # ---- model (lm/model) ----------------------------------------------------
   c.model = ml_collections.ConfigDict()

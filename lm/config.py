@@ -27,7 +27,7 @@ MIN_SENTENCEPIECE_VOCAB = 256  # room for the special tokens and every character
 ENUMS: dict[str, tuple[str, ...]] = {
     'data.source': ('stdlib', 'text', 'tfds'),
     'data.split': ('document', 'tail'),
-    'data.tokenizer.kind': ('sentencepiece', 'byte', 'char'),
+    'data.tokenizer.kind': ('sentencepiece', 'byte', 'char', 'hf'),
     'data.tokenizer.model_type': ('bpe', 'unigram'),
     'model.norm': ('rmsnorm', 'layernorm'),
     'model.mlp': ('swiglu', 'gelu'),
@@ -333,6 +333,11 @@ def _data_problems(c: ConfigDict, add: Callable[[str], None]) -> None:
   if t.kind == 'sentencepiece' and t.vocab_size < MIN_SENTENCEPIECE_VOCAB:
     add(f'data.tokenizer.vocab_size={t.vocab_size} is too small for sentencepiece; use >= '
         f"{MIN_SENTENCEPIECE_VOCAB}, or data.tokenizer.kind='byte' for a tiny vocabulary.")
+  if t.kind == 'hf' and not os.path.isfile(os.path.join(os.path.expanduser(t.path),
+                                                         'tokenizer.json')):
+    add(f"data.tokenizer.path={t.path!r} holds no tokenizer.json, which data.tokenizer.kind="
+        "'hf' needs; give the directory of a Hugging Face tokenizer (python -m lm.convert "
+        'from-hf sets it up).')
 
 
 def _model_problems(c: ConfigDict, add: Callable[[str], None]) -> None:
@@ -355,6 +360,18 @@ def _model_problems(c: ConfigDict, add: Callable[[str], None]) -> None:
     add(f'model.vocab_size={m.vocab_size} is smaller than data.tokenizer.vocab_size='
         f'{t.vocab_size}; token ids would overflow the embedding. Set 0 to take the '
         'tokenizer size.')
+  if m.vocab_size and t.kind == 'hf' and os.path.isfile(
+      os.path.join(os.path.expanduser(t.path), 'tokenizer.json')):
+    from lm.data.tokenizers import hf  # only here: it loads the tokenizers library
+    try:
+      n = hf.vocab_size_of(os.path.expanduser(t.path))
+    except ValueError as e:  # a tokenizer.json that does not load (DataError)
+      add(f'data.tokenizer.path={t.path!r}: {e}')
+      n = 0
+    if m.vocab_size < n:
+      add(f'model.vocab_size={m.vocab_size} is smaller than the {n} ids of the tokenizer in '
+          f'data.tokenizer.path={t.path!r}; token ids would overflow the embedding. Set 0 to '
+          'take the tokenizer size.')
   if c.optimizer.min_lr > c.optimizer.lr:
     add(f'optimizer.min_lr={c.optimizer.min_lr} is above optimizer.lr={c.optimizer.lr}; '
         'the schedule decays from lr to min_lr.')

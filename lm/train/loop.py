@@ -98,7 +98,8 @@ class Trainer:
       return init_state(self.model_def, self.optimizer, cfg.seed, self.shardings), it
     target = abstract_state(self.model_def, self.optimizer, cfg.seed, self.shardings)
     state, data_state, _ = self.checkpoints.restore(target, step)
-    it.set_state(data_state)
+    if data_state:  # an imported checkpoint (lm.convert from-hf) has no data position yet
+      it.set_state(data_state)
     self.log(f'resumed from {self.checkpoints.step_path(step)} (step {step})')
     return state, it
 
