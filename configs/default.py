@@ -34,7 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Domains (lm/data/mixture.py): (domain name, source, weight) triples; when set it
   # replaces data.source. A source is 'stdlib' (all of it), 'stdlib:code' (the stdlib with
   # docstrings and comments removed), 'stdlib:prose' (only its docstrings and comments) or
-  # a .txt/.jsonl file, directory or glob. Weights are sampling probabilities (normalised).
+  # a .txt/.jsonl file, directory or glob. Weights are sampling probabilities (normalised;
+  # 0: evaluated but not trained on).
   # Every token carries its domain id (the triple's index); eval reports each domain.
   c.data.mixture = ()
   c.data.tokenizer = ml_collections.ConfigDict()

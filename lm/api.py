@@ -180,7 +180,7 @@ def load(workdir: str | os.PathLike, step: int | None = None,
 
   from lm import parallel
   from lm.checkpoint import Checkpointer, CheckpointError
-  from lm.data import prepare
+  from lm.data.mixture import prepare_data as prepare
   from lm.model import ModelConfig
   from lm.train.optimizer import build_optimizer
   from lm.train.state import ModelDef, abstract_state, state_shardings

@@ -368,8 +368,8 @@ def _mixture_problems(c: ConfigDict, add: Callable[[str], None]) -> None:
     if not name or name in names:
       add(f'{where} has an empty or repeated domain name {name!r}; give each domain its own.')
     names.add(name)
-    if not weight > 0:
-      add(f'{where} has weight {weight}; weights must be > 0.')
+    if not weight >= 0:
+      add(f'{where} has weight {weight}; weights must be >= 0 (0: evaluated, not trained on).')
     if source.startswith('stdlib'):
       if source not in ('stdlib', 'stdlib:code', 'stdlib:prose'):
         add(f"{where} source {source!r} is not one of 'stdlib', 'stdlib:code', 'stdlib:prose' "
@@ -377,6 +377,10 @@ def _mixture_problems(c: ConfigDict, add: Callable[[str], None]) -> None:
     elif not glob.glob(os.path.expanduser(source)):
       add(f'{where} source {source!r} matches no file; give a .txt/.jsonl file, directory or '
           "glob that exists, or 'stdlib:code' / 'stdlib:prose'.")
+  weights = [e[2] for e in c.data.mixture if isinstance(e, (tuple, list)) and len(e) == 3
+             and isinstance(e[2], (int, float))]
+  if weights and not sum(weights) > 0:
+    add('data.mixture weights are all 0; give at least one domain a positive weight.')
 
 
 def _data_problems(c: ConfigDict, add: Callable[[str], None]) -> None:

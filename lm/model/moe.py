@@ -37,12 +37,16 @@ class Routing(NamedTuple):
 
 
 def capacity(moe: MoEConfig, tokens_per_row: int) -> int:
-  """Expert slots per row: ceil(capacity_factor * T * K / E), or T when dropless."""
+  """Expert slots per row: ceil(capacity_factor * T * K / R), or T when dropless.
+
+  R is the experts a token can reach: all E for learned routing, the E / num_domains of
+  its domain otherwise (a packed row holds one domain, so its tokens share R experts).
+  """
   if moe.capacity_factor == 0:
     return tokens_per_row  # an expert gets each token at most once, so nothing can drop
   k = moe.experts_per_token
-  return max(1, min(tokens_per_row,
-                    math.ceil(moe.capacity_factor * tokens_per_row * k / moe.num_experts)))
+  reach = moe.num_experts if moe.routing == 'learned' else moe.num_experts // moe.num_domains
+  return max(1, min(tokens_per_row, math.ceil(moe.capacity_factor * tokens_per_row * k / reach)))
 
 
 def choose_experts(moe: MoEConfig, logits_BTE: jax.Array | None, domains_BT: jax.Array | None,
