@@ -222,6 +222,8 @@ def _for_devices(config: ConfigDict, num_devices: int) -> ConfigDict:
   keep = config.mesh.fsdp * config.mesh.tensor
   if keep < 1 or num_devices % keep:
     config.mesh.fsdp = config.mesh.tensor = 1
+  if num_devices % (config.mesh.fsdp * config.mesh.tensor * config.mesh.get('expert', 1)):
+    config.mesh.expert = 1
   config.mesh.data = -1
   return config
 
