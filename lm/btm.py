@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from absl import app, flags
+from absl import app, flags, logging
 
 _PARENT = flags.DEFINE_string('parent', None, 'branch: the trained run (workdir) to fork.')
 _OUT = flags.DEFINE_string(
@@ -211,6 +211,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError('usage: python -m lm.btm branch|merge|eval --flags '
                          '(python -m lm.btm --help lists them)')
   command = argv[1]
+  logging.set_verbosity(logging.ERROR)  # Orbax logs every save/restore at INFO
   try:
     weights = [float(x) for x in _WEIGHTS.value]
   except ValueError:
