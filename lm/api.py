@@ -141,7 +141,8 @@ class Run:
       self._eval_step = make_eval_step(
           self.model_def, mesh=self.mesh, rules=cfg.mesh.rules,
           param_shardings=jax.tree.map(lambda x: x.sharding, self.params),
-          batch_sharding=parallel.batch_sharding(self.mesh), byte_lengths_V=jnp.asarray(lengths))
+          batch_sharding=parallel.batch_sharding(self.mesh), byte_lengths_V=jnp.asarray(lengths),
+          num_domains=len(cfg.data.mixture))
     local = self.data.eval_batches(
         batch_size=cfg.train.batch_size // jax.process_count(),
         num_batches=cfg.train.eval_batches if num_batches is None else num_batches,
@@ -150,8 +151,10 @@ class Run:
       raise ValueError(f'no validation batches in {self.data.packed_path}; the validation '
                        'split is shorter than one batch (raise data.val_fraction).')
     sharding = parallel.batch_sharding(self.mesh)
-    return summarize_eval([self._eval_step(self.params, parallel.global_batch(b, sharding))
-                           for b in local])
+    sums = [self._eval_step(self.params, parallel.global_batch(b, sharding)) for b in local]
+    from lm.train.step import summarize_domains  # per domain when trained on a data.mixture
+    return {**summarize_eval(sums),
+            **summarize_domains(sums, [entry[0] for entry in cfg.data.mixture])}
 
   def generate(self, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
                seed: int = 0) -> str:

@@ -129,6 +129,9 @@ def test_domain_moe_run_reports_each_domain_and_btm_of_identical_branches_is_the
   merged = btm.merge([parent, parent], str(tmp_path / 'merged'), log=quiet)
   from lm import api
   original, averaged = api.load(parent, log=quiet), api.load(merged, log=quiet)
+  evaluated = original.evaluate()  # lm.api reports each domain too
+  for key in ('eval/loss', 'eval/alpha/loss', 'eval/beta/loss'):
+    assert evaluated[key] == pytest.approx(final[key], rel=1e-5), key
   for x, y in zip(jax.tree.leaves(original.params), jax.tree.leaves(averaged.params),
                   strict=True):
     np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-6, atol=1e-7)
