@@ -156,7 +156,8 @@ class Run:
       self._eval_step = make_eval_step(
           self.model_def, mesh=self.mesh, rules=cfg.mesh.rules,
           param_shardings=jax.tree.map(lambda x: x.sharding, self.params),
-          batch_sharding=parallel.batch_sharding(self.mesh), byte_lengths_V=jnp.asarray(lengths))
+          batch_sharding=parallel.batch_sharding(self.mesh), byte_lengths_V=jnp.asarray(lengths),
+          num_domains=len(cfg.data.mixture))
     local = self.data.eval_batches(
         batch_size=cfg.train.batch_size // jax.process_count(),
         num_batches=cfg.train.eval_batches if num_batches is None else num_batches,
@@ -165,8 +166,10 @@ class Run:
       raise ValueError(f'no validation batches in {self.data.packed_path}; the validation '
                        'split is shorter than one batch (raise data.val_fraction).')
     sharding = parallel.batch_sharding(self.mesh)
-    return summarize_eval([self._eval_step(self.params, parallel.global_batch(b, sharding))
-                           for b in local])
+    sums = [self._eval_step(self.params, parallel.global_batch(b, sharding)) for b in local]
+    from lm.train.step import summarize_domains  # per domain when trained on a data.mixture
+    return {**summarize_eval(sums),
+            **summarize_domains(sums, [entry[0] for entry in cfg.data.mixture])}
 
   def generate(self, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
                seed: int = 0) -> str:
@@ -203,7 +206,7 @@ def load(workdir: str | os.PathLike, step: int | None = None,
 
   from lm import parallel
   from lm.checkpoint import Checkpointer, CheckpointError
-  from lm.data import prepare
+  from lm.data.mixture import prepare_data as prepare
   from lm.model import ModelConfig
   from lm.train.optimizer import build_optimizer
   from lm.train.state import ModelDef, abstract_state, state_shardings
@@ -245,6 +248,8 @@ def _for_devices(config: ConfigDict, num_devices: int) -> ConfigDict:
   keep = config.mesh.fsdp * config.mesh.tensor
   if keep < 1 or num_devices % keep:
     config.mesh.fsdp = config.mesh.tensor = 1
+  if num_devices % (config.mesh.fsdp * config.mesh.tensor * config.mesh.get('expert', 1)):
+    config.mesh.expert = 1
   config.mesh.data = -1
   return config
 
