@@ -21,9 +21,15 @@ def num_granules(devices=None) -> int:
   """How many granules the devices form: TPU slices where devices know their slice,
   else processes (hosts). DCN mesh sizes split the granules."""
   devices = jax.devices() if devices is None else devices
-  if all(getattr(d, 'slice_index', None) is not None for d in devices):
+  if _by_slice(devices):
     return len({d.slice_index for d in devices})
   return len({d.process_index for d in devices})
+
+
+def _by_slice(devices) -> bool:
+  """TPU devices know their slice (multislice); other platforms' granules are processes."""
+  return all(d.platform == 'tpu' and getattr(d, 'slice_index', None) is not None
+             for d in devices)
 
 
 def mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int,
@@ -64,10 +70,10 @@ def build_mesh(mesh_cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
         f'{names} split {math.prod(dcn_shape)} slices/processes, but the devices form '
         f'{granules}; make the product of the mesh.dcn_* sizes equal {granules} (or set '
         'them all to 1 for one slice).')
-  by_slice = all(getattr(d, 'slice_index', None) is not None for d in devices)
   try:
     grid = mesh_utils.create_hybrid_device_mesh(
-        tuple(ici[a] for a in MESH_AXES), dcn_shape, devices, process_is_granule=not by_slice)
+        tuple(ici[a] for a in MESH_AXES), dcn_shape, devices,
+        process_is_granule=not _by_slice(devices))
   except (AssertionError, ValueError) as e:
     raise ConfigError(f'cannot lay out the hybrid mesh (ici {ici}, dcn {dcn}): {e}') from e
   return Mesh(grid, MESH_AXES)
