@@ -50,16 +50,22 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _env(devices: int) -> dict[str, str]:
+def _env(devices: int, compile_cache: pathlib.Path | None) -> dict[str, str]:
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
   env.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO))
+  if compile_cache is not None:  # a resumed run reuses the first run's compiled steps
+    env.update(JAX_COMPILATION_CACHE_DIR=str(compile_cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
   return env
 
 
-def _run_all(commands: list[list[str]], devices: int, timeout: int = 300) -> list[str]:
+def _run_all(commands: list[list[str]], devices: int, timeout: int = 300,
+             compile_cache: pathlib.Path | None = None) -> list[str]:
   """Runs the commands at once (the processes of one run); returns their outputs."""
-  procs = [subprocess.Popen(cmd, cwd=REPO, env=_env(devices), stdout=subprocess.PIPE,
+  env = _env(devices, compile_cache)
+  procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for cmd in commands]
   try:
     outs = [p.communicate(timeout=timeout)[0] for p in procs]
@@ -194,9 +200,10 @@ def test_two_processes_train_checkpoint_resume_like_one(overrides, reference, tm
   mesh = {'mesh.data': -1, 'mesh.fsdp': 2, 'mesh.dcn_data': 2}
   for steps in (10, STEPS):  # stop at the checkpoint of step 10, then resume to the end
     port = _free_port()
-    _run_all([_main(workdir, overrides, **mesh, **{'train.steps': steps}) + [
+    sample = {'train.sample_tokens': 0 if steps < STEPS else OVERRIDES['train.sample_tokens']}
+    _run_all([_main(workdir, overrides, **mesh, **sample, **{'train.steps': steps}) + [
         f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}']
-        for i in range(2)], devices=4)
+        for i in range(2)], devices=4, compile_cache=tmp_path / 'xla_cache')
   assert sorted(p.name for p in (workdir / 'checkpoints' / '20' / 'data_state').glob('*.json')
                 ) == ['process_0-of-2.json', 'process_1-of-2.json']
   config = json.loads((workdir / 'config.json').read_text())['mesh']
