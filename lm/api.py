@@ -218,12 +218,12 @@ def _for_devices(config: ConfigDict, num_devices: int) -> ConfigDict:
   none) with data parallelism over the rest on one slice, so a run trained elsewhere loads."""
   axes = config_lib.MESH_AXES
   sizes = [config.mesh.get(a, 1) * config.mesh.get(f'dcn_{a}', 1) for a in axes]
-  if all(config.mesh.get(a, 1) > 0 and config.mesh.get(f'dcn_{a}', 1) > 0 for a in axes) and (
+  if all(config.mesh.get(a, 1) > 0 and config.mesh.get(f'dcn_{a}', 1) == 1 for a in axes) and (
       math.prod(sizes) == num_devices):
     return config
   model_axes = [a for a in axes if a != 'data']
   keep = math.prod(sizes[axes.index(a)] for a in model_axes)
-  for a in axes:
+  for a in axes:  # a hybrid mesh becomes a plain one: the same axis sizes, one granule
     if f'dcn_{a}' in config.mesh:
       config.mesh[f'dcn_{a}'] = 1
   for a, s in zip(axes, sizes, strict=True):

@@ -223,3 +223,23 @@ def test_restore_onto_another_mesh_and_device_count_continues_the_run(
   assert 'resumed from' in out and '(step 10)' in out, out[-3000:]
   assert "'data': 2, 'fsdp': 1, 'expert': 1, 'tensor': 2" in out  # the summary's mesh
   _assert_same_rows(workdir, reference)
+
+
+# ---- joining a run: flags and environment -------------------------------------------------
+
+
+def test_initialize_reads_flags_then_slurm_then_tpu_and_names_bad_flags():
+  from lm.parallel import distributed
+  assert distributed.detect({'SLURM_NTASKS': '4', 'SLURM_PROCID': '1'}) == 'slurm'
+  assert distributed.detect({'SLURM_NTASKS': '1', 'SLURM_PROCID': '0'}) is None
+  assert distributed.detect({'TPU_WORKER_HOSTNAMES': 'h0,h1'}) == 'tpu'
+  assert distributed.detect({'TPU_WORKER_HOSTNAMES': 'h0'}) is None  # one host: no init
+  assert distributed.initialize(environ={}) == 'single'
+  assert distributed.initialize('127.0.0.1:1234', 1, 0, environ={}) == 'single'
+  for args, words in [((None, 2, 0), ['--coordinator_address']),
+                      (('127.0.0.1:1234', None, None), ['--num_processes', '--process_id']),
+                      (('localhost', 2, 0), ['HOST:PORT']),
+                      (('127.0.0.1:1234', 2, 2), ['--process_id=2', '--num_processes=2'])]:
+    with pytest.raises(distributed.DistributedError) as e:
+      distributed.initialize(*args, environ={})
+    assert all(w in str(e.value) for w in words), (args, str(e.value))
