@@ -40,7 +40,7 @@ OVERRIDES = {
     'optimizer.lr': 1e-2, 'optimizer.schedule': 'constant', 'optimizer.warmup_steps': 0,
     'train.steps': STEPS, 'train.batch_size': 8, 'train.steps_per_dispatch': 5,
     'train.log_every': 5, 'train.eval_every': 10, 'train.eval_batches': 2,
-    'train.sample_tokens': 8, 'train.sample_prompt_tokens': 4, 'checkpoint.every': 10,
+    'train.sample_tokens': 0, 'train.sample_prompt_tokens': 4, 'checkpoint.every': 10,
 }
 
 
@@ -200,7 +200,7 @@ def test_two_processes_train_checkpoint_resume_like_one(overrides, reference, tm
   mesh = {'mesh.data': -1, 'mesh.fsdp': 2, 'mesh.dcn_data': 2}
   for steps in (10, STEPS):  # stop at the checkpoint of step 10, then resume to the end
     port = _free_port()
-    sample = {'train.sample_tokens': 0 if steps < STEPS else OVERRIDES['train.sample_tokens']}
+    sample = {'train.sample_tokens': 8 if steps == STEPS else 0}  # sampling works sharded too
     _run_all([_main(workdir, overrides, **mesh, **sample, **{'train.steps': steps}) + [
         f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}']
         for i in range(2)], devices=4, compile_cache=tmp_path / 'xla_cache')
