@@ -134,27 +134,25 @@ def get_config() -> ml_collections.ConfigDict:
   c.runtime.cpu_devices = 0
 
   # ---- mesh (lm/parallel) ------------------------------------------------
-  # Sizes per mesh axis; one may be -1 to take the remaining devices.
+  # Mesh axes, outermost first: data, fsdp, expert, tensor. `mesh.<axis>` are the sizes
+  # inside one slice (TPU) or process (CPU/GPU), over fast ICI links; one may be -1 to take
+  # the remaining devices. docs/scaling_mesh.md explains the choices.
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.expert = 1  # expert parallelism: MoE experts split over it (it also splits the batch)
   c.mesh.tensor = 1
-  # Logical axis (model code) -> mesh axes (tuple, '' for replicated).
-  c.mesh.rules = (
-      ('batch', ('data', 'fsdp', 'expert')),
-      ('embed', ('fsdp',)),
-      ('heads', ('tensor',)),
-      ('kv_heads', ('tensor',)),
-      ('mlp', ('tensor',)),
-      ('vocab', ('tensor',)),
-      ('act_heads', ('tensor',)),
-      ('act_kv_heads', ('tensor',)),
-      ('act_mlp', ('tensor',)),
-      ('act_vocab', ('tensor',)),
-      ('expert', ('expert',)),  # MoE expert weights' leading dim
-      ('act_expert', ('expert',)),  # the expert dim of dispatched tokens
-      # the batch dim of dispatched tokens, which leave the expert axis to their experts
-      ('expert_batch', ('data', 'fsdp')),
-  )
+  # Sizes across slices/processes (DCN); any > 1 builds a hybrid mesh whose axis is
+  # <axis> x dcn_<axis> long. One may be -1 to take the remaining slices/processes.
+  c.mesh.dcn_data = 1
+  c.mesh.dcn_fsdp = 1
+  c.mesh.dcn_expert = 1
+  c.mesh.dcn_tensor = 1
+  # How the model is split (logical axis -> mesh axes, lm/parallel/presets.py):
+  # 'fsdp_tensor' (FSDP + tensor parallel) | 'data' (pure data parallel, params replicated)
+  # | 'fsdp' (ZeRO-3: params and optimizer state over fsdp) | 'tensor' (Megatron + data).
+  c.mesh.preset = 'fsdp_tensor'
+  # Per-logical-axis overrides on top of the preset: (name, mesh axes) pairs, e.g.
+  # (('vocab', ()),) keeps the vocabulary unsplit; () or '' means replicated.
+  c.mesh.rules = ()
   return c

@@ -154,7 +154,7 @@ class Run:
     if self._eval_step is None:
       lengths = byte_lengths(self.tokenizer, self.model_def.cfg.vocab_size)
       self._eval_step = make_eval_step(
-          self.model_def, mesh=self.mesh, rules=cfg.mesh.rules,
+          self.model_def, mesh=self.mesh, rules=parallel.rules_for(cfg.mesh),
           param_shardings=jax.tree.map(lambda x: x.sharding, self.params),
           batch_sharding=parallel.batch_sharding(self.mesh), byte_lengths_V=jnp.asarray(lengths),
           num_domains=len(cfg.data.mixture))
@@ -225,7 +225,7 @@ def load(workdir: str | os.PathLike, step: int | None = None,
   model_def = ModelDef.create(model_cfg)
   mesh = parallel.build_mesh(cfg.mesh)
   optimizer, _ = build_optimizer(cfg.optimizer, cfg.train.steps)
-  shardings = state_shardings(model_def, optimizer, mesh, cfg.mesh.rules)
+  shardings = state_shardings(model_def, optimizer, mesh, parallel.rules_for(cfg.mesh))
   ckpt_dir = workdir / CHECKPOINT_DIR
   if not ckpt_dir.is_dir():
     raise CheckpointError(f'{ckpt_dir} not found: the run in {workdir} saved no checkpoint yet.')
@@ -240,16 +240,20 @@ def load(workdir: str | os.PathLike, step: int | None = None,
 
 
 def _for_devices(config: ConfigDict, num_devices: int) -> ConfigDict:
-  """The run's mesh when it fits `num_devices`; else the same fsdp/tensor split (or none) with
-  data parallelism over the rest, so a run trained elsewhere loads here."""
-  sizes = [config.mesh[a] for a in config_lib.MESH_AXES]
-  if all(s > 0 for s in sizes) and math.prod(sizes) == num_devices:
+  """The run's mesh when it fits `num_devices`; else the same fsdp/expert/tensor split (or
+  none) with data parallelism over the rest on one slice, so a run trained elsewhere loads."""
+  axes = config_lib.MESH_AXES
+  sizes = [config.mesh.get(a, 1) * config.mesh.get(f'dcn_{a}', 1) for a in axes]
+  if all(config.mesh.get(a, 1) > 0 and config.mesh.get(f'dcn_{a}', 1) == 1 for a in axes) and (
+      math.prod(sizes) == num_devices):
     return config
-  keep = config.mesh.fsdp * config.mesh.tensor
-  if keep < 1 or num_devices % keep:
-    config.mesh.fsdp = config.mesh.tensor = 1
-  if num_devices % (config.mesh.fsdp * config.mesh.tensor * config.mesh.get('expert', 1)):
-    config.mesh.expert = 1
+  model_axes = [a for a in axes if a != 'data']
+  keep = math.prod(sizes[axes.index(a)] for a in model_axes)
+  for a in axes:  # a hybrid mesh becomes a plain one: the same axis sizes, one granule
+    if f'dcn_{a}' in config.mesh:
+      config.mesh[f'dcn_{a}'] = 1
+  for a, s in zip(axes, sizes, strict=True):
+    if a in config.mesh and a != 'data':
+      config.mesh[a] = s if keep >= 1 and num_devices % keep == 0 else 1
   config.mesh.data = -1
   return config
-

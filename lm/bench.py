@@ -75,11 +75,11 @@ def run_benchmark(config, *, dispatches: int, warmup: int, vocab_size: int = 0,
   mesh = parallel.build_mesh(cfg.mesh)
   model_def = ModelDef.create(model_cfg)
   optimizer, schedule = build_optimizer(cfg.optimizer, cfg.train.steps)
-  shardings = state_shardings(model_def, optimizer, mesh, cfg.mesh.rules)
+  shardings = state_shardings(model_def, optimizer, mesh, parallel.rules_for(cfg.mesh))
   state = init_state(model_def, optimizer, cfg.seed, shardings)
   batch_sharding = parallel.batch_sharding(mesh, leading_dims=1)
   step_fn = make_train_step(model_def, optimizer, schedule, grad_accum=cfg.train.grad_accum,
-                            mesh=mesh, rules=cfg.mesh.rules, shardings=shardings,
+                            mesh=mesh, rules=parallel.rules_for(cfg.mesh), shardings=shardings,
                             batch_sharding=batch_sharding)
   k, b, t = cfg.train.steps_per_dispatch, cfg.train.batch_size, cfg.data.seq_len
   rng = np.random.default_rng(cfg.seed)

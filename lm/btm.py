@@ -179,7 +179,7 @@ def evaluate(branches: Sequence[str], mode: str = 'ensemble',
 
   @jax.jit
   def sums(params_list, batch):
-    with parallel.use_rules(first.mesh, cfg.mesh.rules):
+    with parallel.use_rules(first.mesh, parallel.rules_for(cfg.mesh)):
       logp = [jax.nn.log_softmax(model_def.merge(p)(
           batch['inputs'], batch['positions'], batch['segment_ids'],
           domains_BT=batch.get('domains')), axis=-1) for p in params_list]

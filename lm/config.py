@@ -21,7 +21,8 @@ import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
 
-MESH_AXES = ('data', 'fsdp', 'expert', 'tensor')  # the `mesh.*` size fields, in mesh order
+# The `mesh.*` size fields, in mesh order (as lm.parallel.MESH_AXES; each also has mesh.dcn_*).
+MESH_AXES = ('data', 'fsdp', 'expert', 'tensor')
 MIN_SENTENCEPIECE_VOCAB = 256  # room for the special tokens and every character of a corpus
 
 ENUMS: dict[str, tuple[str, ...]] = {
@@ -38,6 +39,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
     'model.dtype': ('float32', 'bfloat16'),
     'optimizer.schedule': ('cosine', 'linear', 'constant'),
     'model.moe.routing': ('learned', 'domain', 'domain+learned'),
+    'mesh.preset': ('fsdp_tensor', 'data', 'fsdp', 'tensor'),  # lm/parallel/presets.py
 }
 
 POSITIVE_INTS = (
@@ -123,36 +125,38 @@ def check_known_keys(config: ConfigDict, base: ConfigDict | None = None) -> None
     raise ConfigError(problems)
 
 
-def validate(config: ConfigDict, *, num_devices: int) -> None:
-  """Raises ConfigError listing every problem in `config` for a run on `num_devices` devices."""
+def validate(config: ConfigDict, *, num_devices: int, num_granules: int | None = None) -> None:
+  """Raises ConfigError listing every problem in `config` for a run on `num_devices` devices
+  (in `num_granules` TPU slices or processes, when known: checks the mesh.dcn_* sizes)."""
   if not isinstance(num_devices, int) or isinstance(num_devices, bool) or num_devices < 1:
     raise ValueError(f'num_devices must be a positive int, got {num_devices!r}')
   base = default_config()
   problems = _key_problems(config, base) + _type_problems(config, base)
   if problems:  # value checks assume the keys exist and have the right types
     raise ConfigError(problems)
-  problems = _value_problems(config, num_devices)
+  problems = _value_problems(config, num_devices, num_granules)
   if problems:
     raise ConfigError(problems)
 
 
-def resolve(config: ConfigDict, *, num_devices: int) -> ConfigDict:
+def resolve(config: ConfigDict, *, num_devices: int,
+            num_granules: int | None = None) -> ConfigDict:
   """Returns a validated copy with derived values filled in.
 
-  `model.max_len=0` becomes `data.seq_len`; a mesh size of -1 becomes the devices the
-  other mesh axes leave. `model.vocab_size=0` stays: the tokenizer fills it later.
+  `model.max_len=0` becomes `data.seq_len`; a mesh size of -1 becomes the devices (or, for
+  mesh.dcn_*, the slices/processes) the other mesh axes leave. `model.vocab_size=0` stays:
+  the tokenizer fills it later.
   """
-  validate(config, num_devices=num_devices)
+  from lm.parallel import presets  # imports jax; lm.config itself must not
+
+  validate(config, num_devices=num_devices, num_granules=num_granules)
   out = ConfigDict(config.to_dict())  # a plain copy: FieldReferences resolved, never frozen
   if out.model.max_len == 0:
     out.model.max_len = out.data.seq_len
-  sizes = {a: out.mesh[a] for a in MESH_AXES}
-  if -1 in sizes.values():
-    rest = math.prod(s for s in sizes.values() if s != -1)
-    for a, s in sizes.items():
-      if s == -1:
-        out.mesh[a] = num_devices // rest
-  validate(out, num_devices=num_devices)
+  ici, dcn = presets.mesh_sizes(out.mesh, num_devices, num_granules)
+  for a in MESH_AXES:
+    out.mesh[a], out.mesh[f'dcn_{a}'] = ici[a], dcn[a]
+  validate(out, num_devices=num_devices, num_granules=num_granules)
   return out
 
 
@@ -275,7 +279,8 @@ def _get(c: ConfigDict, key: str) -> Any:
 # ---- values -----------------------------------------------------------------------------
 
 
-def _value_problems(c: ConfigDict, num_devices: int) -> list[str]:
+def _value_problems(c: ConfigDict, num_devices: int, num_granules: int | None = None
+                    ) -> list[str]:
   problems: list[str] = []
   add = problems.append
 
@@ -313,7 +318,7 @@ def _value_problems(c: ConfigDict, num_devices: int) -> list[str]:
   _data_problems(c, add)
   _model_problems(c, add)
   _train_problems(c, add)
-  _mesh_problems(c, num_devices, add)
+  _mesh_problems(c, num_devices, add, num_granules)
   _moe_problems(c, add)
   _mixture_problems(c, add)
   return problems
@@ -459,54 +464,114 @@ def _train_problems(c: ConfigDict, add: Callable[[str], None]) -> None:
           f'state between dispatches; use e.g. {key}={max(k, v // k * k)}.')
 
 
-def _mesh_problems(c: ConfigDict, num_devices: int, add: Callable[[str], None]) -> None:
-  sizes = {a: c.mesh[a] for a in MESH_AXES}
-  names = ', '.join(f'mesh.{a}={s}' for a, s in sizes.items())
-  bad = [a for a, s in sizes.items() if s != -1 and s < 1]
-  for a in bad:
-    add(f'mesh.{a}={sizes[a]} must be a positive size, or -1 to take the remaining devices.')
-  wild = [a for a, s in sizes.items() if s == -1]
-  if len(wild) > 1:
-    add(f"more than one mesh size is -1 ({', '.join('mesh.' + a for a in wild)}); at most one "
-        'axis can take the remaining devices. Give the others explicit sizes.')
-  _rules_problems(c.mesh.rules, add)
-  if bad or len(wild) > 1:
+def _mesh_problems(c: ConfigDict, num_devices: int, add: Callable[[str], None],
+                   num_granules: int | None = None) -> None:
+  # lm.parallel imports jax: import it only here, so lm.config stays importable before jax.
+  from lm.parallel import presets
+
+  ici = {a: c.mesh[a] for a in MESH_AXES}
+  dcn = {a: c.mesh[f'dcn_{a}'] for a in MESH_AXES}
+  bad = False
+  for sizes, prefix, what in ((ici, 'mesh.', 'devices'), (dcn, 'mesh.dcn_', 'slices/processes')):
+    for a, s in sizes.items():
+      if s != -1 and s < 1:
+        add(f'{prefix}{a}={s} must be a positive size, or -1 to take the remaining {what}.')
+        bad = True
+    wild = [a for a, s in sizes.items() if s == -1]
+    if len(wild) > 1:
+      add(f"more than one mesh size is -1 ({', '.join(prefix + a for a in wild)}); at most one "
+          f'axis can take the remaining {what}. Give the others explicit sizes.')
+      bad = True
+  rules_ok = _rules_problems(c.mesh.rules, add)
+  if bad:
     return
-  rest = math.prod(s for s in sizes.values() if s != -1)
+  ici_wild = [a for a, s in ici.items() if s == -1]
+  dcn_wild = [a for a, s in dcn.items() if s == -1]
+  if ici_wild and dcn_wild:
+    if num_granules is None:
+      add(f'mesh.{ici_wild[0]}=-1 and mesh.dcn_{dcn_wild[0]}=-1: with no slice/process count '
+          f'to go by, give mesh.dcn_{dcn_wild[0]} explicitly (the number of slices/processes).')
+      return
+    dcn_rest = math.prod(s for s in dcn.values() if s != -1)
+    if num_granules % dcn_rest:
+      add(f'mesh.dcn_{dcn_wild[0]}=-1 cannot take the remaining {num_granules} '
+          f'slices/processes: the other mesh.dcn_* sizes multiply to {dcn_rest}.')
+      return
+    dcn[dcn_wild[0]] = num_granules // dcn_rest
+    dcn_wild = []
+  names = ', '.join([f'mesh.{a}={s}' for a, s in ici.items()]
+                    + [f'mesh.dcn_{a}={s}' for a, s in dcn.items() if s != 1])
+  rest = math.prod(s for s in [*ici.values(), *dcn.values()] if s != -1)
+  wild = [f'mesh.{a}' for a in ici_wild] + [f'mesh.dcn_{a}' for a in dcn_wild]
   if wild:
     if num_devices % rest:
-      add(f'mesh.{wild[0]}=-1 cannot take the remaining devices: {num_devices} devices are not '
+      add(f'{wild[0]}=-1 cannot take the remaining devices: {num_devices} devices are not '
           f'divisible by the product of the other mesh sizes ({names}: {rest}). Make that '
           f'product divide {num_devices}.')
       return
-    sizes[wild[0]] = num_devices // rest
+    for sizes, axes in ((ici, ici_wild), (dcn, dcn_wild)):
+      for a in axes:
+        sizes[a] = num_devices // rest
   elif rest != num_devices:
-    product = '*'.join(str(s) for s in sizes.values())
+    product = '*'.join(str(s) for s in [*ici.values(), *(s for s in dcn.values() if s != 1)])
     add(f'the mesh has {product} = {rest} devices ({names}) but this run has {num_devices}; '
         f'make the product equal {num_devices}, e.g. --config.mesh.data=-1 to give the data '
         'axis the remaining devices.')
     return
+  if num_granules is not None and math.prod(dcn.values()) not in (1, num_granules):
+    add(f'the mesh.dcn_* sizes ({names}) split {math.prod(dcn.values())} slices/processes but '
+        f'this run has {num_granules}; make their product {num_granules}, or 1 for one slice.')
 
-  m, tp, dp = c.model, sizes['tensor'], sizes['data'] * sizes['fsdp'] * sizes['expert']
-  for key, v in (('model.num_heads', m.num_heads), ('model.num_kv_heads', m.num_kv_heads),
-                 ('model.mlp_dim', m.mlp_dim)):
-    if v % tp:
-      add(f'mesh.tensor={tp} does not divide {key}={v}; tensor parallelism splits it over the '
-          'tensor axis. Choose a mesh.tensor that divides it.')
-  if m.width % sizes['fsdp']:
-    add(f"mesh.fsdp={sizes['fsdp']} does not divide model.width={m.width}; FSDP shards the "
-        'embedding dimension over it.')
+  if c.mesh.preset not in presets.PRESETS:
+    return  # reported with the other enum values
+  rules = dict(presets.preset_rules(c.mesh.preset, c.mesh.rules if rules_ok else ()))
+  total = {a: ici[a] * dcn[a] for a in MESH_AXES}
+
+  def expr(axes: Sequence[str]) -> str:
+    """'mesh.tensor=4', or 'mesh.data*mesh.fsdp = 2*4 = 8' for several factors."""
+    factors = [f for a in axes for f in ((f'mesh.{a}', ici[a]), (f'mesh.dcn_{a}', dcn[a]))
+               if not f[0].startswith('mesh.dcn_') or f[1] != 1]
+    if len(factors) == 1:
+      return f'{factors[0][0]}={factors[0][1]}'
+    return (f"{'*'.join(k for k, _ in factors)} = {'*'.join(str(v) for _, v in factors)} = "
+            f'{math.prod(v for _, v in factors)}')
+
+  preset = f'mesh.preset={c.mesh.preset!r}'
+  m = c.model
+  for name, key, v in (('heads', 'model.num_heads', m.num_heads),
+                       ('kv_heads', 'model.num_kv_heads', m.num_kv_heads),
+                       ('mlp', 'model.mlp_dim', m.mlp_dim), ('embed', 'model.width', m.width),
+                       ('vocab', 'model.vocab_size', m.vocab_size)):
+    axes = [a for a in rules.get(name, ()) if total[a] > 1]
+    n = math.prod(total[a] for a in axes)
+    if v and axes and v % n:
+      add(f'{expr(axes)} does not divide {key}={v}; {preset} splits the {name!r} axis over '
+          f'{tuple(axes)}. Choose mesh sizes that divide it (or another mesh.preset).')
+  used = {a for axes in rules.values() for a in axes}
+  for a in MESH_AXES:
+    if total[a] > 1 and a not in used:
+      add(f'{expr([a])}, but {preset} maps no logical axis to {a!r}: its devices would all '
+          f'do the same work. Set mesh.{a}=1 (and mesh.dcn_{a}=1), or pick a preset that uses '
+          f'{a!r} (fsdp_tensor uses every axis).')
+  batch_axes = tuple(rules.get('batch', ()))
+  for a in MESH_AXES:
+    if dcn[a] > 1 and a not in batch_axes:
+      add(f'mesh.dcn_{a}={dcn[a]} puts slices/processes on {a!r}, which {preset} does not split '
+          f'the batch over {batch_axes}; each slice/process reads its own rows, so put '
+          'the DCN sizes on batch axes (e.g. mesh.dcn_data or mesh.dcn_fsdp).')
+  dp = math.prod(total[a] for a in batch_axes)
   b, a = c.train.batch_size, c.train.grad_accum
   if b % a == 0 and (b // a) % dp:
     what = (f'train.batch_size={b}' if a == 1 else
             f'train.batch_size/train.grad_accum = {b}/{a} = {b // a} rows per microbatch')
-    add(f'{what} is not divisible by mesh.data*mesh.fsdp*mesh.expert = '
-        f'{sizes["data"]}*{sizes["fsdp"]}*{sizes["expert"]} = '
-        f'{dp}, the devices a batch is split over; use a batch_size that is a multiple of '
-        f'{dp * a}.')
+    add(f'{what} is not divisible by {expr(batch_axes)}, the devices a batch is split over; '
+        f'use a batch_size that is a multiple of {dp * a}.')
 
 
-def _rules_problems(rules: Any, add: Callable[[str], None]) -> None:
+def _rules_problems(rules: Any, add: Callable[[str], None]) -> bool:
+  """Checks `mesh.rules`; True when it has no problem."""
+  problems: list[str] = []
+  add_all, add = add, problems.append
   seen: set[str] = set()
   for i, rule in enumerate(rules):
     where = f'mesh.rules[{i}]'
@@ -530,6 +595,9 @@ def _rules_problems(rules: Any, add: Callable[[str], None]) -> None:
     named = [a for a in axes if a]
     if len(set(named)) != len(named):
       add(f"{where} uses a mesh axis twice for '{name}': {tuple(axes)}.")
+  for p in problems:
+    add_all(p)
+  return not problems
 
 
 def _lists_to_tuples(x: Any) -> Any:

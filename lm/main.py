@@ -28,6 +28,17 @@ _WORKDIR = flags.DEFINE_string(
     'workdir', None,
     'Directory for checkpoints, metrics.jsonl, TensorBoard events, config.json and the '
     'sample; default: workdirs/<config file name>. An existing run there is resumed.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None,
+    'Multi-process runs: HOST:PORT where process 0 listens and every process connects, e.g. '
+    '127.0.0.1:12355. Give it with --num_processes and --process_id; without these flags a '
+    'SLURM job step or a multi-host TPU VM is detected from the environment, else the run '
+    'is one process.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Multi-process runs: how many processes take part (with '
+    '--coordinator_address and --process_id).')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'Multi-process runs: this process\'s index, 0 .. --num_processes - 1.')
 
 
 def default_workdir(config_path: str) -> str:
@@ -59,6 +70,12 @@ def main(argv: list[str]) -> None:
   from lm import config as config_lib
   from lm import runtime
   config = runtime.config_from_flag(_CONFIG)  # before jax is imported
+  from lm.parallel import distributed  # before anything touches the devices
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except distributed.DistributedError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
   from lm.checkpoint import CheckpointError  # deferred: --help should not import jax
   from lm.data import DataError
   from lm.train import TrainingDiverged, train

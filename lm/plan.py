@@ -159,7 +159,7 @@ def make_plan(config, *, num_devices: int, vocab_size: int = 0, devices=None) ->
   mesh = parallel.build_mesh(cfg.mesh, devices=devices)
   model_def = ModelDef.create(model_cfg)
   optimizer, _ = build_optimizer(cfg.optimizer, cfg.train.steps)
-  shardings = state_shardings(model_def, optimizer, mesh, cfg.mesh.rules)
+  shardings = state_shardings(model_def, optimizer, mesh, parallel.rules_for(cfg.mesh))
   abstract_params = jax.eval_shape(model_def.init_params, jax.random.key(0))
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
 
@@ -209,7 +209,7 @@ def compile_memory(plan: Plan, devices=None) -> dict[str, int]:
   mesh = parallel.build_mesh(cfg.mesh, devices=devices)
   model_def = ModelDef.create(plan.model_cfg)
   optimizer, schedule = build_optimizer(cfg.optimizer, cfg.train.steps)
-  shardings = state_shardings(model_def, optimizer, mesh, cfg.mesh.rules)
+  shardings = state_shardings(model_def, optimizer, mesh, parallel.rules_for(cfg.mesh))
   state = abstract_state(model_def, optimizer, cfg.seed, shardings)
   batch_sharding = parallel.batch_sharding(mesh, leading_dims=1)
   shape = (cfg.train.steps_per_dispatch, cfg.train.batch_size, cfg.data.seq_len)
@@ -217,7 +217,7 @@ def compile_memory(plan: Plan, devices=None) -> dict[str, int]:
              for name in ('inputs', 'targets', 'segment_ids', 'positions')}
   batches['weights'] = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=batch_sharding)
   step = make_train_step(model_def, optimizer, schedule, grad_accum=cfg.train.grad_accum,
-                         mesh=mesh, rules=cfg.mesh.rules, shardings=shardings,
+                         mesh=mesh, rules=parallel.rules_for(cfg.mesh), shardings=shardings,
                          batch_sharding=batch_sharding)
   compiled = step.lower(state, batches).compile()
   analysis = compiled.memory_analysis()

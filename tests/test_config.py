@@ -169,7 +169,9 @@ def test_resolve_fills_derived_values():
 
 
 def test_json_round_trip():
-  config = config_lib.resolve(default.get_config(), num_devices=8)
+  config = default.get_config()
+  config.mesh.rules = (('vocab', ()), ('embed', ('fsdp',)))
+  config = config_lib.resolve(config, num_devices=8)
   config.model.vocab_size = 2048
   text = config_lib.to_json(config)
   back = config_lib.from_json(text)

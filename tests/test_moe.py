@@ -151,7 +151,7 @@ def _mesh(data: int, expert: int):
 
 
 def _train_steps(model_cfg, mesh, batches_KBT):
-  rules = get_config().mesh.rules
+  rules = parallel.rules_for(get_config().mesh)
   model_def = ModelDef.create(model_cfg)
   opt_cfg = get_config().optimizer
   opt_cfg.warmup_steps = 1

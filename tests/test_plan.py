@@ -53,7 +53,7 @@ def test_parameter_and_optimizer_bytes_equal_the_allocated_state():
   from lm import parallel
   mesh = parallel.build_mesh(cfg.mesh)
   state = init_state(model_def, optimizer, cfg.seed,
-                     state_shardings(model_def, optimizer, mesh, cfg.mesh.rules))
+                     state_shardings(model_def, optimizer, mesh, parallel.rules_for(cfg.mesh)))
   for name, tree in (('parameters', state['params']), ('optimizer state', state['opt_state'])):
     total, per_device = plan.memory[name]
     assert total == sum(x.nbytes for x in jax.tree.leaves(tree)), name

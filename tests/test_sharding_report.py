@@ -18,7 +18,7 @@ def _report(data, fsdp, tensor):
   model_def = ModelDef.create(CFG)
   abstract = jax.eval_shape(model_def.init_params, jax.random.key(0))
   axes = model_def.logical_axes()
-  shardings = parallel.shardings_for(axes, abstract, mesh, mesh_cfg.rules)
+  shardings = parallel.shardings_for(axes, abstract, mesh, parallel.rules_for(mesh_cfg))
   return parallel.sharding_report(axes, abstract, shardings)
 
 

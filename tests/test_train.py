@@ -280,7 +280,7 @@ def _fresh_state(model_cfg: ModelConfig) -> dict:
 
 def _train_steps(model_cfg: ModelConfig, mesh, batches_KBT, *, grad_accum: int = 1):
   """One dispatch of len(batches) steps from the fresh state; returns the state and metrics."""
-  rules = get_config().mesh.rules
+  rules = parallel.rules_for(get_config().mesh)
   model_def = ModelDef.create(model_cfg)
   optimizer, schedule = _optimizer()
   shardings = state_shardings(model_def, optimizer, mesh, rules)
@@ -315,7 +315,7 @@ def test_fsdp_splits_the_large_parameters_and_their_optimizer_moments():
   optimizer, _ = _optimizer()
   mesh = _mesh(1, 8, 1)
   state = init_state(model_def, optimizer, 0, state_shardings(model_def, optimizer, mesh,
-                                                              get_config().mesh.rules))
+                                                              parallel.rules_for(get_config().mesh)))
   # Initialised in place, split, with the values a single device gets.
   # Equal to float32 rounding: jax 0.12 rounds a few sharded init values 1 ulp apart.
   _assert_trees_equal(jax.device_get(state), _fresh_state(_model_cfg()), rtol=1e-6)

@@ -122,7 +122,7 @@ def _summarize(run, local_batches: list[dict[str, np.ndarray]], num_rows: int) -
   step = _EVAL_STEPS.get(run)
   if step is None:  # one compiled step per run, however many sources it evaluates
     step = _EVAL_STEPS[run] = make_eval_step(
-        run.model_def, mesh=run.mesh, rules=run.config.mesh.rules,
+        run.model_def, mesh=run.mesh, rules=parallel.rules_for(run.config.mesh),
         param_shardings=jax.tree.map(lambda x: x.sharding, run.params), batch_sharding=sharding,
         byte_lengths_V=jnp.asarray(byte_lengths(run.tokenizer, run.model_def.cfg.vocab_size)))
   sums = [step(run.params, parallel.global_batch(b, sharding)) for b in local_batches]

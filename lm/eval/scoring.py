@@ -34,7 +34,7 @@ class Scorer:
     self._score = jax.jit(self._score_fn, out_shardings=parallel.replicated(run.mesh))
 
   def _score_fn(self, params, inputs_BT, targets_BT, mask_BT):
-    with parallel.use_rules(self.run.mesh, self.run.config.mesh.rules):
+    with parallel.use_rules(self.run.mesh, parallel.rules_for(self.run.config.mesh)):
       logits_BTV = self.run.model_def.merge(params)(inputs_BT)
     logp_BTV = jax.nn.log_softmax(logits_BTV, axis=-1)
     target_logp_BT = jnp.take_along_axis(logp_BTV, targets_BT[..., None], axis=-1)[..., 0]

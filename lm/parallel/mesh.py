@@ -10,35 +10,72 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lm.config import ConfigError
+from lm.parallel.presets import MESH_AXES, mesh_sizes
 from lm.parallel.rules import logical_to_spec, rules_dict
 
-MESH_AXES = ('data', 'fsdp', 'expert', 'tensor')
-# The global batch is split over these; 'expert' carries distinct tokens too, so expert
-# parallelism has tokens to exchange (all-to-all) rather than replicas.
-BATCH_AXES = ('data', 'fsdp', 'expert')
+BATCH_AXES = ('data', 'fsdp', 'expert')  # the batch split when no rules are given
 
 
-def mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
-  """Axis sizes with a -1 filled in from the device count."""
-  sizes = {a: int(mesh_cfg[a]) for a in MESH_AXES}
-  known = math.prod(s for s in sizes.values() if s != -1)
-  for a, s in sizes.items():
-    if s == -1:
-      sizes[a] = num_devices // known
-  return sizes
+def num_granules(devices=None) -> int:
+  """How many granules the devices form: TPU slices where devices know their slice,
+  else processes (hosts). DCN mesh sizes split the granules."""
+  devices = jax.devices() if devices is None else devices
+  if _by_slice(devices):
+    return len({d.slice_index for d in devices})
+  return len({d.process_index for d in devices})
+
+
+def _by_slice(devices) -> bool:
+  """TPU devices know their slice (multislice); other platforms' granules are processes."""
+  return all(d.platform == 'tpu' and getattr(d, 'slice_index', None) is not None
+             for d in devices)
+
+
+def mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int,
+               granules: int | None = None) -> dict[str, int]:
+  """Mesh axis sizes (ICI x DCN) with -1s filled in from the device count."""
+  ici, dcn = mesh_sizes(mesh_cfg, num_devices, granules)
+  return {a: ici[a] * dcn[a] for a in MESH_AXES}
 
 
 def build_mesh(mesh_cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
-  """A Mesh over all devices (or `devices`) with axes data, fsdp, tensor."""
-  devices = jax.devices() if devices is None else devices
-  sizes = mesh_shape(mesh_cfg, len(devices))
-  shape = tuple(sizes[a] for a in MESH_AXES)
-  if math.prod(shape) != len(devices):
-    raise ValueError(f'mesh {sizes} needs {math.prod(shape)} devices, found {len(devices)}')
+  """A Mesh over all devices (or `devices`) with axes data, fsdp, expert, tensor.
+
+  With every `mesh.dcn_*` = 1 the devices are laid out by `mesh_utils.create_device_mesh`
+  (topology-aware on TPU/GPU); with a DCN size > 1 by `create_hybrid_device_mesh`, so
+  each DCN axis crosses slices (TPU) or processes (elsewhere) and ICI axes stay inside one.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  granules = num_granules(devices)
   try:
-    grid = mesh_utils.create_device_mesh(shape, devices=devices)
-  except (AssertionError, NotImplementedError, ValueError):
-    grid = np.asarray(devices).reshape(shape)
+    ici, dcn = mesh_sizes(mesh_cfg, len(devices), granules)
+  except ValueError as e:
+    raise ConfigError(f'mesh: {e}') from e
+  shape = tuple(ici[a] * dcn[a] for a in MESH_AXES)
+  if math.prod(shape) != len(devices):
+    sizes = ', '.join(f'{a}={ici[a]}x{dcn[a]}' for a in MESH_AXES)
+    raise ConfigError(f'the mesh (ici x dcn: {sizes}) needs {math.prod(shape)} devices, found '
+                      f'{len(devices)}; set one of mesh.data/fsdp/expert/tensor to -1.')
+  dcn_shape = tuple(dcn[a] for a in MESH_AXES)
+  if math.prod(dcn_shape) == 1:
+    try:
+      grid = mesh_utils.create_device_mesh(shape, devices=devices)
+    except (AssertionError, NotImplementedError, ValueError):
+      grid = np.asarray(devices).reshape(shape)
+    return Mesh(grid, MESH_AXES)
+  if math.prod(dcn_shape) != granules:
+    names = ', '.join(f'mesh.dcn_{a}={dcn[a]}' for a in MESH_AXES if dcn[a] != 1)
+    raise ConfigError(
+        f'{names} split {math.prod(dcn_shape)} slices/processes, but the devices form '
+        f'{granules}; make the product of the mesh.dcn_* sizes equal {granules} (or set '
+        'them all to 1 for one slice).')
+  try:
+    grid = mesh_utils.create_hybrid_device_mesh(
+        tuple(ici[a] for a in MESH_AXES), dcn_shape, devices,
+        process_is_granule=not _by_slice(devices))
+  except (AssertionError, ValueError) as e:
+    raise ConfigError(f'cannot lay out the hybrid mesh (ici {ici}, dcn {dcn}): {e}') from e
   return Mesh(grid, MESH_AXES)
 
 
@@ -50,9 +87,12 @@ def shardings_for(logical_axes, abstract, mesh: Mesh, rules) -> object:
       logical_axes, abstract, is_leaf=lambda x: isinstance(x, tuple))
 
 
-def batch_sharding(mesh: Mesh, *, leading_dims: int = 0) -> NamedSharding:
-  """Rows split over the batch axes; `leading_dims` unsplit axes come first (steps)."""
-  return NamedSharding(mesh, PartitionSpec(*([None] * leading_dims), BATCH_AXES))
+def batch_sharding(mesh: Mesh, *, leading_dims: int = 0, rules=None) -> NamedSharding:
+  """Rows split over the batch axes (the rules' 'batch' axes, else BATCH_AXES);
+  `leading_dims` unsplit axes come first (steps)."""
+  axes = BATCH_AXES if rules is None else rules_dict(rules).get('batch', ())
+  axes = tuple(a for a in axes if mesh.shape.get(a, 1) > 1) or None
+  return NamedSharding(mesh, PartitionSpec(*([None] * leading_dims), axes))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -43,10 +43,11 @@ class Trainer:
   """Holds one run's pieces; `run()` trains to `config.train.steps` (resuming if possible)."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, log=None):
-    self.config = cfg = config_lib.resolve(config, num_devices=jax.device_count())
+    self.config = cfg = config_lib.resolve(config, num_devices=jax.device_count(),
+                                               num_granules=parallel.num_granules())
     self.workdir = os.path.abspath(workdir)
     self.mesh = parallel.build_mesh(cfg.mesh)
-    self.rules = cfg.mesh.rules
+    self.rules = parallel.rules_for(cfg.mesh)  # the preset with mesh.rules on top
     self.writer = MetricsWriter(self.workdir, total_steps=cfg.train.steps, enabled=False)
     self._log = log or print
     self.data = prepare_data(cfg.data, seq_len=cfg.data.seq_len, log=self.log)
@@ -67,11 +68,11 @@ class Trainer:
     self.train_step = make_train_step(
         self.model_def, self.optimizer, self.schedule, grad_accum=cfg.train.grad_accum,
         mesh=self.mesh, rules=self.rules, shardings=self.shardings,
-        batch_sharding=parallel.batch_sharding(self.mesh, leading_dims=1))
+        batch_sharding=parallel.batch_sharding(self.mesh, leading_dims=1, rules=self.rules))
     self.eval_step = make_eval_step(
         self.model_def, mesh=self.mesh, rules=self.rules,
         param_shardings=self.shardings['params'],
-        batch_sharding=parallel.batch_sharding(self.mesh),
+        batch_sharding=parallel.batch_sharding(self.mesh, rules=self.rules),
         byte_lengths_V=jnp.asarray(byte_lengths(self.tokenizer, model_cfg.vocab_size)),
         num_domains=len(self.domain_names))
     self._eval_batches: list[dict] | None = None
@@ -139,7 +140,7 @@ class Trainer:
                                      num_batches=cfg.train.eval_batches,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count())
-      sharding = parallel.batch_sharding(self.mesh)
+      sharding = parallel.batch_sharding(self.mesh, rules=self.rules)
       self._eval_batches = [parallel.global_batch(b, sharding) for b in local]
     from lm.train.step import summarize_domains
     sums = [self.eval_step(params, b) for b in self._eval_batches]
@@ -165,7 +166,7 @@ class Trainer:
     self.log(self.summary())
     self.writer = MetricsWriter(self.workdir, total_steps=cfg.train.steps, start_step=start)
     k = self.steps_per_dispatch
-    batch_sharding = parallel.batch_sharding(self.mesh, leading_dims=1)
+    batch_sharding = parallel.batch_sharding(self.mesh, leading_dims=1, rules=self.rules)
     final: dict[str, Any] = {}
     # (last step of a dispatch, its device metrics), not yet read back. A plain log step's
     # row is read only after the next dispatch is queued, so the device never waits for
