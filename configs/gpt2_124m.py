@@ -73,7 +73,8 @@ def get_config():
   c.checkpoint.every = 1000
   c.checkpoint.keep = 2
 
-  c.mesh.data = -1  # pure data parallelism; see docs/scaling.md for FSDP/tensor overrides
+  c.mesh.preset = 'data'  # parameters replicated; docs/scaling.md has FSDP/tensor overrides
+  c.mesh.data = -1  # pure data parallelism over every device
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
   return c
