@@ -316,7 +316,8 @@ def _reexec_env(num_devices: int) -> dict[str, str]:
 def _default_devices(config) -> int:
   from lm import config as config_lib
 
-  sizes = [config.mesh[a] for a in config_lib.MESH_AXES if a in config.mesh]
+  sizes = [config.mesh[k] for a in config_lib.MESH_AXES for k in (a, f'dcn_{a}')
+           if k in config.mesh]  # ici x dcn: every device of every slice/host
   if sizes and -1 not in sizes:
     return math.prod(sizes)
   import jax
