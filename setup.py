@@ -23,6 +23,7 @@ setup(
         'tqdm>=4.66',
         'tensorboardX>=2.6',
         'matplotlib>=3.8',
+        'flatbuffers>=24.3',  # jax.export serialization (python -m lm.export)
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6'],
