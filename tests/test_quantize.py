@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm.infer import Decoder, SamplingConfig, init_cache
+from lm.infer import init_cache
 from lm.infer.quantize import compare_perplexity, quantize, quantize_array, weight_bytes
 from lm.model import ModelConfig
 from lm.train.state import ModelDef
@@ -116,20 +116,6 @@ def test_int8_perplexity_within_2_percent_of_float_on_a_trained_model(trained):
   assert q['eval/perplexity'] != f['eval/perplexity']  # the weights really changed
   ratio = q['weight_bytes'] / f['weight_bytes']
   assert 0.25 < ratio < 0.3, ratio  # int8 matmul weights; float norms and scales remain
-
-
-def test_int8_greedy_decoding_of_a_trained_model_mostly_agrees_with_float(trained):
-  from lm.generate import load
-
-  md, params, tok, _ = load(str(trained))
-  qdef, qparams, _, _ = load(str(trained), quantize='int8')
-  assert qdef.cfg.quantized and not md.cfg.quantized
-  prompts = [tok.encode('the quick '), tok.encode('pack my box')]
-  greedy = SamplingConfig(temperature=0.0)
-  want = Decoder(md).generate(params, prompts, max_new_tokens=8, sampling=greedy)
-  got = Decoder(qdef).generate(qparams, prompts, max_new_tokens=8, sampling=greedy)
-  same = sum(a == b for w, g in zip(want, got, strict=True) for a, b in zip(w, g, strict=True))
-  assert same >= 0.75 * 16, (want, got)
 
 
 def test_cli_names_a_bad_workdir(tmp_path):
