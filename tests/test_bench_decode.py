@@ -6,7 +6,7 @@ import dataclasses
 import jax
 
 from configs.default import get_config
-from lm.bench_decode import bytes_read_per_step, run_benchmark
+from lm.infer.bench import bytes_read_per_step, run_benchmark
 from lm.infer.quantize import quantize
 from lm.model import ModelConfig
 from lm.train.state import ModelDef

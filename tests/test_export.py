@@ -34,7 +34,7 @@ def _env():
 def trained(tmp_path_factory):
   """A tiny byte-level model trained for 20 steps, and its float params loaded in-process."""
   from configs.default import get_config
-  from lm.generate import load
+  from lm import api
   from lm.train import train
 
   tmp = tmp_path_factory.mktemp('export')
@@ -54,7 +54,9 @@ def trained(tmp_path_factory):
   c.train.eval_batches, c.train.sample_tokens = 1, 0
   workdir = tmp / 'run'
   train(c, str(workdir))
-  return workdir, load(str(workdir))
+  run = api.load(workdir, log=lambda _: None)  # not lm.generate: its absl flags are global
+  params = jax.device_put(run.params, jax.devices()[0])  # decode on one device, as lm.generate
+  return workdir, (run.model_def, params, run.tokenizer, run.step)
 
 
 def _runner(artifact: Path, *args: str) -> dict:
