@@ -23,9 +23,25 @@ setup(
         'tqdm>=4.66',
         'tensorboardX>=2.6',
         'matplotlib>=3.8',
+        'sacrebleu>=2.4',
+        'rouge-score>=0.1.2',
+        'fastapi>=0.110',
+        'uvicorn>=0.29',
+        'prometheus-client>=0.20',
+        'safetensors>=0.4.3',  # lm.convert: Hugging Face weights (numpy, bf16 via ml_dtypes)
+        'tokenizers>=0.15',  # data.tokenizer.kind='hf'
         'flatbuffers>=24.3',  # jax.export serialization (python -m lm.export)
     ],
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6'],
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6',
+                 # tests/test_notebook.py executes experiments/quickstart.ipynb in a kernel
+                 'nbclient>=0.10', 'nbformat>=5.9', 'ipykernel>=6.29',
+                 # tests/test_evaluate.py runs the lm-eval adapter
+                 'lm-eval>=0.4.13',
+                 # tests/test_serve.py: FastAPI's TestClient
+                 'httpx>=0.27',
+                 # tests/test_convert.py checks lm.convert against transformers on torch
+                 'transformers>=4.40', 'torch>=2.1'],
+        'eval': ['lm-eval>=0.4.13'],
     },
 )

@@ -31,12 +31,22 @@ def get_config() -> ml_collections.ConfigDict:
   # Training rows start every this many tokens: 0 = seq_len + 1 (no overlap); smaller
   # values give overlapping windows, like nanoGPT's random crops (validation never overlaps).
   c.data.train_row_stride = 0
+  # Domains (lm/data/mixture.py): (domain name, source, weight) triples; when set it
+  # replaces data.source. A source is 'stdlib' (all of it), 'stdlib:code' (the stdlib with
+  # docstrings and comments removed), 'stdlib:prose' (only its docstrings and comments) or
+  # a .txt/.jsonl file, directory or glob. Weights are sampling probabilities (normalised;
+  # 0: evaluated but not trained on).
+  # Every token carries its domain id (the triple's index); eval reports each domain.
+  c.data.mixture = ()
   c.data.tokenizer = ml_collections.ConfigDict()
-  c.data.tokenizer.kind = 'sentencepiece'  # 'sentencepiece' | 'byte' | 'char'
+  # 'sentencepiece' | 'byte' | 'char' | 'hf' (a Hugging Face tokenizer.json, as
+  # `python -m lm.convert from-hf` sets up for an imported model)
+  c.data.tokenizer.kind = 'sentencepiece'
   c.data.tokenizer.model_type = 'bpe'  # sentencepiece: 'bpe' | 'unigram'
   c.data.tokenizer.vocab_size = 2048  # sentencepiece only; byte/char derive their own
   # sentencepiece trains on a fixed sample of at most this much text
   c.data.tokenizer.max_train_chars = 5_000_000
+  c.data.tokenizer.path = ''  # hf only: a directory holding an HF tokenizer.json
 
   # ---- model (lm/model) ----------------------------------------------------
   c.model = ml_collections.ConfigDict()
@@ -64,6 +74,22 @@ def get_config() -> ml_collections.ConfigDict:
   # jax.nn.dot_product_attention implementation: 'auto' (cuDNN where it applies, else
   # XLA) | 'xla' | 'cudnn'
   c.model.attention = 'auto'
+  # Mixture of experts in place of the dense MLP (lm/model/moe.py, docs/moe.md).
+  c.model.moe = ml_collections.ConfigDict()
+  c.model.moe.num_experts = 0  # 0: dense MLP everywhere
+  c.model.moe.top_k = 1  # experts per token (1 or 2) for 'learned' / 'domain+learned' routing
+  c.model.moe.expert_mlp_dim = 0  # hidden size of each expert; 0: model.mlp_dim
+  # Expert slots per row = capacity_factor * tokens * top_k / num_experts; tokens over
+  # capacity are dropped (counted in the metrics). 0: dropless (every token is computed).
+  c.model.moe.capacity_factor = 1.25
+  c.model.moe.shared_expert = False  # add one dense MLP every token goes through
+  c.model.moe.aux_loss_weight = 0.01  # load-balancing loss weight (summed over MoE layers)
+  c.model.moe.z_loss_weight = 0.001  # router z-loss weight (summed over MoE layers)
+  c.model.moe.every = 1  # 1: every layer is MoE; 2: every other layer (the 2nd, 4th, ...)
+  # 'learned' | 'domain' (each domain owns num_experts/num_domains experts, DEMix) |
+  # 'domain+learned' (a learned top_k inside the token's domain's experts)
+  c.model.moe.routing = 'learned'
+  c.model.moe.num_domains = 0  # domain routing: must equal len(data.mixture)
 
   # ---- optimizer (lm/train/optimizer.py) -------------------------------------
   c.optimizer = ml_collections.ConfigDict()
@@ -91,6 +117,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.sample_tokens = 200  # tokens generated from a validation prompt at the end
   c.train.sample_prompt_tokens = 32
   c.train.sample_temperature = 0.8
+  # A checkpoint (a workdir, its checkpoints/ dir or one step dir) whose parameters start
+  # a fresh run (new optimizer and data); '' = random init. Used by lm.btm branches.
+  c.train.init_from = ''
 
   # ---- checkpoints (lm/checkpoint.py) ----------------------------------------
   c.checkpoint = ml_collections.ConfigDict()
@@ -109,10 +138,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1
   c.mesh.fsdp = 1
+  c.mesh.expert = 1  # expert parallelism: MoE experts split over it (it also splits the batch)
   c.mesh.tensor = 1
   # Logical axis (model code) -> mesh axes (tuple, '' for replicated).
   c.mesh.rules = (
-      ('batch', ('data', 'fsdp')),
+      ('batch', ('data', 'fsdp', 'expert')),
       ('embed', ('fsdp',)),
       ('heads', ('tensor',)),
       ('kv_heads', ('tensor',)),
@@ -122,5 +152,9 @@ def get_config() -> ml_collections.ConfigDict:
       ('act_kv_heads', ('tensor',)),
       ('act_mlp', ('tensor',)),
       ('act_vocab', ('tensor',)),
+      ('expert', ('expert',)),  # MoE expert weights' leading dim
+      ('act_expert', ('expert',)),  # the expert dim of dispatched tokens
+      # the batch dim of dispatched tokens, which leave the expert axis to their experts
+      ('expert_batch', ('data', 'fsdp')),
   )
   return c

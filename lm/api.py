@@ -5,6 +5,10 @@
     api.train(config, 'workdirs/demo')            # final metrics
     run = api.load('workdirs/demo')               # the latest checkpoint
     run.evaluate()['eval/loss']; run.generate('ROMEO:', max_new_tokens=50)
+    maps_LNTT, tokens = run.attention_maps('ROMEO:')  # per layer and head
+    model = api.build_model(config, vocab_size=256)  # a fresh NNX Transformer
+
+experiments/quickstart.ipynb walks through all of it.
 
 Nothing here parses absl flags; heavy imports (jax, the model) happen on first use.
 """
@@ -99,6 +103,17 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
   return loop.train(config, os.fspath(workdir))
 
 
+def build_model(config: ConfigDict, *, vocab_size: int | None = None, seed: int = 0):
+  """A freshly initialised NNX Transformer for `config.model` (no data, no training);
+  `vocab_size` is needed when config.model.vocab_size is 0 (the tokenizer's size)."""
+  from flax import nnx
+
+  from lm.model import ModelConfig, Transformer
+  model_cfg = ModelConfig.from_config(config.model, vocab_size=vocab_size,
+                                      seq_len=config.data.seq_len)
+  return Transformer(model_cfg, rngs=nnx.Rngs(seed))
+
+
 # ---- loading a trained run ---------------------------------------------------------------
 
 
@@ -141,7 +156,8 @@ class Run:
       self._eval_step = make_eval_step(
           self.model_def, mesh=self.mesh, rules=cfg.mesh.rules,
           param_shardings=jax.tree.map(lambda x: x.sharding, self.params),
-          batch_sharding=parallel.batch_sharding(self.mesh), byte_lengths_V=jnp.asarray(lengths))
+          batch_sharding=parallel.batch_sharding(self.mesh), byte_lengths_V=jnp.asarray(lengths),
+          num_domains=len(cfg.data.mixture))
     local = self.data.eval_batches(
         batch_size=cfg.train.batch_size // jax.process_count(),
         num_batches=cfg.train.eval_batches if num_batches is None else num_batches,
@@ -150,8 +166,10 @@ class Run:
       raise ValueError(f'no validation batches in {self.data.packed_path}; the validation '
                        'split is shorter than one batch (raise data.val_fraction).')
     sharding = parallel.batch_sharding(self.mesh)
-    return summarize_eval([self._eval_step(self.params, parallel.global_batch(b, sharding))
-                           for b in local])
+    sums = [self._eval_step(self.params, parallel.global_batch(b, sharding)) for b in local]
+    from lm.train.step import summarize_domains  # per domain when trained on a data.mixture
+    return {**summarize_eval(sums),
+            **summarize_domains(sums, [entry[0] for entry in cfg.data.mixture])}
 
   def generate(self, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
                seed: int = 0) -> str:
@@ -167,6 +185,14 @@ class Run:
                         temperature=temperature, seed=seed, window=self.config.data.seq_len)
     return self.tokenizer.decode(ids)
 
+  def attention_maps(self, text: str):
+    """(attention probabilities [layers, heads, T, T], the T token labels) of `text`, cut
+    to the model's max_len tokens (lm.inspect draws them as heatmaps)."""
+    from lm import inspect
+    ids, _ = inspect.encode(self.tokenizer, text, self.model_def.cfg.max_len)
+    return (inspect.attention_maps(self.model, ids),
+            [inspect.token_label(self.tokenizer, i) for i in ids])
+
   def __repr__(self) -> str:
     m = self.model_def.cfg
     return (f'Run({str(self.workdir)!r}, step={self.step}, {m.num_layers} layers, '
@@ -180,7 +206,7 @@ def load(workdir: str | os.PathLike, step: int | None = None,
 
   from lm import parallel
   from lm.checkpoint import Checkpointer, CheckpointError
-  from lm.data import prepare
+  from lm.data.mixture import prepare_data as prepare
   from lm.model import ModelConfig
   from lm.train.optimizer import build_optimizer
   from lm.train.state import ModelDef, abstract_state, state_shardings
@@ -222,6 +248,8 @@ def _for_devices(config: ConfigDict, num_devices: int) -> ConfigDict:
   keep = config.mesh.fsdp * config.mesh.tensor
   if keep < 1 or num_devices % keep:
     config.mesh.fsdp = config.mesh.tensor = 1
+  if num_devices % (config.mesh.fsdp * config.mesh.tensor * config.mesh.get('expert', 1)):
+    config.mesh.expert = 1
   config.mesh.data = -1
   return config
 

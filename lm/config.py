@@ -21,13 +21,13 @@ import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
 
-MESH_AXES = ('data', 'fsdp', 'tensor')  # the `mesh.*` size fields, in mesh order
+MESH_AXES = ('data', 'fsdp', 'expert', 'tensor')  # the `mesh.*` size fields, in mesh order
 MIN_SENTENCEPIECE_VOCAB = 256  # room for the special tokens and every character of a corpus
 
 ENUMS: dict[str, tuple[str, ...]] = {
     'data.source': ('stdlib', 'text', 'tfds'),
     'data.split': ('document', 'tail'),
-    'data.tokenizer.kind': ('sentencepiece', 'byte', 'char'),
+    'data.tokenizer.kind': ('sentencepiece', 'byte', 'char', 'hf'),
     'data.tokenizer.model_type': ('bpe', 'unigram'),
     'model.norm': ('rmsnorm', 'layernorm'),
     'model.mlp': ('swiglu', 'gelu'),
@@ -37,6 +37,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
     'model.param_dtype': ('float32', 'bfloat16'),
     'model.dtype': ('float32', 'bfloat16'),
     'optimizer.schedule': ('cosine', 'linear', 'constant'),
+    'model.moe.routing': ('learned', 'domain', 'domain+learned'),
 }
 
 POSITIVE_INTS = (
@@ -49,6 +50,7 @@ POSITIVE_INTS = (
 NON_NEGATIVE_INTS = (
     'data.max_docs', 'model.vocab_size', 'model.max_len', 'optimizer.warmup_steps',
     'train.sample_tokens', 'train.sample_prompt_tokens',
+    'model.moe.num_experts', 'model.moe.expert_mlp_dim', 'model.moe.num_domains',
 )
 POSITIVE_FLOATS = (
     'model.norm_eps', 'model.rope_theta', 'model.init_std', 'optimizer.lr', 'optimizer.eps',
@@ -56,6 +58,7 @@ POSITIVE_FLOATS = (
 NON_NEGATIVE_FLOATS = (
     'optimizer.min_lr', 'optimizer.weight_decay', 'optimizer.grad_clip',
     'train.sample_temperature',
+    'model.moe.capacity_factor', 'model.moe.aux_loss_weight', 'model.moe.z_loss_weight',
 )
 # key -> (low, high, low inclusive, description of the allowed range)
 RANGES: dict[str, tuple[float, float, bool, str]] = {
@@ -311,7 +314,73 @@ def _value_problems(c: ConfigDict, num_devices: int) -> list[str]:
   _model_problems(c, add)
   _train_problems(c, add)
   _mesh_problems(c, num_devices, add)
+  _moe_problems(c, add)
+  _mixture_problems(c, add)
   return problems
+
+
+def _moe_problems(c: ConfigDict, add: Callable[[str], None]) -> None:
+  moe = c.model.moe
+  e = moe.num_experts
+  if moe.top_k not in (1, 2):
+    add(f'model.moe.top_k={moe.top_k} must be 1 or 2 (experts each token is routed to).')
+  if moe.every < 1:
+    add(f'model.moe.every={moe.every} must be >= 1 (1: every layer is MoE, 2: every other).')
+  elif e and c.model.num_layers % moe.every:
+    add(f'model.num_layers={c.model.num_layers} is not divisible by model.moe.every='
+        f'{moe.every}; layers are scanned in groups of `every` (one MoE layer per group).')
+  if not e:
+    return
+  if moe.routing != 'domain' and moe.top_k > e:
+    add(f'model.moe.top_k={moe.top_k} exceeds model.moe.num_experts={e}.')
+  if moe.routing != 'learned':
+    d = moe.num_domains
+    mixture = len(c.data.mixture)
+    if d < 1:
+      add(f"model.moe.routing='{moe.routing}' needs model.moe.num_domains >= 1 (the number of "
+          'data.mixture entries).')
+    elif e % d:
+      add(f'model.moe.num_experts={e} is not divisible by model.moe.num_domains={d}; each '
+          'domain owns num_experts / num_domains experts.')
+    elif moe.routing == 'domain+learned' and e // d < moe.top_k:
+      add(f'model.moe.top_k={moe.top_k} exceeds the {e // d} experts each domain owns '
+          f'(num_experts / num_domains = {e}/{d}); lower top_k or add experts.')
+    if d >= 1 and mixture and mixture != d:
+      add(f'model.moe.num_domains={d} but data.mixture has {mixture} domains; set '
+          f'model.moe.num_domains={mixture}.')
+  ep = c.mesh.expert
+  if ep > 1 and e % ep:
+    add(f'mesh.expert={ep} does not divide model.moe.num_experts={e}; expert parallelism '
+        'places num_experts / mesh.expert experts on each device.')
+
+
+def _mixture_problems(c: ConfigDict, add: Callable[[str], None]) -> None:
+  names = set()
+  for i, entry in enumerate(c.data.mixture):
+    where = f'data.mixture[{i}]'
+    if not (isinstance(entry, (tuple, list)) and len(entry) == 3 and isinstance(entry[0], str)
+            and isinstance(entry[1], str) and isinstance(entry[2], (int, float))
+            and not isinstance(entry[2], bool)):
+      add(f"{where}={entry!r} must be a triple (domain name, source, weight), e.g. "
+          "('code', 'stdlib:code', 1.0).")
+      continue
+    name, source, weight = entry
+    if not name or name in names:
+      add(f'{where} has an empty or repeated domain name {name!r}; give each domain its own.')
+    names.add(name)
+    if not weight >= 0:
+      add(f'{where} has weight {weight}; weights must be >= 0 (0: evaluated, not trained on).')
+    if source.startswith('stdlib'):
+      if source not in ('stdlib', 'stdlib:code', 'stdlib:prose'):
+        add(f"{where} source {source!r} is not one of 'stdlib', 'stdlib:code', 'stdlib:prose' "
+            'or a text file path.')
+    elif not glob.glob(os.path.expanduser(source)):
+      add(f'{where} source {source!r} matches no file; give a .txt/.jsonl file, directory or '
+          "glob that exists, or 'stdlib:code' / 'stdlib:prose'.")
+  weights = [e[2] for e in c.data.mixture if isinstance(e, (tuple, list)) and len(e) == 3
+             and isinstance(e[2], (int, float))]
+  if weights and not sum(weights) > 0:
+    add('data.mixture weights are all 0; give at least one domain a positive weight.')
 
 
 def _data_problems(c: ConfigDict, add: Callable[[str], None]) -> None:
@@ -333,6 +402,11 @@ def _data_problems(c: ConfigDict, add: Callable[[str], None]) -> None:
   if t.kind == 'sentencepiece' and t.vocab_size < MIN_SENTENCEPIECE_VOCAB:
     add(f'data.tokenizer.vocab_size={t.vocab_size} is too small for sentencepiece; use >= '
         f"{MIN_SENTENCEPIECE_VOCAB}, or data.tokenizer.kind='byte' for a tiny vocabulary.")
+  if t.kind == 'hf' and not os.path.isfile(os.path.join(os.path.expanduser(t.path),
+                                                         'tokenizer.json')):
+    add(f"data.tokenizer.path={t.path!r} holds no tokenizer.json, which data.tokenizer.kind="
+        "'hf' needs; give the directory of a Hugging Face tokenizer (python -m lm.convert "
+        'from-hf sets it up).')
 
 
 def _model_problems(c: ConfigDict, add: Callable[[str], None]) -> None:
@@ -355,6 +429,18 @@ def _model_problems(c: ConfigDict, add: Callable[[str], None]) -> None:
     add(f'model.vocab_size={m.vocab_size} is smaller than data.tokenizer.vocab_size='
         f'{t.vocab_size}; token ids would overflow the embedding. Set 0 to take the '
         'tokenizer size.')
+  if m.vocab_size and t.kind == 'hf' and os.path.isfile(
+      os.path.join(os.path.expanduser(t.path), 'tokenizer.json')):
+    from lm.data.tokenizers import hf  # only here: it loads the tokenizers library
+    try:
+      n = hf.vocab_size_of(os.path.expanduser(t.path))
+    except ValueError as e:  # a tokenizer.json that does not load (DataError)
+      add(f'data.tokenizer.path={t.path!r}: {e}')
+      n = 0
+    if m.vocab_size < n:
+      add(f'model.vocab_size={m.vocab_size} is smaller than the {n} ids of the tokenizer in '
+          f'data.tokenizer.path={t.path!r}; token ids would overflow the embedding. Set 0 to '
+          'take the tokenizer size.')
   if c.optimizer.min_lr > c.optimizer.lr:
     add(f'optimizer.min_lr={c.optimizer.min_lr} is above optimizer.lr={c.optimizer.lr}; '
         'the schedule decays from lr to min_lr.')
@@ -401,7 +487,7 @@ def _mesh_problems(c: ConfigDict, num_devices: int, add: Callable[[str], None]) 
         'axis the remaining devices.')
     return
 
-  m, tp, dp = c.model, sizes['tensor'], sizes['data'] * sizes['fsdp']
+  m, tp, dp = c.model, sizes['tensor'], sizes['data'] * sizes['fsdp'] * sizes['expert']
   for key, v in (('model.num_heads', m.num_heads), ('model.num_kv_heads', m.num_kv_heads),
                  ('model.mlp_dim', m.mlp_dim)):
     if v % tp:
@@ -414,7 +500,8 @@ def _mesh_problems(c: ConfigDict, num_devices: int, add: Callable[[str], None]) 
   if b % a == 0 and (b // a) % dp:
     what = (f'train.batch_size={b}' if a == 1 else
             f'train.batch_size/train.grad_accum = {b}/{a} = {b // a} rows per microbatch')
-    add(f'{what} is not divisible by mesh.data*mesh.fsdp = {sizes["data"]}*{sizes["fsdp"]} = '
+    add(f'{what} is not divisible by mesh.data*mesh.fsdp*mesh.expert = '
+        f'{sizes["data"]}*{sizes["fsdp"]}*{sizes["expert"]} = '
         f'{dp}, the devices a batch is split over; use a batch_size that is a multiple of '
         f'{dp * a}.')
 

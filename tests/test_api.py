@@ -103,6 +103,24 @@ def test_generate_returns_text(tiny_run):
   assert run.generate('x', max_new_tokens=0) == ''
 
 
+def test_attention_maps_from_a_loaded_run(tiny_run):
+  run = api.load(tiny_run[0], log=lambda _: None)
+  maps_LNTT, labels = run.attention_maps('the fox')
+  assert maps_LNTT.shape == (2, 2, len(labels), len(labels)) and labels[:3] == ['t', 'h', 'e']
+  np.testing.assert_allclose(maps_LNTT.sum(-1), 1.0, rtol=1e-5)
+  assert np.all(np.triu(maps_LNTT, k=1) == 0)  # causal: nothing above the diagonal
+
+
+def test_build_model_gives_a_fresh_model_of_the_config():
+  config = api.load_config('configs/default.py', {'model.num_layers': 1, 'model.width': 32,
+                                                   'model.num_heads': 2, 'model.mlp_dim': 64})
+  model = api.build_model(config, vocab_size=50)
+  logits_BTV = model(jax.numpy.zeros((1, 5), jax.numpy.int32))
+  assert logits_BTV.shape == (1, 5, 50) and model.cfg.num_layers == 1
+  with pytest.raises(ValueError, match='vocab_size'):
+    api.build_model(config)  # vocab_size 0 in the config and none given
+
+
 def test_load_errors_name_the_path(tmp_path):
   with pytest.raises(CheckpointError, match=str(tmp_path / 'config.json')):
     api.load(tmp_path)

@@ -73,7 +73,7 @@ BAD = {
     'model vocab below tokenizer': ({'model.vocab_size': 1000}, ['model.vocab_size=1000']),
     # mesh
     'mesh product': ({'mesh.data': 2, 'mesh.tensor': 2},
-                     ['2*1*2 = 4', 'this run has 8', 'mesh.data=-1']),
+                     ['2*1*1*2 = 4', 'this run has 8', 'mesh.data=-1']),
     'two wildcards': ({'mesh.fsdp': -1}, ['mesh.data', 'mesh.fsdp', 'more than one']),
     'wildcard does not divide': ({'mesh.tensor': 3, 'model.num_heads': 6, 'model.num_kv_heads': 6,
                                   'model.width': 384, 'model.mlp_dim': 768},

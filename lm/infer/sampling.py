@@ -33,6 +33,29 @@ class SamplingConfig:
             'top_p': jnp.float32(self.top_p)}
 
 
+@dataclasses.dataclass(frozen=True)
+class RowSampling:
+  """One SamplingConfig and seed per batch row (e.g. one per server request); `Decoder.stream`
+  accepts it wherever it takes a SamplingConfig, and then samples every row on its own."""
+
+  configs: tuple[SamplingConfig, ...]
+  seeds: tuple[int, ...]
+
+  def __post_init__(self):
+    if len(self.configs) != len(self.seeds):
+      raise ValueError(f'{len(self.configs)} sampling configs but {len(self.seeds)} seeds; '
+                       'give one of each per row')
+    for s in self.seeds:
+      if not 0 <= s < 2**32:
+        raise ValueError(f'seed={s} must be in [0, 2**32)')
+
+  def as_arrays(self) -> dict[str, jax.Array]:
+    return {'temperature': jnp.array([c.temperature for c in self.configs], jnp.float32),
+            'top_k': jnp.array([c.top_k for c in self.configs], jnp.int32),
+            'top_p': jnp.array([c.top_p for c in self.configs], jnp.float32),
+            'seed': jnp.array(self.seeds, jnp.uint32)}
+
+
 def filter_logits(logits_BV: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
   """Sets logits outside the top-k, then outside the nucleus, to -inf (in that order, as
   Hugging Face does). The nucleus is the smallest set of most likely tokens whose
@@ -52,9 +75,17 @@ def filter_logits(logits_BV: jax.Array, top_k: jax.Array, top_p: jax.Array) -> j
 
 
 def sample(logits_BV: jax.Array, key: jax.Array, *, temperature: jax.Array, top_k: jax.Array,
-           top_p: jax.Array) -> jax.Array:
+           top_p: jax.Array, seed: jax.Array | None = None) -> jax.Array:
   """One token id per row [B]: argmax when temperature is 0, else a draw from
-  softmax(logits / temperature) restricted to the top-k and the top-p nucleus."""
+  softmax(logits / temperature) restricted to the top-k and the top-p nucleus.
+
+  With `seed` ([B], from `RowSampling`) every knob is per row too, and row b draws with
+  fold_in(key, seed[b]): its tokens do not depend on the other rows of the batch."""
+  if seed is not None:
+    def one_row(logits_V, key, temperature, top_k, top_p):
+      return sample(logits_V[None], key, temperature=temperature, top_k=top_k, top_p=top_p)[0]
+    keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, seed)
+    return jax.vmap(one_row)(logits_BV, keys_B, temperature, top_k, top_p)
   greedy_B = jnp.argmax(logits_BV, axis=-1)
   scaled_BV = logits_BV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
   drawn_B = jax.random.categorical(key, filter_logits(scaled_BV, top_k, top_p), axis=-1)

@@ -9,6 +9,33 @@ import ml_collections
 
 
 @dataclasses.dataclass(frozen=True)
+class MoEConfig:
+  """The mixture-of-experts feed-forward block (`config.model.moe`; lm/model/moe.py)."""
+
+  num_experts: int = 0  # 0: dense MLP everywhere
+  top_k: int = 1
+  expert_mlp_dim: int = 0  # 0: the model's mlp_dim
+  capacity_factor: float = 1.25  # 0: dropless
+  shared_expert: bool = False
+  aux_loss_weight: float = 0.01
+  z_loss_weight: float = 0.001
+  every: int = 1  # one MoE layer per group of `every` layers (the group's last)
+  routing: str = 'learned'  # 'learned' | 'domain' | 'domain+learned'
+  num_domains: int = 0
+
+  @property
+  def enabled(self) -> bool:
+    return self.num_experts > 0
+
+  @property
+  def experts_per_token(self) -> int:
+    """Experts each token is computed by: top_k, or all of its domain's in 'domain' mode."""
+    if self.routing == 'domain':
+      return self.num_experts // max(self.num_domains, 1)
+    return self.top_k
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Hyperparameters of one decoder Transformer (GPT-2 or LLaMA style)."""
 
@@ -33,6 +60,7 @@ class ModelConfig:
   remat: str = 'none'  # 'none' | 'full' | 'dots'
   unroll_layers: bool = False  # scan over the stacked layers unrolled (faster on CPU)
   attention: str = 'auto'  # 'auto' | 'xla' | 'cudnn'
+  moe: MoEConfig = MoEConfig()
   # Inference only (lm.infer.quantize): 'int8' stores matmul weights as int8 with a float32
   # scale per output channel, dequantized inside the matmul. Never set by a training config.
   weight_quant: str = 'none'  # 'none' | 'int8'
@@ -65,7 +93,21 @@ class ModelConfig:
       values['vocab_size'] = vocab_size
     if not values.get('max_len'):
       values['max_len'] = seq_len or 0
+    if isinstance(values.get('moe'), dict):
+      values['moe'] = MoEConfig(**values['moe'])
     return cls(**values)
+
+  @classmethod
+  def from_hf(cls, hf_config: dict, **overrides) -> ModelConfig:
+    """From a Hugging Face GPT-2 or LLaMA config.json dict; `overrides` sets training fields
+    (dtype, remat, ...). The mapping (and the weights') lives in lm/model/hf.py."""
+    from lm.model import hf
+    return hf.config_from_hf(hf_config, **overrides)
+
+  def to_hf(self) -> dict:
+    """The Hugging Face config.json dict of this model (GPT-2 or LLaMA, whichever fits)."""
+    from lm.model import hf
+    return hf.config_to_hf(self)
 
   def param_count(self) -> int:
     """Number of parameters, computed from the shapes (no arrays are built)."""
@@ -79,11 +121,31 @@ class ModelConfig:
     block = attn + mlp + 2 * norm
     embed = v * d + (0 if self.tie_embeddings else d * v + (bias and v))
     pos = self.max_len * d if self.position == 'learned' else 0
-    return self.num_layers * block + embed + pos + norm
+    return self.num_layers * block + embed + pos + norm + self._moe_extra_params(active=False)
+
+  def _moe_extra_params(self, *, active: bool) -> int:
+    """Parameters MoE layers add over dense ones (all experts, or those a token uses)."""
+    moe = self.moe
+    if not moe.enabled:
+      return 0
+    d, f = self.width, moe.expert_mlp_dim or self.mlp_dim
+    mlp_in = 2 if self.mlp == 'swiglu' else 1
+    expert = mlp_in * d * f + f * d + (self.use_bias and (mlp_in * f + d))
+    dense = mlp_in * d * self.mlp_dim + self.mlp_dim * d + (
+        self.use_bias and (mlp_in * self.mlp_dim + d))
+    router = 0 if moe.routing == 'domain' else d * moe.num_experts
+    n = moe.experts_per_token if active else moe.num_experts
+    per_layer = n * expert + router + (dense if moe.shared_expert else 0) - dense
+    return (self.num_layers // moe.every) * per_layer
+
+  def active_param_count(self) -> int:
+    """Parameters one token's forward pass uses (= param_count for a dense model)."""
+    return (self.param_count() - self._moe_extra_params(active=False)
+            + self._moe_extra_params(active=True))
 
   def flops_per_token(self, seq_len: int) -> int:
     """Training FLOPs per token: 6 x matmul parameters + attention (PaLM appendix B)."""
-    matmul_params = self.param_count() - self.vocab_size * self.width * (
+    matmul_params = self.active_param_count() - self.vocab_size * self.width * (
         1 if not self.tie_embeddings else 0)
     if self.position == 'learned':
       matmul_params -= self.max_len * self.width

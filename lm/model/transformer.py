@@ -14,6 +14,7 @@ from lm.model.attention import Attention, attention_mask, cache_attention_mask
 from lm.model.config import ModelConfig
 from lm.model.layers import Norm, dropout, param
 from lm.model.mlp import MLP
+from lm.model.moe import MoE
 from lm.parallel.rules import constrain
 
 ACT_BTD = ('batch', 'seq', 'act_embed')
@@ -26,13 +27,13 @@ REMAT_POLICIES = {
 class Block(nnx.Module):
   """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, moe: bool = False):
     norm = dict(kind=cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias,
                 param_dtype=cfg.jnp_param_dtype, rngs=rngs)
     self.attn_norm = Norm(cfg.width, **norm)
     self.attn = Attention(cfg, rngs=rngs)
     self.mlp_norm = Norm(cfg.width, **norm)
-    self.mlp = MLP(cfg, rngs=rngs)
+    self.mlp = MoE(cfg, rngs=rngs) if moe else MLP(cfg, rngs=rngs)
 
   def __call__(self, x_BTD, positions_BT, mask_B1TT, dropout_key=None):
     k_attn, k_mlp = (None, None) if dropout_key is None else jax.random.split(dropout_key)
@@ -50,6 +51,51 @@ class Block(nnx.Module):
     return constrain(x_BTD, ACT_BTD), k_BSKH, v_BSKH
 
 
+class LayerGroup(nnx.Module):
+  """`moe.every` consecutive layers, the last with a mixture of experts: the unit that is
+  stacked and scanned when the model has experts (every=1: each layer is one MoE block)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.num_dense = cfg.moe.every - 1
+    for i in range(self.num_dense):
+      setattr(self, f'dense_{i}', Block(cfg, rngs=rngs))
+    self.moe = Block(cfg, rngs=rngs, moe=True)
+
+  def __call__(self, x_BTD, positions_BT, mask_B1TT, domains_BT, dropout_key=None):
+    keys = ([None] * (self.num_dense + 2) if dropout_key is None else
+            list(jax.random.split(dropout_key, self.num_dense + 2)))
+    for i in range(self.num_dense):
+      x_BTD = getattr(self, f'dense_{i}')(x_BTD, positions_BT, mask_B1TT, keys[i])
+    block = self.moe
+    x_BTD = x_BTD + block.attn(block.attn_norm(x_BTD), positions_BT, mask_B1TT, keys[-2])
+    x_BTD = constrain(x_BTD, ACT_BTD)
+    y_BTD, aux = block.mlp(block.mlp_norm(x_BTD), domains_BT, keys[-1])
+    return constrain(x_BTD + y_BTD, ACT_BTD), aux
+
+  def decode(self, x_BTD, positions_BT, mask_B1TS, k_GBSKH, v_GBSKH, domains_BT=None):
+    """The group over its layers' KV caches [every, B, S, K, H]."""
+    ks, vs = [], []
+    for i in range(self.num_dense):
+      x_BTD, k, v = getattr(self, f'dense_{i}').decode(x_BTD, positions_BT, mask_B1TS,
+                                                       k_GBSKH[i], v_GBSKH[i])
+      ks.append(k)
+      vs.append(v)
+    block = self.moe
+    a_BTD, k, v = block.attn.decode(block.attn_norm(x_BTD), positions_BT, mask_B1TS,
+                                    k_GBSKH[-1], v_GBSKH[-1])
+    x_BTD = constrain(x_BTD + a_BTD, ACT_BTD)
+    y_BTD, _ = block.mlp(block.mlp_norm(x_BTD), domains_BT)
+    return constrain(x_BTD + y_BTD, ACT_BTD), jnp.stack(ks + [k]), jnp.stack(vs + [v])
+
+
+def stacked_layer(cfg: ModelConfig) -> tuple[type[nnx.Module], int]:
+  """The module stacked on the 'layers' axis and how many of it: Block x num_layers, or
+  LayerGroup x num_layers / moe.every for a mixture of experts."""
+  if cfg.moe.enabled:
+    return LayerGroup, cfg.num_layers // cfg.moe.every
+  return Block, cfg.num_layers
+
+
 class Transformer(nnx.Module):
   """tokens [B, T] -> logits [B, T, V], with packed documents kept apart by segment ids."""
 
@@ -64,9 +110,10 @@ class Transformer(nnx.Module):
     self.pos_embed = (param(rngs, (cfg.max_len, cfg.width), (None, 'embed'), std=cfg.init_std,
                             dtype=pdt) if cfg.position == 'learned' else None)
     # Build one block per layer key and stack their parameters on a leading axis.
-    layer_keys = jax.random.split(rngs.params(), cfg.num_layers)
-    block_def = nnx.graphdef(nnx.eval_shape(lambda: Block(cfg, rngs=nnx.Rngs(0))))
-    stacked = jax.vmap(lambda k: nnx.state(Block(cfg, rngs=nnx.Rngs(params=k))))(layer_keys)
+    layer_cls, num_stacked = stacked_layer(cfg)
+    layer_keys = jax.random.split(rngs.params(), num_stacked)
+    block_def = nnx.graphdef(nnx.eval_shape(lambda: layer_cls(cfg, rngs=nnx.Rngs(0))))
+    stacked = jax.vmap(lambda k: nnx.state(layer_cls(cfg, rngs=nnx.Rngs(params=k))))(layer_keys)
     self.blocks = nnx.merge(block_def, stacked)
     self.final_norm = Norm(cfg.width, kind=cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias,
                            param_dtype=pdt, rngs=rngs)
@@ -80,7 +127,11 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None,
                segment_ids_BT: jax.Array | None = None, *,
-               dropout_key: jax.Array | None = None) -> jax.Array:
+               dropout_key: jax.Array | None = None, domains_BT: jax.Array | None = None,
+               return_aux: bool = False):
+    """Logits [B, T, V]; with `return_aux`, (logits, aux) where aux holds each MoE layer's
+    statistics stacked on a leading layer axis ({} for a dense model). `domains_BT` are
+    the tokens' domain ids, which domain routing needs (default: domain 0)."""
     cfg = self.cfg
     b, t = tokens_BT.shape
     if positions_BT is None:
@@ -95,8 +146,12 @@ class Transformer(nnx.Module):
       x_BTD = dropout(x_BTD, cfg.dropout, k_embed)
     x_BTD = constrain(x_BTD, ACT_BTD)
 
-    x_BTD = self._apply_blocks(x_BTD, positions_BT, mask_B1TT, dropout_key)
-    return self._logits(x_BTD)
+    if cfg.moe.enabled:
+      x_BTD, aux = self._apply_groups(x_BTD, positions_BT, mask_B1TT, domains_BT, dropout_key)
+    else:
+      x_BTD, aux = self._apply_blocks(x_BTD, positions_BT, mask_B1TT, dropout_key), {}
+    logits_BTV = self._logits(x_BTD)
+    return (logits_BTV, aux) if return_aux else logits_BTV
 
   def decode(self, tokens_BT: jax.Array, positions_BT: jax.Array,
              cache: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -109,6 +164,8 @@ class Transformer(nnx.Module):
     x_BTD = constrain(self._embed(tokens_BT, positions_BT), ACT_BTD)
     mask_B1TS = cache_attention_mask(positions_BT, cache['k'].shape[2])
     block_def, stacked = nnx.split(self.blocks)
+    if self.cfg.moe.enabled:
+      return self._decode_groups(x_BTD, positions_BT, mask_B1TS, cache)
 
     def body(x_BTD, layer):
       layer_state, k_BSKH, v_BSKH = layer
@@ -159,6 +216,36 @@ class Transformer(nnx.Module):
     # code: on CPU the rolled loop's backward pass costs ~1.5x more.
     x_BTD, _ = jax.lax.scan(body, x_BTD, (stacked, layer_keys), unroll=self.cfg.unroll_layers)
     return x_BTD
+
+  def _apply_groups(self, x_BTD, positions_BT, mask_B1TT, domains_BT, dropout_key):
+    """The scanned MoE layer groups; returns (x, aux stacked over the MoE layers)."""
+    group_def, stacked = nnx.split(self.blocks)
+    num_groups = self.cfg.num_layers // self.cfg.moe.every
+    group_keys = None if dropout_key is None else jax.random.split(dropout_key, num_groups)
+
+    def body(x_BTD, layer):
+      group_state, key = layer
+      return nnx.merge(group_def, group_state)(x_BTD, positions_BT, mask_B1TT, domains_BT, key)
+
+    if self.cfg.remat != 'none':
+      body = jax.checkpoint(body, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
+    return jax.lax.scan(body, x_BTD, (stacked, group_keys), unroll=self.cfg.unroll_layers)
+
+  def _decode_groups(self, x_BTD, positions_BT, mask_B1TS, cache):
+    every = self.cfg.moe.every
+    group_def, stacked = nnx.split(self.blocks)
+    k_GEBSKH, v_GEBSKH = (c.reshape(-1, every, *c.shape[1:]) for c in (cache['k'], cache['v']))
+
+    def body(x_BTD, layer):
+      group_state, k_EBSKH, v_EBSKH = layer
+      x_BTD, k_EBSKH, v_EBSKH = nnx.merge(group_def, group_state).decode(
+          x_BTD, positions_BT, mask_B1TS, k_EBSKH, v_EBSKH)
+      return x_BTD, (k_EBSKH, v_EBSKH)
+
+    x_BTD, (k_GEBSKH, v_GEBSKH) = jax.lax.scan(body, x_BTD, (stacked, k_GEBSKH, v_GEBSKH),
+                                               unroll=self.cfg.unroll_layers)
+    return self._logits(x_BTD), {'k': k_GEBSKH.reshape(cache['k'].shape),
+                                 'v': v_GEBSKH.reshape(cache['v'].shape)}
 
   def logical_axes(self) -> nnx.State:
     """A State shaped like the parameters whose leaves are logical-axis tuples."""

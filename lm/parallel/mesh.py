@@ -12,8 +12,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lm.parallel.rules import logical_to_spec, rules_dict
 
-MESH_AXES = ('data', 'fsdp', 'tensor')
-BATCH_AXES = ('data', 'fsdp')  # the global batch is split over these
+MESH_AXES = ('data', 'fsdp', 'expert', 'tensor')
+# The global batch is split over these; 'expert' carries distinct tokens too, so expert
+# parallelism has tokens to exchange (all-to-all) rather than replicas.
+BATCH_AXES = ('data', 'fsdp', 'expert')
 
 
 def mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:

@@ -18,7 +18,7 @@ import numpy as np
 from lm import config as config_lib
 from lm import parallel
 from lm.checkpoint import Checkpointer
-from lm.data import prepare
+from lm.data.mixture import prepare_data
 from lm.model import ModelConfig
 from lm.train.metrics import MetricsWriter
 from lm.train.optimizer import build_optimizer
@@ -49,7 +49,8 @@ class Trainer:
     self.rules = cfg.mesh.rules
     self.writer = MetricsWriter(self.workdir, total_steps=cfg.train.steps, enabled=False)
     self._log = log or print
-    self.data = prepare(cfg.data, seq_len=cfg.data.seq_len, log=self.log)
+    self.data = prepare_data(cfg.data, seq_len=cfg.data.seq_len, log=self.log)
+    self.domain_names = [entry[0] for entry in cfg.data.mixture]
     self.tokenizer = self.data.tokenizer
     model_cfg = ModelConfig.from_config(cfg.model, vocab_size=self.tokenizer.vocab_size,
                                         seq_len=cfg.data.seq_len)
@@ -71,7 +72,8 @@ class Trainer:
         self.model_def, mesh=self.mesh, rules=self.rules,
         param_shardings=self.shardings['params'],
         batch_sharding=parallel.batch_sharding(self.mesh),
-        byte_lengths_V=jnp.asarray(byte_lengths(self.tokenizer, model_cfg.vocab_size)))
+        byte_lengths_V=jnp.asarray(byte_lengths(self.tokenizer, model_cfg.vocab_size)),
+        num_domains=len(self.domain_names))
     self._eval_batches: list[dict] | None = None
     self.sharding_table, self.param_bytes = parallel.sharding_report(
         self.model_def.logical_axes(), jax.eval_shape(self.model_def.init_params,
@@ -95,10 +97,17 @@ class Trainer:
                                   process_count=jax.process_count())
     step = self.checkpoints.latest_step()
     if step is None:
-      return init_state(self.model_def, self.optimizer, cfg.seed, self.shardings), it
+      state = init_state(self.model_def, self.optimizer, cfg.seed, self.shardings)
+      if cfg.train.init_from:
+        from lm.train.init_from import restore_params
+        state['params'] = restore_params(cfg.train.init_from, self.model_def, self.optimizer,
+                                         cfg.seed, self.shardings)
+        self.log(f'parameters initialised from {cfg.train.init_from}')
+      return state, it
     target = abstract_state(self.model_def, self.optimizer, cfg.seed, self.shardings)
     state, data_state, _ = self.checkpoints.restore(target, step)
-    it.set_state(data_state)
+    if data_state:  # an imported checkpoint (lm.convert from-hf) has no data position yet
+      it.set_state(data_state)
     self.log(f'resumed from {self.checkpoints.step_path(step)} (step {step})')
     return state, it
 
@@ -108,7 +117,8 @@ class Trainer:
     return '\n'.join([
         f'model: {m.num_layers} layers, width {m.width}, {m.num_heads} heads '
         f'({m.num_kv_heads} kv), {m.norm}/{m.mlp}/{m.position}, vocab {m.vocab_size}',
-        f'parameters: {m.param_count():,}   FLOPs/token (train): '
+        f'parameters: {m.param_count():,} ({m.active_param_count():,} active per token)   '
+        'FLOPs/token (train): '
         f'{m.flops_per_token(cfg.data.seq_len):,}',
         f'devices: {jax.device_count()} x {jax.devices()[0].platform} in '
         f'{jax.process_count()} process(es); mesh {dict(self.mesh.shape)}; parameters '
@@ -131,7 +141,9 @@ class Trainer:
                                      process_count=jax.process_count())
       sharding = parallel.batch_sharding(self.mesh)
       self._eval_batches = [parallel.global_batch(b, sharding) for b in local]
-    return summarize_eval([self.eval_step(params, b) for b in self._eval_batches])
+    from lm.train.step import summarize_domains
+    sums = [self.eval_step(params, b) for b in self._eval_batches]
+    return {**summarize_eval(sums), **summarize_domains(sums, self.domain_names)}
 
   def run(self) -> dict[str, Any]:
     """Trains to the configured step count; returns the final metrics."""
@@ -235,6 +247,9 @@ class Trainer:
     # Wall-clock rate since the previous row; the first row of a run includes compilation.
     tokens = (upto - self._step_last) * self.config.train.batch_size * self.config.data.seq_len
     row['train/tokens_per_sec'] = tokens / max(now - self._t_last, 1e-9)
+    for key in done[-1]:  # MoE statistics per layer, averaged over the steps
+      if key.startswith('moe/'):
+        row[key] = float(np.mean(np.concatenate([np.asarray(m[key]) for m in done])))
     self._t_last, self._step_last = now, upto
     return row
 

@@ -23,11 +23,41 @@ Batch = dict[str, jax.Array]
 def token_losses(model_def: ModelDef, params: dict, batch: Batch,
                  dropout_key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
   """Per-token cross entropy [B, T] and its weights [B, T] (0 across documents/padding)."""
+  ce_BT, w_BT, _ = token_losses_and_aux(model_def, params, batch, dropout_key)
+  return ce_BT, w_BT
+
+
+def token_losses_and_aux(model_def: ModelDef, params: dict, batch: Batch,
+                         dropout_key: jax.Array | None) -> tuple[jax.Array, jax.Array, dict]:
+  """token_losses and the model's MoE statistics per layer ({} for a dense model)."""
   model = model_def.merge(params)
-  logits_BTV = model(batch['inputs'], batch['positions'], batch['segment_ids'],
-                     dropout_key=dropout_key)
+  logits_BTV, aux = model(batch['inputs'], batch['positions'], batch['segment_ids'],
+                          dropout_key=dropout_key, domains_BT=batch.get('domains'),
+                          return_aux=True)
   ce_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch['targets'])
-  return ce_BT, batch['weights'].astype(jnp.float32)
+  return ce_BT, batch['weights'].astype(jnp.float32), aux
+
+
+def moe_loss(aux: dict, moe) -> jax.Array:
+  """Weighted load-balancing + router z-loss, summed over the MoE layers (0 when dense)."""
+  if not aux:
+    return jnp.zeros((), jnp.float32)
+  return (moe.aux_loss_weight * jnp.sum(aux['load_balance'])
+          + moe.z_loss_weight * jnp.sum(aux['z_loss']))
+
+
+def moe_metrics(aux: dict, moe) -> dict[str, jax.Array]:
+  """Scalar metrics per MoE layer: 'moe/layer{i}/...' with i the layer's index in the model."""
+  out = {}
+  if not aux:
+    return out
+  for g in range(aux['load_balance'].shape[0]):
+    prefix = f'moe/layer{g * moe.every + moe.every - 1}'
+    for name in ('load_balance', 'z_loss', 'dropped_fraction'):
+      out[f'{prefix}/{name}'] = aux[name][g]
+    for e in range(aux['expert_fraction'].shape[1]):
+      out[f'{prefix}/expert{e}_tokens'] = aux['expert_fraction'][g, e]
+  return out
 
 
 def make_train_step(model_def: ModelDef, optimizer: optax.GradientTransformation,
@@ -35,10 +65,14 @@ def make_train_step(model_def: ModelDef, optimizer: optax.GradientTransformation
                     batch_sharding):
   """jit(state, batches[K, B, T]) -> (state, metrics[K]); the state is donated."""
   use_dropout = model_def.cfg.dropout > 0
+  moe = model_def.cfg.moe
 
   def loss_sum(params, batch, key):
-    ce_BT, w_BT = token_losses(model_def, params, batch, key)
-    return jnp.sum(ce_BT * w_BT), jnp.sum(w_BT)
+    # The objective is sum(ce) + tokens * moe_loss, so after the division by the token
+    # count below the gradient is that of mean ce + the weighted MoE losses.
+    ce_BT, w_BT, aux = token_losses_and_aux(model_def, params, batch, key)
+    total, count = jnp.sum(ce_BT * w_BT), jnp.sum(w_BT)
+    return total + count * moe_loss(aux, moe), (total, count, aux)
 
   grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
 
@@ -46,7 +80,8 @@ def make_train_step(model_def: ModelDef, optimizer: optax.GradientTransformation
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
     params = state['params']
     if grad_accum == 1:
-      (total, count), grads = grad_fn(params, batch, step_key if use_dropout else None)
+      (_, (total, count, aux)), grads = grad_fn(params, batch,
+                                                step_key if use_dropout else None)
     else:
       micro = jax.tree.map(
           lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
@@ -54,20 +89,24 @@ def make_train_step(model_def: ModelDef, optimizer: optax.GradientTransformation
       def accumulate(carry, xs):
         i, mb = xs
         key = jax.random.fold_in(step_key, i) if use_dropout else None
-        (t, c), g = grad_fn(params, mb, key)
+        (_, (t, c, a)), g = grad_fn(params, mb, key)
         acc_t, acc_c, acc_g = carry
-        return (acc_t + t, acc_c + c, jax.tree.map(jnp.add, acc_g, g)), None
+        return (acc_t + t, acc_c + c, jax.tree.map(jnp.add, acc_g, g)), a
 
       zeros = jax.tree.map(jnp.zeros_like, params)
-      (total, count, grads), _ = jax.lax.scan(
+      (total, count, grads), aux_micro = jax.lax.scan(
           accumulate, (0.0, 0.0, zeros), (jnp.arange(grad_accum), micro))
+      aux = jax.tree.map(lambda x: jnp.mean(x, axis=0), aux_micro)
     count = jnp.maximum(count, 1.0)
-    grads = jax.tree.map(lambda g: g / count, grads)
+    # Dividing by the float32 count must not turn bfloat16 gradients (and the optimizer
+    # moments that follow their dtype) into float32: the scan carry would change type.
+    grads = jax.tree.map(lambda g: (g / count).astype(g.dtype), grads)
     updates, opt_state = optimizer.update(grads, state['opt_state'], params)
     new_state = {'params': optax.apply_updates(params, updates), 'opt_state': opt_state,
                  'step': state['step'] + 1, 'rng': state['rng']}
     metrics = {'train/loss': total / count, 'train/grad_norm': optax.global_norm(grads),
                'train/lr': schedule(state['step'])}
+    metrics.update(moe_metrics(aux, moe))
     return new_state, metrics
 
   def multi_step(state, batches):
@@ -87,18 +126,45 @@ def byte_lengths(tokenizer, vocab_size: int) -> np.ndarray:
 
 
 def make_eval_step(model_def: ModelDef, *, mesh, rules, param_shardings, batch_sharding,
-                   byte_lengths_V: jax.Array):
-  """jit(params, batch) -> sums of loss, tokens and UTF-8 bytes over the batch's targets."""
+                   byte_lengths_V: jax.Array, num_domains: int = 0):
+  """jit(params, batch) -> sums of loss, tokens and UTF-8 bytes over the batch's targets
+  (and, with `num_domains`, the same sums per domain [num_domains] from batch['domains'])."""
 
   def eval_step(params, batch):
     with parallel.use_rules(mesh, rules):
       ce_BT, w_BT = token_losses(model_def, params, batch, None)
     bytes_BT = jnp.take(byte_lengths_V, batch['targets']).astype(jnp.float32)
-    return {'loss_sum': jnp.sum(ce_BT * w_BT), 'tokens': jnp.sum(w_BT),
+    sums = {'loss_sum': jnp.sum(ce_BT * w_BT), 'tokens': jnp.sum(w_BT),
             'bytes': jnp.sum(bytes_BT * w_BT)}
+    if num_domains:
+      sums.update(domain_sums(batch['domains'], num_domains, ce_BT * w_BT, w_BT, bytes_BT * w_BT))
+    return sums
 
   return jax.jit(eval_step, in_shardings=(param_shardings, batch_sharding),
                  out_shardings=parallel.replicated(mesh))
+
+
+def domain_sums(domains_BT: jax.Array, num_domains: int, loss_BT: jax.Array, w_BT: jax.Array,
+                bytes_BT: jax.Array) -> dict[str, jax.Array]:
+  """Per-domain [num_domains] sums of loss, tokens and bytes."""
+  onehot_BTN = jax.nn.one_hot(domains_BT, num_domains, dtype=jnp.float32)
+  return {f'domain_{k}': jnp.einsum('BTN,BT->N', onehot_BTN, v)
+          for k, v in (('loss_sum', loss_BT), ('tokens', w_BT), ('bytes', bytes_BT))}
+
+
+def summarize_domains(sums: list[dict], names: list[str]) -> dict[str, float]:
+  """eval/<domain>/loss, perplexity and bits_per_byte from per-batch per-domain sums."""
+  out = {}
+  for i, name in enumerate(names):
+    loss_sum = sum(float(s['domain_loss_sum'][i]) for s in sums)
+    tokens = sum(float(s['domain_tokens'][i]) for s in sums)
+    nbytes = max(sum(float(s['domain_bytes'][i]) for s in sums), 1.0)
+    if tokens == 0:
+      continue
+    loss = loss_sum / tokens
+    out.update({f'eval/{name}/loss': loss, f'eval/{name}/perplexity': math.exp(min(loss, 50.0)),
+                f'eval/{name}/bits_per_byte': loss_sum / nbytes / math.log(2)})
+  return out
 
 
 def summarize_eval(sums: list[dict]) -> dict[str, float]:

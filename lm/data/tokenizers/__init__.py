@@ -7,15 +7,17 @@ from typing import Any
 
 from lm.data.cache import short_hash
 from lm.data.errors import DataError
-from lm.data.tokenizers import spm
+from lm.data.tokenizers import hf, spm
 from lm.data.tokenizers.base import META_FILE, Tokenizer
 from lm.data.tokenizers.byte import ByteTokenizer
 from lm.data.tokenizers.char import CharTokenizer
+from lm.data.tokenizers.hf import HFTokenizer
 from lm.data.tokenizers.spm import SentencePieceTokenizer
 
 __all__ = [
   'ByteTokenizer',
   'CharTokenizer',
+  'HFTokenizer',
   'SentencePieceTokenizer',
   'Tokenizer',
   'check_config',
@@ -24,7 +26,8 @@ __all__ = [
   'train',
 ]
 
-_KINDS = {'sentencepiece': SentencePieceTokenizer, 'byte': ByteTokenizer, 'char': CharTokenizer}
+_KINDS = {'sentencepiece': SentencePieceTokenizer, 'byte': ByteTokenizer, 'char': CharTokenizer,
+          'hf': HFTokenizer}
 
 
 def check_config(tok_cfg: Any) -> None:
@@ -37,10 +40,14 @@ def check_config(tok_cfg: Any) -> None:
     if tok_cfg.vocab_size < 300:
       raise DataError(f'data.tokenizer.vocab_size={tok_cfg.vocab_size} is too small for '
                       'sentencepiece (260 ids go to specials and bytes); use >= 300')
+  if tok_cfg.kind == 'hf':
+    hf.check_dir(tok_cfg.path)
 
 
 def key(tok_cfg: Any) -> str:
   """Names the tokenizer within a prepared source: only the fields its kind uses."""
+  if tok_cfg.kind == 'hf':  # named by its files' contents, not by where they are
+    return f'hf-{hf.file_digest(tok_cfg.path)}'
   if tok_cfg.kind != 'sentencepiece':
     return tok_cfg.kind
   fields = (tok_cfg.model_type, tok_cfg.vocab_size, tok_cfg.max_train_chars)
@@ -57,6 +64,8 @@ def train(tok_cfg: Any, train_texts: Sequence[str], directory: pathlib.Path,
     tokenizer: Tokenizer = SentencePieceTokenizer(spm.train(
         train_texts, model_type=tok_cfg.model_type, vocab_size=tok_cfg.vocab_size,
         max_chars=tok_cfg.max_train_chars))
+  elif tok_cfg.kind == 'hf':
+    tokenizer = HFTokenizer.from_hf_dir(tok_cfg.path)  # nothing to train: a copy
   elif tok_cfg.kind == 'char':
     tokenizer = CharTokenizer.train(train_texts)
   else:
@@ -70,7 +79,10 @@ def load(directory: str | pathlib.Path) -> Tokenizer:
   meta_path = directory / META_FILE
   if not meta_path.is_file():
     raise DataError(f'{directory} holds no tokenizer ({META_FILE} is missing)')
-  kind = json.loads(meta_path.read_text())['kind']
+  meta = json.loads(meta_path.read_text())
+  if 'kind' not in meta and 'model' in meta:  # a Hugging Face tokenizer directory as it is
+    return HFTokenizer.from_hf_dir(directory)
+  kind = meta['kind']
   if kind not in _KINDS:
     raise DataError(f'{meta_path}: unknown tokenizer kind {kind!r}')
   return _KINDS[kind].load(directory)

@@ -1,0 +1,248 @@
+"""Evaluate a trained run: `python -m lm.evaluate --workdir=DIR --task=TASK [--step=N]`.
+
+Tasks (docs/evaluation.md):
+  perplexity      loss, perplexity and bits/byte on the run's validation split, or on
+                  any text source (--text_file=F, or --data.source=... --data.path=...)
+  generation      greedy continuations of --jsonl prompts, BLEU and ROUGE-1/2/L
+  classification  accuracy, macro P/R/F1, confusion matrix; zero-shot over --labels
+  lm_eval         lm-evaluation-harness tasks (--lm_eval_tasks) with our model as 'lm-jax'
+
+Results go to DIR/eval/<name>.json and <name>.md (name: --name, default the task) and are
+printed. The workdir is only read, besides DIR/eval/.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from absl import app, flags, logging
+
+TASKS = ('perplexity', 'generation', 'classification', 'lm_eval')
+
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Training workdir (holds config.json and checkpoints/) to evaluate; '
+    'required.')
+_TASK = flags.DEFINE_enum('task', None, TASKS, 'What to evaluate; required.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to load; default: the latest.')
+_NAME = flags.DEFINE_string(
+    'name', None, 'Results file stem under DIR/eval/ (DIR/eval/<name>.json, .md); default: '
+    'the task, e.g. to keep two generation sets apart give each a name.')
+_BATCH_SIZE = flags.DEFINE_integer(
+    'batch_size', 8, 'Rows per scoring or generation batch (generation, classification, '
+    'lm_eval; perplexity uses the run\'s train.batch_size).')
+
+# ---- perplexity --------------------------------------------------------------------------
+_TEXT_FILE = flags.DEFINE_string(
+    'text_file', None, 'perplexity: a text file (.txt, or .jsonl with data.jsonl_field) to '
+    'evaluate on; the same as --data.source=text --data.path=F.')
+_DATA_FLAGS = {
+    'source': flags.DEFINE_string(
+        'data.source', None, "perplexity: 'text' | 'tfds' | 'stdlib'; default: the run's own "
+        'data (its prepared validation split).'),
+    'path': flags.DEFINE_string(
+        'data.path', None, "perplexity: for data.source=text, a file, directory or glob of "
+        '.txt/.jsonl files.'),
+    'jsonl_field': flags.DEFINE_string(
+        'data.jsonl_field', None, 'perplexity: the .jsonl field that holds the text; '
+        "default: the run's."),
+    'tfds_name': flags.DEFINE_string(
+        'data.tfds_name', None, 'perplexity: for data.source=tfds, the TFDS dataset name.'),
+    'tfds_split': flags.DEFINE_string(
+        'data.tfds_split', None, "perplexity: the TFDS split to read; default: the run's."),
+    'tfds_text_feature': flags.DEFINE_string(
+        'data.tfds_text_feature', None, "perplexity: the TFDS text feature; default: the run's."),
+    'tfds_data_dir': flags.DEFINE_string(
+        'data.tfds_data_dir', None, "perplexity: the TFDS data_dir; default: the run's."),
+    'max_docs': flags.DEFINE_integer(
+        'data.max_docs', None, 'perplexity: read at most this many documents (0 = all).'),
+}
+_SPLIT = flags.DEFINE_enum(
+    'split', None, ['train', 'validation', 'all'], "perplexity: which documents: default "
+    "'validation' for the run's own data, 'all' for another source (whose train/validation "
+    "split follows the run's data.split and data.val_fraction).")
+_EVAL_BATCHES = flags.DEFINE_integer(
+    'eval_batches', 0, "perplexity: 0 = every row; N > 0 = the N batches training evaluates "
+    "on (run's own validation split only), to compare with the logged eval/loss.")
+
+# ---- generation and classification ---------------------------------------------------------
+_JSONL = flags.DEFINE_string(
+    'jsonl', None, 'generation / classification: a JSONL file, one JSON object per line.')
+_TEMPLATE = flags.DEFINE_string(
+    'template', '', 'generation / classification: the prompt as a Python format string over '
+    "the record's fields, e.g. 'Review: {text}\\nSentiment:'; default: the source / text field.")
+_SOURCE_FIELD = flags.DEFINE_string(
+    'source_field', 'source', 'generation: the field that holds the prompt.')
+_REFERENCE_FIELD = flags.DEFINE_string(
+    'reference_field', 'reference', 'generation: the field that holds the reference text.')
+_MAX_NEW_TOKENS = flags.DEFINE_integer(
+    'max_new_tokens', 64, 'generation: tokens to generate at most per prompt.')
+_STOP = flags.DEFINE_multi_string(
+    'stop', [], "generation: end a continuation at this text (not included); escapes such as "
+    "'\\n' are decoded; repeatable.")
+_TEXT_FIELD = flags.DEFINE_string(
+    'text_field', 'text', 'classification: the field that holds the text to classify.')
+_LABEL_FIELD = flags.DEFINE_string(
+    'label_field', 'label', 'classification: the field that holds the gold label (a name from '
+    '--labels or its index).')
+_LABELS = flags.DEFINE_list(
+    'labels', [], 'classification: the label names, comma-separated (e.g. neg,pos); zero-shot '
+    'scoring picks the one most likely after the text.')
+_LABEL_PREFIX = flags.DEFINE_string(
+    'label_prefix', ' ', 'classification: text put between the text and each label when '
+    'scoring it.')
+
+# ---- lm_eval ----------------------------------------------------------------------------------
+_LM_EVAL_TASKS = flags.DEFINE_list(
+    'lm_eval_tasks', [], 'lm_eval: lm-evaluation-harness task names or task YAML files, '
+    'comma-separated.')
+_LM_EVAL_INCLUDE = flags.DEFINE_list(
+    'lm_eval_include', [], 'lm_eval: directories of extra task YAML files (lm-eval '
+    'include_path).')
+_NUM_FEWSHOT = flags.DEFINE_integer('num_fewshot', None, "lm_eval: few-shot examples; default: "
+                                    "the task's.")
+_LIMIT = flags.DEFINE_integer('limit', None, 'lm_eval: evaluate at most this many examples per '
+                              'task (for a quick look).')
+
+
+class UserError(Exception):
+  """A problem with the command line, the inputs or the workdir: one line, exit status 1."""
+
+
+def _unescape(text: str) -> str:
+  """'\\n' -> newline and the like; other characters (non-ASCII included) stay as they are."""
+  return text.encode('latin-1', 'backslashreplace').decode('unicode_escape')
+
+
+def _check_workdir(workdir: str) -> None:
+  """Fails fast, before jax is imported, on a workdir that cannot hold a trained model."""
+  if not os.path.isdir(workdir):
+    raise UserError(f'--workdir={workdir} does not exist')
+  if not os.path.isfile(os.path.join(workdir, 'config.json')):
+    raise UserError(f'--workdir={workdir} has no config.json; is it a training workdir '
+                    '(python -m lm.main --workdir=...)?')
+  ckpt = os.path.join(workdir, 'checkpoints')
+  if not (os.path.isdir(ckpt) and any(d.isdigit() for d in os.listdir(ckpt))):
+    raise UserError(f'--workdir={workdir} has no checkpoints (nothing in {ckpt}); train it first')
+
+
+def _data_overrides() -> dict[str, Any]:
+  overrides = {k: f.value for k, f in _DATA_FLAGS.items() if f.value is not None}
+  if _TEXT_FILE.value:
+    if overrides.get('source', 'text') != 'text' or 'path' in overrides:
+      raise UserError('--text_file is --data.source=text --data.path=F; give one or the other')
+    if not os.path.isfile(_TEXT_FILE.value):
+      raise UserError(f'--text_file={_TEXT_FILE.value} is not a file')
+    overrides.update(source='text', path=_TEXT_FILE.value)
+  return overrides
+
+
+def _check_task_flags(task: str) -> None:
+  """Flags of another task are a mistake, not something to ignore silently."""
+  own = {
+      'perplexity': {'text_file', 'split', 'eval_batches', *(f'data.{k}' for k in _DATA_FLAGS)},
+      'generation': {'jsonl', 'template', 'source_field', 'reference_field', 'max_new_tokens',
+                     'stop', 'batch_size'},
+      'classification': {'jsonl', 'template', 'text_field', 'label_field', 'labels',
+                         'label_prefix', 'batch_size'},
+      'lm_eval': {'lm_eval_tasks', 'lm_eval_include', 'num_fewshot', 'limit', 'batch_size'},
+  }
+  others = set().union(*own.values()) - own[task]
+  given = sorted(name for name in others if flags.FLAGS[name].present)
+  if given:
+    raise UserError(f'--task={task} does not use --{", --".join(given)}')
+
+
+def read_inputs(task: str) -> dict[str, Any]:
+  """The task's inputs, read and checked before the model loads (a bad file fails fast)."""
+  from lm.eval.records import read_jsonl
+  if task == 'generation':
+    return {'records': read_jsonl(_JSONL.value or '',
+                                  [_SOURCE_FIELD.value, _REFERENCE_FIELD.value])}
+  if task == 'classification':
+    if not _LABELS.value:
+      raise UserError('--task=classification needs --labels=NAME,NAME,... (e.g. neg,pos)')
+    return {'records': read_jsonl(_JSONL.value or '', [_TEXT_FIELD.value, _LABEL_FIELD.value])}
+  if task == 'lm_eval' and not _LM_EVAL_TASKS.value:
+    raise UserError('--task=lm_eval needs --lm_eval_tasks=NAME_OR_YAML,...')
+  if task == 'perplexity':
+    return {'overrides': _data_overrides()}
+  return {}
+
+
+def evaluate(task: str, workdir: str, step: int | None, inputs: dict[str, Any]) -> dict[str, Any]:
+  """Runs one task; returns {'task', 'checkpoint', 'metrics', 'samples'?}."""
+  records, overrides = inputs.get('records'), inputs.get('overrides', {})
+  from lm import api
+  run = api.load(workdir, step, log=lambda s: print(s, file=sys.stderr))
+  samples = None
+  if task == 'perplexity':
+    from lm.eval.perplexity import perplexity
+    metrics = perplexity(run, overrides=overrides, split_name=_SPLIT.value or '',
+                         eval_batches=_EVAL_BATCHES.value)
+  elif task == 'generation':
+    from lm.eval.generation import generation_task
+    stop = [_unescape(s) for s in _STOP.value]
+    metrics = generation_task(run, records, source_field=_SOURCE_FIELD.value,
+                              reference_field=_REFERENCE_FIELD.value, template=_TEMPLATE.value,
+                              max_new_tokens=_MAX_NEW_TOKENS.value, stop=stop,
+                              batch_size=_BATCH_SIZE.value)
+  elif task == 'classification':
+    from lm.eval.classification import ZeroShotLabels, classification_task
+    predictor = ZeroShotLabels(_LABELS.value, label_prefix=_LABEL_PREFIX.value,
+                               batch_size=_BATCH_SIZE.value)
+    metrics = classification_task(run, records, labels=_LABELS.value,
+                                  text_field_name=_TEXT_FIELD.value,
+                                  label_field=_LABEL_FIELD.value, template=_TEMPLATE.value,
+                                  predict_labels=predictor)
+  else:
+    from lm.eval.harness import LmJax, run_lm_eval
+    metrics = run_lm_eval(LmJax(run=run, batch_size=_BATCH_SIZE.value), _LM_EVAL_TASKS.value,
+                          include=_LM_EVAL_INCLUDE.value, num_fewshot=_NUM_FEWSHOT.value,
+                          limit=_LIMIT.value)
+  if isinstance(metrics, dict) and 'samples' in metrics:
+    samples = metrics.pop('samples')
+  result = {'task': task, 'checkpoint': {'workdir': str(run.workdir), 'step': run.step},
+            'metrics': metrics}
+  if samples is not None:
+    result['samples'] = samples
+  return result
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.ERROR)  # orbax warns that a read-only manager is read-only
+  try:
+    if not _WORKDIR.value:
+      raise UserError('--workdir is required')
+    if not _TASK.value:
+      raise UserError(f'--task is required: one of {", ".join(TASKS)}')
+    workdir = os.path.abspath(_WORKDIR.value)
+    _check_workdir(workdir)
+    _check_task_flags(_TASK.value)
+    from lm.eval.records import EvalInputError
+    try:
+      inputs = read_inputs(_TASK.value)
+    except EvalInputError as e:
+      raise UserError(str(e)) from e
+    from lm.checkpoint import CheckpointError  # deferred: --help should not import jax
+    from lm.config import ConfigError
+    from lm.data import DataError
+    from lm.eval import report
+    try:
+      result = evaluate(_TASK.value, workdir, _STEP.value, inputs)
+    except (ValueError, ConfigError, DataError, CheckpointError) as e:
+      raise UserError(str(e)) from e
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  paths = report.write(workdir, _NAME.value or _TASK.value, result)
+  print(paths['md'].read_text(encoding='utf-8'))
+  print(f'[written: {", ".join(str(p) for p in paths.values())}]', file=sys.stderr)
+
+
+if __name__ == '__main__':
+  app.run(main)

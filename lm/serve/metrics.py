@@ -1,0 +1,47 @@
+"""Prometheus metrics of the server, in a registry of their own (GET /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+  CONTENT_TYPE_LATEST,
+  CollectorRegistry,
+  Counter,
+  Gauge,
+  Histogram,
+  generate_latest,
+)
+
+LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServeMetrics:
+  """Requests by path and status, errors by kind, latency, tokens, batch sizes."""
+
+  content_type = CONTENT_TYPE_LATEST
+
+  def __init__(self):
+    self.registry = r = CollectorRegistry()
+    self.requests = Counter('lm_serve_requests', 'HTTP requests to the API by path and status',
+                            ['path', 'status'], registry=r)
+    self.errors = Counter(
+        'lm_serve_errors', 'Requests that failed, by kind: invalid_request (4xx), '
+        'authentication (401), generation (500)', ['kind'], registry=r)
+    self.latency = Histogram(
+        'lm_serve_request_latency_seconds', 'Completion requests: arrival to last token',
+        buckets=LATENCY_BUCKETS_S, registry=r)
+    self.prompt_tokens = Counter('lm_serve_prompt_tokens', 'Prompt tokens of accepted requests',
+                                 registry=r)
+    self.generated_tokens = Counter('lm_serve_generated_tokens', 'Tokens generated', registry=r)
+    self.generation_seconds = Counter(
+        'lm_serve_generation_seconds', 'Time spent running batches on the device', registry=r)
+    self.tokens_per_second = Gauge(
+        'lm_serve_tokens_per_second', 'Generated tokens per second of the last batch (all its '
+        'rows together)', registry=r)
+    self.batch_size = Histogram('lm_serve_batch_size', 'Prompts per device batch',
+                                buckets=BATCH_BUCKETS, registry=r)
+    self.queued_prompts = Gauge('lm_serve_queued_prompts', 'Prompts waiting for a batch',
+                                registry=r)
+
+  def render(self) -> bytes:
+    return generate_latest(self.registry)

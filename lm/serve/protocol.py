@@ -1,0 +1,216 @@
+"""The OpenAI-style completions protocol: request validation and response JSON.
+
+A request is checked field by field before anything is queued; every problem is a
+`RequestError` naming the field and the fix, which the app turns into a 4xx with an
+OpenAI-style `{"error": {"message", "type", "param", "code"}}` body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+MAX_BODY_BYTES = 1 << 20  # a larger request body is refused (413) before it is parsed
+MAX_PROMPTS = 64  # prompts in one request (each becomes one choice and one batch row)
+MAX_STOPS = 4  # stop strings per request, as in the OpenAI API
+MAX_TEMPERATURE = 2.0  # the OpenAI API's bound
+DEFAULT_MAX_TOKENS = 16  # the OpenAI API's default
+EXAMPLE = '{"prompt": "Hello", "max_tokens": 16}'
+
+# Fields of the OpenAI completions API this server does not implement: named, not "unknown".
+UNSUPPORTED = ('best_of', 'echo', 'frequency_penalty', 'logit_bias', 'logprobs',
+               'presence_penalty', 'stream_options', 'suffix')
+
+
+class RequestError(Exception):
+  """A request the server refuses: HTTP status, OpenAI error type, the field at fault."""
+
+  def __init__(self, message: str, *, param: str | None = None, status: int = 400,
+               kind: str = 'invalid_request_error', code: str | None = None):
+    super().__init__(message)
+    self.message, self.param, self.status, self.kind, self.code = (
+        message, param, status, kind, code)
+
+  def to_json(self) -> dict[str, Any]:
+    return error_json(self.message, kind=self.kind, param=self.param, code=self.code)
+
+
+def error_json(message: str, *, kind: str, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+  return {'error': {'message': message, 'type': kind, 'param': param, 'code': code}}
+
+
+@dataclasses.dataclass(frozen=True)
+class CompletionRequest:
+  """A validated POST /v1/completions body (defaults filled in)."""
+
+  prompts: tuple[str, ...]
+  max_tokens: int = DEFAULT_MAX_TOKENS
+  temperature: float = 1.0
+  top_p: float = 1.0
+  top_k: int = 0
+  seed: int | None = None
+  stop: tuple[str, ...] = ()
+  stream: bool = False
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _type_name(v: Any) -> str:
+  return {dict: 'an object', list: 'an array', str: 'a string', bool: 'a boolean',
+          int: 'an integer', float: 'a number', type(None): 'null'}.get(type(v), type(v).__name__)
+
+
+def _prompts(v: Any) -> tuple[str, ...]:
+  fix = 'give a non-empty string or a list of non-empty strings'
+  if isinstance(v, str):
+    if not v:
+      raise RequestError(f'prompt is empty; {fix}', param='prompt')
+    return (v,)
+  if not isinstance(v, list):
+    raise RequestError(f'prompt must be a string or a list of strings, got {_type_name(v)}',
+                       param='prompt')
+  if not v:
+    raise RequestError(f'prompt is an empty list; {fix}', param='prompt')
+  if len(v) > MAX_PROMPTS:
+    raise RequestError(f'prompt lists {len(v)} prompts; send at most {MAX_PROMPTS} per request',
+                       param='prompt')
+  for i, p in enumerate(v):
+    if not isinstance(p, str):
+      raise RequestError(f'prompt[{i}] must be a string, got {_type_name(p)} (token-id prompts '
+                         'are not supported; send text)', param='prompt')
+    if not p:
+      raise RequestError(f'prompt[{i}] is empty; {fix}', param='prompt')
+  return tuple(v)
+
+
+def _stops(v: Any) -> tuple[str, ...]:
+  stops = [v] if isinstance(v, str) else v
+  if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+    raise RequestError(f'stop must be a string or a list of strings, got {_type_name(v)}',
+                       param='stop')
+  if len(stops) > MAX_STOPS:
+    raise RequestError(f'stop lists {len(stops)} strings; give at most {MAX_STOPS}', param='stop')
+  if not all(stops):
+    raise RequestError('stop holds an empty string; remove it', param='stop')
+  return tuple(stops)
+
+
+def _int_field(body: dict, name: str, lo: int, hi: int, what: str) -> int | None:
+  v = body.get(name)
+  if v is None:
+    return None
+  if not _is_int(v):
+    raise RequestError(f'{name} must be an integer ({what}), got {_type_name(v)} {v!r}',
+                       param=name)
+  if not lo <= v <= hi:
+    raise RequestError(f'{name}={v} is out of range; give an integer in [{lo}, {hi}] ({what})',
+                       param=name)
+  return v
+
+
+def _number_field(body: dict, name: str, ok, bounds: str) -> float | None:
+  v = body.get(name)
+  if v is None:
+    return None
+  if not isinstance(v, int | float) or isinstance(v, bool):
+    raise RequestError(f'{name} must be a number {bounds}, got {_type_name(v)} {v!r}', param=name)
+  try:
+    number = float(v)
+  except OverflowError:  # an integer literal beyond any float
+    number = math.inf
+  if not (math.isfinite(number) and ok(number)):
+    raise RequestError(f'{name}={number:g} is out of range; give a number {bounds}', param=name)
+  return number
+
+
+def parse_completion_request(body: bytes) -> CompletionRequest:
+  """The validated request of a POST /v1/completions body; RequestError on any problem.
+
+  Fields: prompt (required), max_tokens, temperature, top_p, top_k, seed, stop, n (1),
+  stream, model and user (accepted, not used). JSON null means "the default"."""
+  if not body.strip():
+    raise RequestError(f'the request body is empty; send a JSON object such as {EXAMPLE}')
+  try:
+    data = json.loads(body)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise RequestError(f'the request body is not valid JSON ({e}); send a JSON object such '
+                       f'as {EXAMPLE}') from None
+  if not isinstance(data, dict):
+    raise RequestError(f'the request body must be a JSON object such as {EXAMPLE}, got '
+                       f'{_type_name(data)}')
+  known = ('prompt', 'max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'n',
+           'stream', 'model', 'user')
+  for name in data:
+    if name in UNSUPPORTED:
+      raise RequestError(f'field {name!r} is not supported by this server; remove it',
+                         param=name)
+    if name not in known:
+      raise RequestError(f'unknown field {name!r}; the accepted fields are '
+                         f'{", ".join(known)}', param=name)
+  if data.get('prompt') is None:
+    raise RequestError(f'prompt is required: a string or a list of strings, e.g. {EXAMPLE}',
+                       param='prompt')
+  prompts = _prompts(data['prompt'])
+  for name in ('model', 'user'):
+    if data.get(name) is not None and not isinstance(data[name], str):
+      raise RequestError(f'{name} must be a string, got {_type_name(data[name])}', param=name)
+  n = _int_field(data, 'n', 1, 1, 'this server returns one choice per prompt; send the '
+                 'request again, with another seed, for more')
+  del n
+  stream = data.get('stream')
+  if stream is not None and not isinstance(stream, bool):
+    raise RequestError(f'stream must be true or false, got {_type_name(stream)} {stream!r}',
+                       param='stream')
+  fields = dict(
+      max_tokens=_int_field(data, 'max_tokens', 1, 1 << 20, 'tokens to generate per prompt'),
+      temperature=_number_field(data, 'temperature', lambda t: 0 <= t <= MAX_TEMPERATURE,
+                                f'in [0, {MAX_TEMPERATURE:g}] (0 = greedy)'),
+      top_p=_number_field(data, 'top_p', lambda p: 0 < p <= 1, 'in (0, 1] (1 = off)'),
+      top_k=_int_field(data, 'top_k', 0, (1 << 31) - 1, '0 = off'),
+      seed=_int_field(data, 'seed', 0, (1 << 32) - 1, 'the same seed gives the same text'),
+      stop=None if data.get('stop') is None else _stops(data['stop']),
+      stream=stream)
+  return CompletionRequest(prompts=prompts,
+                           **{k: v for k, v in fields.items() if v is not None})
+
+
+def check_context(prompt_ids: Sequence[Sequence[int]], max_tokens: int, context: int) -> None:
+  """RequestError unless every prompt plus max_tokens fits in `context` tokens."""
+  for i, ids in enumerate(prompt_ids):
+    which = f'prompt[{i}]' if len(prompt_ids) > 1 else 'the prompt'
+    if not ids:
+      raise RequestError(f'{which} encodes to no tokens; give some text', param='prompt')
+    if len(ids) >= context:
+      raise RequestError(f'{which} is {len(ids)} tokens but the context holds {context} '
+                         f'(prompt + max_tokens); shorten it to under {context} tokens',
+                         param='prompt')
+    if len(ids) + max_tokens > context:
+      raise RequestError(f'max_tokens={max_tokens} plus the {len(ids)} tokens of {which} exceed '
+                         f'the context of {context} tokens; ask for at most '
+                         f'{context - len(ids)} tokens or shorten the prompt',
+                         param='max_tokens')
+
+
+def completion_json(request_id: str, created: int, model: str, choices: list[dict],
+                    prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+  """An OpenAI `text_completion` object."""
+  return {'id': request_id, 'object': 'text_completion', 'created': created, 'model': model,
+          'choices': choices,
+          'usage': {'prompt_tokens': prompt_tokens, 'completion_tokens': completion_tokens,
+                    'total_tokens': prompt_tokens + completion_tokens}}
+
+
+def choice_json(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+  return {'text': text, 'index': index, 'logprobs': None, 'finish_reason': finish_reason}
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+  """One server-sent event: `data: <json>` and a blank line."""
+  payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+  return f'data: {payload}\n\n'.encode()
