@@ -170,3 +170,45 @@ def test_generate_cli_int8_on_a_tensor_parallel_mesh_equals_the_in_process_decod
                        timeout=300, check=False)
   assert run.returncode == 0, run.stderr[-3000:]
   assert run.stdout == 'the quick' + tok.decode(want[0]) + '\n'
+
+
+def test_runner_tokenizers_give_lm_ids_and_text(tmp_path):
+  """byte, char, SentencePiece and HF tokenizers: the runner's own copies encode and decode
+  exactly as lm.data.tokenizers does (lm is only used here to build and save them)."""
+  from lm.data import tokenizers
+  from lm.data.tokenizers import spm
+
+  texts = ['the quick brown fox.', 'héllo wörld ✓ \u2581 mark\n  indented', 'unseen: Ωμέγα']
+  train = [texts[0] * 30 + texts[1] * 30]
+  built = {'byte': tokenizers.ByteTokenizer(), 'char': tokenizers.CharTokenizer.train(train),
+           'sentencepiece': tokenizers.SentencePieceTokenizer(spm.train(
+               train * 20, model_type='bpe', vocab_size=300, max_chars=0))}
+  hf = pytest.importorskip('tokenizers')
+  bpe = hf.Tokenizer(hf.models.BPE())  # a small byte-level BPE, as GPT-2's
+  bpe.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  bpe.decoder = hf.decoders.ByteLevel()
+  bpe.train_from_iterator(train * 10, hf.trainers.BpeTrainer(
+      vocab_size=300, special_tokens=['<pad>', '<s>', '</s>'], show_progress=False,
+      initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet()))
+  (tmp_path / 'hf_src').mkdir()
+  bpe.save(str(tmp_path / 'hf_src' / 'tokenizer.json'))
+  (tmp_path / 'hf_src' / 'tokenizer_config.json').write_text(json.dumps(
+      {'bos_token': '<s>', 'pad_token': '<pad>', 'eos_token': '</s>'}))
+  built['hf'] = tokenizers.HFTokenizer.from_hf_dir(tmp_path / 'hf_src')
+
+  runner = _import_runner(_write_runner(tmp_path))
+  for kind, tok in built.items():
+    (tmp_path / kind).mkdir()
+    tok.save(tmp_path / kind)
+    mine = runner.Tokenizer(tmp_path / kind)
+    assert mine.vocab_size == tok.vocab_size, kind
+    for text in texts:
+      ids = tok.encode(text)
+      assert mine.encode(text) == ids, (kind, text)
+      assert mine.decode([tok.bos_id, *ids, tok.eos_id, 10**6]) == tok.decode(ids), kind
+
+
+def _write_runner(directory: Path) -> Path:
+  from lm.infer.export import RUNNER_SOURCE
+  (directory / 'run.py').write_text(RUNNER_SOURCE.read_text())
+  return directory

@@ -1,8 +1,8 @@
 """Runs an exported lm artifact: `python run.py --prompt='def ' [--max_new_tokens=50 ...]`.
 
 This file is copied into every artifact as run.py by `python -m lm.export`. It imports
-only jax, numpy and (for SentencePiece tokenizers) sentencepiece - never lm or flax - so
-it runs wherever jax does. From Python:
+only jax, numpy and, for a SentencePiece or Hugging Face tokenizer, sentencepiece or
+tokenizers - never lm or flax - so it runs wherever jax does. From Python:
 
     import run                     # with the artifact directory on sys.path
     art = run.Artifact('ART')
@@ -38,7 +38,7 @@ class ArtifactError(Exception):
 
 
 class Tokenizer:
-  """byte | char | sentencepiece, as saved in the artifact's tokenizer/ directory."""
+  """byte | char | sentencepiece | hf, as saved in the artifact's tokenizer/ directory."""
 
   def __init__(self, directory: pathlib.Path):
     meta_path = directory / 'tokenizer.json'
@@ -64,6 +64,15 @@ class Tokenizer:
           model_proto=(directory / meta['file']).read_bytes())
       self.space_ids = [self.sp.piece_to_id(f'<0x{b:02X}>') for b in SPACE_MARK.encode()]
       self.vocab_size = self.sp.get_piece_size()
+    elif self.kind == 'hf':
+      try:
+        import tokenizers
+      except ImportError as e:
+        raise ArtifactError('this artifact uses a Hugging Face tokenizer: pip install '
+                            'tokenizers (or pass token ids with --prompt_ids)') from e
+      self.hf = tokenizers.Tokenizer.from_str((directory / meta['file']).read_text('utf-8'))
+      self.pad_id, self.bos_id, self.eos_id = meta['pad_id'], meta['bos_id'], meta['eos_id']
+      self.vocab_size = self.hf.get_vocab_size(with_added_tokens=True)
     else:
       raise ArtifactError(f'{meta_path}: unknown tokenizer kind {self.kind!r}')
 
@@ -72,6 +81,8 @@ class Tokenizer:
       return [b + 3 for b in text.encode('utf-8')]
     if self.kind == 'char':
       return [self.index.get(c, 3) for c in text]
+    if self.kind == 'hf':
+      return self.hf.encode(text, add_special_tokens=False).ids
     ids: list[int] = []
     for k, part in enumerate(text.split(SPACE_MARK)):
       if k:
@@ -80,6 +91,9 @@ class Tokenizer:
     return ids
 
   def decode(self, ids) -> str:
+    if self.kind == 'hf':
+      return self.hf.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size],
+                            skip_special_tokens=True)
     special = (self.pad_id, self.bos_id, self.eos_id)
     ids = [int(i) for i in ids if 0 <= int(i) < self.vocab_size and int(i) not in special]
     if self.kind == 'byte':
