@@ -24,6 +24,7 @@ Decoder's own `sample`, so the runner gives the Decoder's tokens for the same se
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -134,7 +135,7 @@ def export_artifact(model_def: ModelDef, params: dict, tokenizer, out_dir: str |
   manifest = {
       'format_version': FORMAT_VERSION,
       'files': FILES,
-      'model': {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+      'model': dataclasses.asdict(cfg),
       'quantize': cfg.weight_quant,
       'batch_size': batch_size,
       'cache_len': cache_len,
