@@ -30,6 +30,7 @@ setup(
         'prometheus-client>=0.20',
         'safetensors>=0.4.3',  # lm.convert: Hugging Face weights (numpy, bf16 via ml_dtypes)
         'tokenizers>=0.15',  # data.tokenizer.kind='hf'
+        'flatbuffers>=24.3',  # jax.export serialization (python -m lm.export)
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6',

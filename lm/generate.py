@@ -37,6 +37,17 @@ _CACHE_LEN = flags.DEFINE_integer(
 _TOKENIZER_DIR = flags.DEFINE_string(
     'tokenizer_dir', None, 'Directory of a saved tokenizer (tokenizer.json); default: the '
     'one the run used, from the (cached) data preparation its config describes.')
+_QUANTIZE = flags.DEFINE_enum(
+    'quantize', 'none', ['none', 'int8'], 'Weight quantization: int8 keeps matmul weights as '
+    'int8 with a float scale per output channel (about 4x less weight memory).')
+_MESH_TENSOR = flags.DEFINE_integer(
+    'mesh_tensor', 1, 'Tensor-parallel devices: parameters and the KV cache are split over '
+    "them by the run's mesh.rules (heads, kv_heads, mlp, vocab).")
+_MESH_DATA = flags.DEFINE_integer(
+    'mesh_data', 1, 'Data-parallel devices: the batch of prompts is split over them.')
+_CPU_DEVICES = flags.DEFINE_integer(
+    'cpu_devices', 0, 'On a CPU, split the host into this many XLA devices (needed for '
+    '--mesh_tensor/--mesh_data > 1 there); 0 = leave the default.')
 
 
 class UserError(Exception):
@@ -70,8 +81,10 @@ def _prompts() -> list[str]:
   return prompts
 
 
-def load(workdir: str, step: int | None = None, tokenizer_dir: str | None = None):
-  """(ModelDef, params, tokenizer, step) of a training workdir, read-only, on one device."""
+def load(workdir: str, step: int | None = None, tokenizer_dir: str | None = None, *,
+         quantize: str = 'none', mesh=None):
+  """(ModelDef, params, tokenizer, step) of a training workdir, read-only, on one device,
+  or split over `mesh` by the run's mesh.rules; quantize='int8' gives int8 weights."""
   import jax
 
   from lm import config as config_lib
@@ -101,7 +114,21 @@ def load(workdir: str, step: int | None = None, tokenizer_dir: str | None = None
     state, _, _ = checkpoints.restore(target, step)
   finally:
     checkpoints.close()
-  return model_def, state['params'], tokenizer, step
+  params = state['params']
+  if quantize != 'none':
+    from lm.infer.quantize import quantize as quantize_params
+    model_def, params = quantize_params(model_def, params, quantize)
+  if mesh is not None:
+    from lm.infer.sharding import shard_params
+    params = shard_params(model_def, params, mesh, config.mesh.rules)
+  return model_def, params, tokenizer, step
+
+
+def mesh_rules(workdir: str):
+  """The logical-axis rules the run in `workdir` was trained with (its config.json)."""
+  from lm import config as config_lib
+  with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
+    return config_lib.from_json(f.read()).mesh.rules
 
 
 def main(argv: list[str]) -> None:
@@ -115,6 +142,8 @@ def main(argv: list[str]) -> None:
     workdir = os.path.abspath(_WORKDIR.value)
     _check_workdir(workdir)
     prompts = _prompts()
+    from lm import runtime
+    runtime.use_cpu_devices(_CPU_DEVICES.value)  # before jax is imported
     from lm.checkpoint import CheckpointError  # deferred: --help should not import jax
     from lm.config import ConfigError
     from lm.data import DataError
@@ -122,8 +151,15 @@ def main(argv: list[str]) -> None:
     try:
       sampling = SamplingConfig(temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                                 top_p=_TOP_P.value)
-      model_def, params, tokenizer, step = load(workdir, _STEP.value, _TOKENIZER_DIR.value)
-      decoder = Decoder(model_def, cache_len=_CACHE_LEN.value or None)
+      mesh = rules = None
+      if _MESH_TENSOR.value * _MESH_DATA.value > 1:
+        from lm.infer.sharding import decode_mesh
+        mesh = decode_mesh(tensor=_MESH_TENSOR.value, data=_MESH_DATA.value)
+        rules = mesh_rules(workdir)
+      model_def, params, tokenizer, step = load(workdir, _STEP.value, _TOKENIZER_DIR.value,
+                                                quantize=_QUANTIZE.value, mesh=mesh)
+      decoder = Decoder(model_def, cache_len=_CACHE_LEN.value or None, mesh=mesh,
+                        rules=rules or ())
       texts = decoder.generate_text(params, tokenizer, prompts,
                                     max_new_tokens=_MAX_NEW_TOKENS.value, sampling=sampling,
                                     seed=_SEED.value, stop=_STOP.value)

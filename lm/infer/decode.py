@@ -10,6 +10,7 @@ therefore exactly those of the row alone.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
@@ -17,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm.infer.sampling import SamplingConfig, sample
+from lm.infer.sharding import cache_sharding
 from lm.model import ModelConfig
+from lm.parallel import use_rules
 from lm.train.state import ModelDef
 
 PREFILL_BUCKET = 16  # prompts are padded to a multiple of this: fewer distinct compiles
@@ -54,9 +57,12 @@ class Decoder:
 
   `cache_len` fixes the KV cache length (and so the longest prompt + continuation);
   by default it is the model's max_len, or for RoPE models whatever a request needs.
+  With a `mesh` (and the config's `rules`), params placed by
+  `lm.infer.sharding.shard_params` and the cache are split over it (tensor parallelism).
   """
 
-  def __init__(self, model_def: ModelDef, *, cache_len: int | None = None):
+  def __init__(self, model_def: ModelDef, *, cache_len: int | None = None, mesh=None,
+               rules=()):
     cfg = model_def.cfg
     if cache_len is not None and cache_len < 1:
       raise ValueError(f'cache_len={cache_len} must be >= 1')
@@ -64,6 +70,7 @@ class Decoder:
       raise ValueError(f'cache_len={cache_len} exceeds the model max_len={cfg.max_len}, the '
                        'size of its learned position table')
     self.model_def, self.cfg, self.cache_len = model_def, cfg, cache_len
+    self.mesh, self.rules = mesh, rules
     donate = () if jax.default_backend() == 'cpu' else (3,)  # the cache, updated in place
     self._prefill = jax.jit(self._prefill_fn, donate_argnums=donate)
     self._step = jax.jit(self._step_fn, donate_argnums=donate)
@@ -73,14 +80,27 @@ class Decoder:
   def _prefill_fn(self, params, tokens_BP, lengths_B, cache, key, sampling):
     b, p = tokens_BP.shape
     positions_BP = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
-    logits_BPV, cache = self.model_def.merge(params).decode(tokens_BP, positions_BP, cache)
+    with self._rules():
+      logits_BPV, cache = self.model_def.merge(params).decode(tokens_BP, positions_BP, cache)
     last_BV = logits_BPV[jnp.arange(b), lengths_B - 1]
     return sample(last_BV, key, **sampling), cache
 
   def _step_fn(self, params, tokens_B, positions_B, cache, key, sampling):
-    logits_B1V, cache = self.model_def.merge(params).decode(
-        tokens_B[:, None], positions_B[:, None], cache)
+    with self._rules():
+      logits_B1V, cache = self.model_def.merge(params).decode(
+          tokens_B[:, None], positions_B[:, None], cache)
     return sample(logits_B1V[:, 0], key, **sampling), cache
+
+  def _rules(self):
+    """The model's sharding constraints are active only when decoding on a mesh."""
+    return use_rules(self.mesh, self.rules) if self.mesh is not None else contextlib.nullcontext()
+
+  def new_cache(self, batch: int, cache_len: int) -> dict[str, jax.Array]:
+    """An empty cache, split over the mesh when there is one."""
+    cache = init_cache(self.cfg, batch, cache_len)
+    if self.mesh is None:
+      return cache
+    return jax.device_put(cache, cache_sharding(self.mesh, self.rules, cache['k'].shape))
 
   # ---- requests ---------------------------------------------------------------------------
 
@@ -130,7 +150,7 @@ class Decoder:
 
     key = jax.random.key(seed)
     knobs = sampling.as_arrays()
-    cache = init_cache(self.cfg, b, cache_len)
+    cache = self.new_cache(b, cache_len)
     token_B, cache = self._prefill(params, tokens_BP, lengths_B, cache,
                                    jax.random.fold_in(key, 0), knobs)
     positions_B = jnp.asarray(lengths_B)

@@ -50,7 +50,7 @@ class Attention(nnx.Module):
     d, n, k, h = cfg.width, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     self.groups = n // k
     common = dict(use_bias=cfg.use_bias, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
-                  rngs=rngs)
+                  rngs=rngs, quant=cfg.weight_quant)
     self.qkv = Projection('BTD,DKGH->BTKGH', (d, k, self.groups + 2, h),
                           ('embed', 'kv_heads', None, 'head_dim'), bias_dims=3,
                           std=cfg.init_std, **common)

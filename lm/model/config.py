@@ -61,6 +61,9 @@ class ModelConfig:
   unroll_layers: bool = False  # scan over the stacked layers unrolled (faster on CPU)
   attention: str = 'auto'  # 'auto' | 'xla' | 'cudnn'
   moe: MoEConfig = MoEConfig()
+  # Inference only (lm.infer.quantize): 'int8' stores matmul weights as int8 with a float32
+  # scale per output channel, dequantized inside the matmul. Never set by a training config.
+  weight_quant: str = 'none'  # 'none' | 'int8'
 
   @property
   def head_dim(self) -> int:
@@ -73,6 +76,10 @@ class ModelConfig:
   @property
   def jnp_param_dtype(self):
     return jnp.dtype(self.param_dtype)
+
+  @property
+  def quantized(self) -> bool:
+    return self.weight_quant != 'none'
 
   @classmethod
   def from_config(cls, model: ml_collections.ConfigDict, *, vocab_size: int | None = None,

@@ -35,12 +35,17 @@ class Projection(nnx.Module):
 
   def __init__(self, spec: str, kernel_shape: tuple[int, ...], kernel_axes: tuple[str, ...],
                *, bias_dims: int, use_bias: bool, std: float, dtype, param_dtype,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, quant: str = 'none'):
     x_dims, k_dims = spec.split('->')[0].split(',')
     self.n_in = sum(c in x_dims for c in k_dims)  # contracted dims: x's last, W's first
     assert x_dims.endswith(k_dims[:self.n_in]), spec
     self.dtype = dtype
-    self.kernel = param(rngs, kernel_shape, kernel_axes, std=std, dtype=param_dtype)
+    # quant='int8' (inference, lm.infer.quantize): an int8 kernel and a float32 scale per
+    # output channel; the matmul reads the int8 kernel and scales its output.
+    self.kernel = param(rngs, kernel_shape, kernel_axes, std=std,
+                        dtype=jnp.int8 if quant == 'int8' else param_dtype)
+    self.kernel_scale = (param(rngs, kernel_shape[self.n_in:], kernel_axes[self.n_in:], std=None,
+                               dtype=jnp.float32) if quant == 'int8' else None)
     # The bias covers the kernel's last `bias_dims` (output) dimensions.
     self.bias = (param(rngs, kernel_shape[-bias_dims:], kernel_axes[-bias_dims:], std=0.0,
                        dtype=param_dtype) if use_bias else None)
@@ -53,6 +58,8 @@ class Projection(nnx.Module):
     lead = x.shape[:x.ndim - self.n_in]
     y = (x.astype(self.dtype).reshape(-1, k_in) @ kernel.reshape(k_in, -1))
     y = y.reshape(*lead, *kernel.shape[self.n_in:])
+    if self.kernel_scale is not None:
+      y = y * self.kernel_scale[...].astype(self.dtype)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y

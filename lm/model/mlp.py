@@ -20,7 +20,7 @@ class MLP(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     d, f = cfg.width, cfg.mlp_dim
     common = dict(use_bias=cfg.use_bias, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
-                  rngs=rngs)
+                  rngs=rngs, quant=cfg.weight_quant)
     self.gated = cfg.mlp == 'swiglu'
     if self.gated:
       self.up = Projection('BTD,DFC->BTFC', (d, f, 2), ('embed', 'mlp', None), bias_dims=2,

@@ -102,8 +102,11 @@ class Transformer(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     pdt = cfg.jnp_param_dtype
+    wdt = jnp.int8 if cfg.quantized else pdt  # int8 + a scale per vocab row (lm.infer.quantize)
     self.embed = param(rngs, (cfg.vocab_size, cfg.width), ('vocab', 'embed'), std=cfg.init_std,
-                       dtype=pdt)
+                       dtype=wdt)
+    self.embed_scale = (param(rngs, (cfg.vocab_size,), ('vocab',), std=None, dtype=jnp.float32)
+                        if cfg.quantized else None)
     self.pos_embed = (param(rngs, (cfg.max_len, cfg.width), (None, 'embed'), std=cfg.init_std,
                             dtype=pdt) if cfg.position == 'learned' else None)
     # Build one block per layer key and stack their parameters on a leading axis.
@@ -116,7 +119,9 @@ class Transformer(nnx.Module):
                            param_dtype=pdt, rngs=rngs)
     self.unembed = (None if cfg.tie_embeddings else
                     param(rngs, (cfg.width, cfg.vocab_size), ('embed', 'vocab'),
-                          std=cfg.init_std, dtype=pdt))
+                          std=cfg.init_std, dtype=wdt))
+    self.unembed_scale = (param(rngs, (cfg.vocab_size,), ('vocab',), std=None, dtype=jnp.float32)
+                          if cfg.quantized and not cfg.tie_embeddings else None)
     self.unembed_bias = (param(rngs, (cfg.vocab_size,), ('vocab',), std=0.0, dtype=pdt)
                          if cfg.use_bias and not cfg.tie_embeddings else None)
 
@@ -175,6 +180,9 @@ class Transformer(nnx.Module):
   def _embed(self, tokens_BT, positions_BT):
     cfg = self.cfg
     x_BTD = jnp.take(self.embed[...], tokens_BT, axis=0).astype(cfg.jnp_dtype)
+    if self.embed_scale is not None:
+      x_BTD = x_BTD * jnp.take(self.embed_scale[...], tokens_BT, axis=0)[..., None].astype(
+          cfg.jnp_dtype)
     if self.pos_embed is not None:
       x_BTD = x_BTD + jnp.take(self.pos_embed[...], positions_BT, axis=0).astype(cfg.jnp_dtype)
     return x_BTD
@@ -185,6 +193,9 @@ class Transformer(nnx.Module):
     x_BTD = self.final_norm(x_BTD)
     w_DV = self.embed[...].T if self.unembed is None else self.unembed[...]
     logits_BTV = (x_BTD.reshape(b * t, -1) @ w_DV.astype(cfg.jnp_dtype)).reshape(b, t, -1)
+    scale_V = self.embed_scale if self.unembed is None else self.unembed_scale
+    if scale_V is not None:
+      logits_BTV = logits_BTV * scale_V[...].astype(cfg.jnp_dtype)
     if self.unembed_bias is not None:
       logits_BTV = logits_BTV + self.unembed_bias[...].astype(cfg.jnp_dtype)
     return constrain(logits_BTV.astype(jnp.float32), ('batch', 'seq', 'act_vocab'))

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--cache_len', type=int, default=0,
                  help="Context in tokens (prompt + completion) of every request, the KV cache "
                  "length; 0 = the model's max_len.")
+  p.add_argument('--quantize', default='none', choices=['none', 'int8'],
+                 help='Weight quantization: int8 keeps matmul weights as int8 with a float scale '
+                 'per output channel (about 4x less weight memory; docs/deployment.md).')
   p.add_argument('--max_batch', type=int, default=8,
                  help='Most prompts run together in one device batch.')
   p.add_argument('--batch_wait_ms', type=float, default=10.0,
@@ -85,7 +88,8 @@ def _build(args: argparse.Namespace, workdir: str):
   from lm.serve.metrics import ServeMetrics
 
   try:
-    model_def, params, tokenizer, step = load(workdir, args.step, args.tokenizer_dir)
+    model_def, params, tokenizer, step = load(workdir, args.step, args.tokenizer_dir,
+                                              quantize=args.quantize)
     decoder = Decoder(model_def, cache_len=args.cache_len or model_def.cfg.max_len)
   except (ValueError, ConfigError, DataError, CheckpointError) as e:
     raise UserError(str(e)) from e
