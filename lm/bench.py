@@ -15,16 +15,17 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/default.py', 'Experiment config file; --config.<field>=<v> overrides.')
-_DISPATCHES = flags.DEFINE_integer('dispatches', 10, 'Timed dispatches (each runs '
-                                   'train.steps_per_dispatch steps); the median is reported.')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed dispatches first (compilation, caches).')
-_VOCAB = flags.DEFINE_integer('vocab_size', 0, 'Vocabulary size when config.model.vocab_size '
-                              'is 0 (default: the config\'s tokenizer, prepared if needed).')
-_PEAK_N = flags.DEFINE_integer('peak_matmul_size', 2048, 'Square matmul size used to measure '
-                               'the machine\'s peak FLOP/s (one such matmul per device).')
-_JSON = flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
+if __name__ == '__main__':  # flags exist only for the command line
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', 'configs/default.py', 'Experiment config file; --config.<field>=<v> overrides.')
+  _DISPATCHES = flags.DEFINE_integer('dispatches', 10, 'Timed dispatches (each runs '
+                                     'train.steps_per_dispatch steps); the median is reported.')
+  _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed dispatches first (compilation, caches).')
+  _VOCAB = flags.DEFINE_integer('vocab_size', 0, 'Vocabulary size when config.model.vocab_size '
+                                'is 0 (default: the config\'s tokenizer, prepared if needed).')
+  _PEAK_N = flags.DEFINE_integer('peak_matmul_size', 2048, 'Square matmul size used to measure '
+                                 'the machine\'s peak FLOP/s (one such matmul per device).')
+  _JSON = flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
 
 
 def peak_matmul_flops(n: int, dtype: str, repeats: int = 10) -> float:

@@ -18,26 +18,27 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/default.py', 'Experiment config file (its model is benchmarked); '
-    '--config.<field>=<v> overrides.')
-_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '16'], 'Batch sizes (prompts decoded '
-                                 'together) to measure, comma-separated.')
-_PROMPT_LEN = flags.DEFINE_integer('prompt_len', 64, 'Prompt tokens per row.')
-_NEW_TOKENS = flags.DEFINE_integer('new_tokens', 64, 'Tokens generated per row (KV cache).')
-_NAIVE_TOKENS = flags.DEFINE_integer(
-    'naive_tokens', 16, 'Tokens generated per row by the naive full-recomputation decoder; '
-    '0 skips it.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repeats of each measurement (median).')
-_QUANTIZE = flags.DEFINE_enum('quantize', 'none', ['none', 'int8'],
-                              'Weight quantization of the benchmarked model.')
-_MEM_BW = flags.DEFINE_float(
-    'mem_bw_gbs', 0.0, 'Memory bandwidth of the device in GB/s (e.g. 3350 for an H100 SXM); '
-    'when given, the fraction of the bandwidth bound a decode step reaches is printed.')
-_VOCAB = flags.DEFINE_integer('vocab_size', 0, 'Vocabulary size when config.model.vocab_size '
-                              'is 0; default: data.tokenizer.vocab_size (sentencepiece), 259 '
-                              '(byte), else the prepared tokenizer\'s.')
-_JSON = flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
+if __name__ == '__main__':  # flags exist only for the command line
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', 'configs/default.py', 'Experiment config file (its model is benchmarked); '
+      '--config.<field>=<v> overrides.')
+  _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '16'], 'Batch sizes (prompts decoded '
+                                   'together) to measure, comma-separated.')
+  _PROMPT_LEN = flags.DEFINE_integer('prompt_len', 64, 'Prompt tokens per row.')
+  _NEW_TOKENS = flags.DEFINE_integer('new_tokens', 64, 'Tokens generated per row (KV cache).')
+  _NAIVE_TOKENS = flags.DEFINE_integer(
+      'naive_tokens', 16, 'Tokens generated per row by the naive full-recomputation decoder; '
+      '0 skips it.')
+  _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repeats of each measurement (median).')
+  _QUANTIZE = flags.DEFINE_enum('quantize', 'none', ['none', 'int8'],
+                                'Weight quantization of the benchmarked model.')
+  _MEM_BW = flags.DEFINE_float(
+      'mem_bw_gbs', 0.0, 'Memory bandwidth of the device in GB/s (e.g. 3350 for an H100 SXM); '
+      'when given, the fraction of the bandwidth bound a decode step reaches is printed.')
+  _VOCAB = flags.DEFINE_integer('vocab_size', 0, 'Vocabulary size when config.model.vocab_size '
+                                'is 0; default: data.tokenizer.vocab_size (sentencepiece), 259 '
+                                '(byte), else the prepared tokenizer\'s.')
+  _JSON = flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
 
 
 def main(argv: list[str]) -> None:

@@ -27,23 +27,24 @@ from typing import Any
 
 from absl import app, flags, logging
 
-_PARENT = flags.DEFINE_string('parent', None, 'branch: the trained run (workdir) to fork.')
-_OUT = flags.DEFINE_string(
-    'out', None, 'branch: directory for the branch workdirs (one per domain); merge: the '
-    'merged workdir to write.')
-_STEPS = flags.DEFINE_integer('steps', None, 'branch: training steps of each branch; '
-                              "default: the parent's train.steps.")
-_DOMAINS = flags.DEFINE_list(
-    'domains', [], "branch: domains to branch (names from the parent's data.mixture); "
-    'default: all of them.')
-_BRANCHES = flags.DEFINE_list('branches', [], 'merge/eval: branch workdirs, comma-separated.')
-_WEIGHTS = flags.DEFINE_list('weights', [], 'merge/eval average: a weight per branch '
-                             '(normalised); default: equal weights.')
-_MODE = flags.DEFINE_enum('mode', 'ensemble', ['ensemble', 'average'],
-                          'eval: mean of the branches\' probabilities, or their parameter '
-                          'average.')
-_EVAL_BATCHES = flags.DEFINE_integer('eval_batches', None, 'eval: validation batches; default: '
-                                     "the first branch's train.eval_batches.")
+if __name__ == '__main__':  # flags exist only for the command line
+  _PARENT = flags.DEFINE_string('parent', None, 'branch: the trained run (workdir) to fork.')
+  _OUT = flags.DEFINE_string(
+      'out', None, 'branch: directory for the branch workdirs (one per domain); merge: the '
+      'merged workdir to write.')
+  _STEPS = flags.DEFINE_integer('steps', None, 'branch: training steps of each branch; '
+                                "default: the parent's train.steps.")
+  _DOMAINS = flags.DEFINE_list(
+      'domains', [], "branch: domains to branch (names from the parent's data.mixture); "
+      'default: all of them.')
+  _BRANCHES = flags.DEFINE_list('branches', [], 'merge/eval: branch workdirs, comma-separated.')
+  _WEIGHTS = flags.DEFINE_list('weights', [], 'merge/eval average: a weight per branch '
+                               '(normalised); default: equal weights.')
+  _MODE = flags.DEFINE_enum('mode', 'ensemble', ['ensemble', 'average'],
+                            'eval: mean of the branches\' probabilities, or their parameter '
+                            'average.')
+  _EVAL_BATCHES = flags.DEFINE_integer('eval_batches', None, 'eval: validation batches; default: '
+                                       "the first branch's train.eval_batches.")
 
 CONFIG_FILE = 'config.json'
 

@@ -107,7 +107,8 @@ def _training_fields(model_section: config_lib.ConfigDict) -> dict[str, Any]:
 
   from lm.model import ModelConfig
   from lm.model.hf import ARCHITECTURE_FIELDS
-  names = {f.name for f in dataclasses.fields(ModelConfig)} - set(ARCHITECTURE_FIELDS)
+  # moe is architecture too (GPT-2 and LLaMA are dense): the imported model has none.
+  names = {f.name for f in dataclasses.fields(ModelConfig)} - set(ARCHITECTURE_FIELDS) - {'moe'}
   return {k: v for k, v in model_section.to_dict().items() if k in names}
 
 

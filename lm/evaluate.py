@@ -21,89 +21,90 @@ from absl import app, flags, logging
 
 TASKS = ('perplexity', 'generation', 'classification', 'lm_eval')
 
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Training workdir (holds config.json and checkpoints/) to evaluate; '
-    'required.')
-_TASK = flags.DEFINE_enum('task', None, TASKS, 'What to evaluate; required.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to load; default: the latest.')
-_NAME = flags.DEFINE_string(
-    'name', None, 'Results file stem under DIR/eval/ (DIR/eval/<name>.json, .md); default: '
-    'the task, e.g. to keep two generation sets apart give each a name.')
-_BATCH_SIZE = flags.DEFINE_integer(
-    'batch_size', 8, 'Rows per scoring or generation batch (generation, classification, '
-    'lm_eval; perplexity uses the run\'s train.batch_size).')
+if __name__ == '__main__':  # flags exist only for the command line
+  _WORKDIR = flags.DEFINE_string(
+      'workdir', None, 'Training workdir (holds config.json and checkpoints/) to evaluate; '
+      'required.')
+  _TASK = flags.DEFINE_enum('task', None, TASKS, 'What to evaluate; required.')
+  _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to load; default: the latest.')
+  _NAME = flags.DEFINE_string(
+      'name', None, 'Results file stem under DIR/eval/ (DIR/eval/<name>.json, .md); default: '
+      'the task, e.g. to keep two generation sets apart give each a name.')
+  _BATCH_SIZE = flags.DEFINE_integer(
+      'batch_size', 8, 'Rows per scoring or generation batch (generation, classification, '
+      'lm_eval; perplexity uses the run\'s train.batch_size).')
 
-# ---- perplexity --------------------------------------------------------------------------
-_TEXT_FILE = flags.DEFINE_string(
-    'text_file', None, 'perplexity: a text file (.txt, or .jsonl with data.jsonl_field) to '
-    'evaluate on; the same as --data.source=text --data.path=F.')
-_DATA_FLAGS = {
-    'source': flags.DEFINE_string(
-        'data.source', None, "perplexity: 'text' | 'tfds' | 'stdlib'; default: the run's own "
-        'data (its prepared validation split).'),
-    'path': flags.DEFINE_string(
-        'data.path', None, "perplexity: for data.source=text, a file, directory or glob of "
-        '.txt/.jsonl files.'),
-    'jsonl_field': flags.DEFINE_string(
-        'data.jsonl_field', None, 'perplexity: the .jsonl field that holds the text; '
-        "default: the run's."),
-    'tfds_name': flags.DEFINE_string(
-        'data.tfds_name', None, 'perplexity: for data.source=tfds, the TFDS dataset name.'),
-    'tfds_split': flags.DEFINE_string(
-        'data.tfds_split', None, "perplexity: the TFDS split to read; default: the run's."),
-    'tfds_text_feature': flags.DEFINE_string(
-        'data.tfds_text_feature', None, "perplexity: the TFDS text feature; default: the run's."),
-    'tfds_data_dir': flags.DEFINE_string(
-        'data.tfds_data_dir', None, "perplexity: the TFDS data_dir; default: the run's."),
-    'max_docs': flags.DEFINE_integer(
-        'data.max_docs', None, 'perplexity: read at most this many documents (0 = all).'),
-}
-_SPLIT = flags.DEFINE_enum(
-    'split', None, ['train', 'validation', 'all'], "perplexity: which documents: default "
-    "'validation' for the run's own data, 'all' for another source (whose train/validation "
-    "split follows the run's data.split and data.val_fraction).")
-_EVAL_BATCHES = flags.DEFINE_integer(
-    'eval_batches', 0, "perplexity: 0 = every row; N > 0 = the N batches training evaluates "
-    "on (run's own validation split only), to compare with the logged eval/loss.")
+  # ---- perplexity --------------------------------------------------------------------------
+  _TEXT_FILE = flags.DEFINE_string(
+      'text_file', None, 'perplexity: a text file (.txt, or .jsonl with data.jsonl_field) to '
+      'evaluate on; the same as --data.source=text --data.path=F.')
+  _DATA_FLAGS = {
+      'source': flags.DEFINE_string(
+          'data.source', None, "perplexity: 'text' | 'tfds' | 'stdlib'; default: the run's own "
+          'data (its prepared validation split).'),
+      'path': flags.DEFINE_string(
+          'data.path', None, "perplexity: for data.source=text, a file, directory or glob of "
+          '.txt/.jsonl files.'),
+      'jsonl_field': flags.DEFINE_string(
+          'data.jsonl_field', None, 'perplexity: the .jsonl field that holds the text; '
+          "default: the run's."),
+      'tfds_name': flags.DEFINE_string(
+          'data.tfds_name', None, 'perplexity: for data.source=tfds, the TFDS dataset name.'),
+      'tfds_split': flags.DEFINE_string(
+          'data.tfds_split', None, "perplexity: the TFDS split to read; default: the run's."),
+      'tfds_text_feature': flags.DEFINE_string(
+          'data.tfds_text_feature', None, "perplexity: the TFDS text feature; default: the run's."),
+      'tfds_data_dir': flags.DEFINE_string(
+          'data.tfds_data_dir', None, "perplexity: the TFDS data_dir; default: the run's."),
+      'max_docs': flags.DEFINE_integer(
+          'data.max_docs', None, 'perplexity: read at most this many documents (0 = all).'),
+  }
+  _SPLIT = flags.DEFINE_enum(
+      'split', None, ['train', 'validation', 'all'], "perplexity: which documents: default "
+      "'validation' for the run's own data, 'all' for another source (whose train/validation "
+      "split follows the run's data.split and data.val_fraction).")
+  _EVAL_BATCHES = flags.DEFINE_integer(
+      'eval_batches', 0, "perplexity: 0 = every row; N > 0 = the N batches training evaluates "
+      "on (run's own validation split only), to compare with the logged eval/loss.")
 
-# ---- generation and classification ---------------------------------------------------------
-_JSONL = flags.DEFINE_string(
-    'jsonl', None, 'generation / classification: a JSONL file, one JSON object per line.')
-_TEMPLATE = flags.DEFINE_string(
-    'template', '', 'generation / classification: the prompt as a Python format string over '
-    "the record's fields, e.g. 'Review: {text}\\nSentiment:'; default: the source / text field.")
-_SOURCE_FIELD = flags.DEFINE_string(
-    'source_field', 'source', 'generation: the field that holds the prompt.')
-_REFERENCE_FIELD = flags.DEFINE_string(
-    'reference_field', 'reference', 'generation: the field that holds the reference text.')
-_MAX_NEW_TOKENS = flags.DEFINE_integer(
-    'max_new_tokens', 64, 'generation: tokens to generate at most per prompt.')
-_STOP = flags.DEFINE_multi_string(
-    'stop', [], "generation: end a continuation at this text (not included); escapes such as "
-    "'\\n' are decoded; repeatable.")
-_TEXT_FIELD = flags.DEFINE_string(
-    'text_field', 'text', 'classification: the field that holds the text to classify.')
-_LABEL_FIELD = flags.DEFINE_string(
-    'label_field', 'label', 'classification: the field that holds the gold label (a name from '
-    '--labels or its index).')
-_LABELS = flags.DEFINE_list(
-    'labels', [], 'classification: the label names, comma-separated (e.g. neg,pos); zero-shot '
-    'scoring picks the one most likely after the text.')
-_LABEL_PREFIX = flags.DEFINE_string(
-    'label_prefix', ' ', 'classification: text put between the text and each label when '
-    'scoring it.')
+  # ---- generation and classification ---------------------------------------------------------
+  _JSONL = flags.DEFINE_string(
+      'jsonl', None, 'generation / classification: a JSONL file, one JSON object per line.')
+  _TEMPLATE = flags.DEFINE_string(
+      'template', '', 'generation / classification: the prompt as a Python format string over '
+      "the record's fields, e.g. 'Review: {text}\\nSentiment:'; default: the source / text field.")
+  _SOURCE_FIELD = flags.DEFINE_string(
+      'source_field', 'source', 'generation: the field that holds the prompt.')
+  _REFERENCE_FIELD = flags.DEFINE_string(
+      'reference_field', 'reference', 'generation: the field that holds the reference text.')
+  _MAX_NEW_TOKENS = flags.DEFINE_integer(
+      'max_new_tokens', 64, 'generation: tokens to generate at most per prompt.')
+  _STOP = flags.DEFINE_multi_string(
+      'stop', [], "generation: end a continuation at this text (not included); escapes such as "
+      "'\\n' are decoded; repeatable.")
+  _TEXT_FIELD = flags.DEFINE_string(
+      'text_field', 'text', 'classification: the field that holds the text to classify.')
+  _LABEL_FIELD = flags.DEFINE_string(
+      'label_field', 'label', 'classification: the field that holds the gold label (a name from '
+      '--labels or its index).')
+  _LABELS = flags.DEFINE_list(
+      'labels', [], 'classification: the label names, comma-separated (e.g. neg,pos); zero-shot '
+      'scoring picks the one most likely after the text.')
+  _LABEL_PREFIX = flags.DEFINE_string(
+      'label_prefix', ' ', 'classification: text put between the text and each label when '
+      'scoring it.')
 
-# ---- lm_eval ----------------------------------------------------------------------------------
-_LM_EVAL_TASKS = flags.DEFINE_list(
-    'lm_eval_tasks', [], 'lm_eval: lm-evaluation-harness task names or task YAML files, '
-    'comma-separated.')
-_LM_EVAL_INCLUDE = flags.DEFINE_list(
-    'lm_eval_include', [], 'lm_eval: directories of extra task YAML files (lm-eval '
-    'include_path).')
-_NUM_FEWSHOT = flags.DEFINE_integer('num_fewshot', None, "lm_eval: few-shot examples; default: "
-                                    "the task's.")
-_LIMIT = flags.DEFINE_integer('limit', None, 'lm_eval: evaluate at most this many examples per '
-                              'task (for a quick look).')
+  # ---- lm_eval ----------------------------------------------------------------------------------
+  _LM_EVAL_TASKS = flags.DEFINE_list(
+      'lm_eval_tasks', [], 'lm_eval: lm-evaluation-harness task names or task YAML files, '
+      'comma-separated.')
+  _LM_EVAL_INCLUDE = flags.DEFINE_list(
+      'lm_eval_include', [], 'lm_eval: directories of extra task YAML files (lm-eval '
+      'include_path).')
+  _NUM_FEWSHOT = flags.DEFINE_integer('num_fewshot', None, "lm_eval: few-shot examples; default: "
+                                      "the task's.")
+  _LIMIT = flags.DEFINE_integer('limit', None, 'lm_eval: evaluate at most this many examples per '
+                                'task (for a quick look).')
 
 
 class UserError(Exception):

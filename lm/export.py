@@ -13,21 +13,22 @@ import sys
 
 from absl import app, flags, logging
 
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Training workdir (config.json and checkpoints/) to export; required.')
-_OUT = flags.DEFINE_string('out', None, 'Artifact directory to create (new or empty); required.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to export; default: the latest.')
-_QUANTIZE = flags.DEFINE_enum(
-    'quantize', 'none', ['none', 'int8'], 'Weight quantization: int8 stores matmul weights as '
-    'int8 with a float scale per output channel (about 4x smaller).')
-_BATCH_SIZE = flags.DEFINE_integer(
-    'batch_size', 0, 'Rows per call the functions are exported for; 0 = any batch size '
-    '(a symbolic dimension).')
-_MAX_LEN = flags.DEFINE_integer(
-    'max_len', 0, 'KV cache length: the longest prompt + continuation the artifact serves; '
-    "0 = the model's max_len.")
-_PLATFORMS = flags.DEFINE_list(
-    'platforms', [], 'Platforms to lower for, e.g. cpu,cuda; default: this machine\'s backend.')
+if __name__ == '__main__':  # flags exist only for the command line
+  _WORKDIR = flags.DEFINE_string(
+      'workdir', None, 'Training workdir (config.json and checkpoints/) to export; required.')
+  _OUT = flags.DEFINE_string('out', None, 'Artifact directory to create (new or empty); required.')
+  _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to export; default: the latest.')
+  _QUANTIZE = flags.DEFINE_enum(
+      'quantize', 'none', ['none', 'int8'], 'Weight quantization: int8 stores matmul weights as '
+      'int8 with a float scale per output channel (about 4x smaller).')
+  _BATCH_SIZE = flags.DEFINE_integer(
+      'batch_size', 0, 'Rows per call the functions are exported for; 0 = any batch size '
+      '(a symbolic dimension).')
+  _MAX_LEN = flags.DEFINE_integer(
+      'max_len', 0, 'KV cache length: the longest prompt + continuation the artifact serves; '
+      "0 = the model's max_len.")
+  _PLATFORMS = flags.DEFINE_list(
+      'platforms', [], 'Platforms to lower for, e.g. cpu,cuda; default: this machine\'s backend.')
 
 
 class UserError(Exception):

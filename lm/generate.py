@@ -11,43 +11,44 @@ import sys
 
 from absl import app, flags, logging
 
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Training workdir (holds config.json and checkpoints/) to load; required.')
-_PROMPT = flags.DEFINE_multi_string(
-    'prompt', [], 'Prompt text; repeat the flag for a batch of prompts.')
-_PROMPT_FILE = flags.DEFINE_string(
-    'prompt_file', None, 'A UTF-8 text file whose whole content is one more prompt.')
-_MAX_NEW_TOKENS = flags.DEFINE_integer(
-    'max_new_tokens', 100, 'Tokens to generate per prompt (at most; a stop string ends early).')
-_TEMPERATURE = flags.DEFINE_float(
-    'temperature', 0.8, 'Sampling temperature; 0 = greedy (always the most likely token).')
-_TOP_K = flags.DEFINE_integer(
-    'top_k', 0, 'Sample only from the k most likely tokens; 0 = no top-k filter.')
-_TOP_P = flags.DEFINE_float(
-    'top_p', 1.0, 'Sample only from the smallest set of tokens whose probability reaches p '
-    '(nucleus); 1 = no top-p filter.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Random seed; the same seed gives the same text.')
-_STOP = flags.DEFINE_multi_string(
-    'stop', [], 'Stop a continuation at the first occurrence of this text (not printed); '
-    'repeatable.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to load; default: the latest.')
-_CACHE_LEN = flags.DEFINE_integer(
-    'cache_len', 0, 'KV cache length (longest prompt + continuation, in tokens); 0 = the '
-    "model's max_len, or what the request needs for RoPE models.")
-_TOKENIZER_DIR = flags.DEFINE_string(
-    'tokenizer_dir', None, 'Directory of a saved tokenizer (tokenizer.json); default: the '
-    'one the run used, from the (cached) data preparation its config describes.')
-_QUANTIZE = flags.DEFINE_enum(
-    'quantize', 'none', ['none', 'int8'], 'Weight quantization: int8 keeps matmul weights as '
-    'int8 with a float scale per output channel (about 4x less weight memory).')
-_MESH_TENSOR = flags.DEFINE_integer(
-    'mesh_tensor', 1, 'Tensor-parallel devices: parameters and the KV cache are split over '
-    "them by the run's mesh.rules (heads, kv_heads, mlp, vocab).")
-_MESH_DATA = flags.DEFINE_integer(
-    'mesh_data', 1, 'Data-parallel devices: the batch of prompts is split over them.')
-_CPU_DEVICES = flags.DEFINE_integer(
-    'cpu_devices', 0, 'On a CPU, split the host into this many XLA devices (needed for '
-    '--mesh_tensor/--mesh_data > 1 there); 0 = leave the default.')
+if __name__ == '__main__':  # flags exist only for the command line
+  _WORKDIR = flags.DEFINE_string(
+      'workdir', None, 'Training workdir (holds config.json and checkpoints/) to load; required.')
+  _PROMPT = flags.DEFINE_multi_string(
+      'prompt', [], 'Prompt text; repeat the flag for a batch of prompts.')
+  _PROMPT_FILE = flags.DEFINE_string(
+      'prompt_file', None, 'A UTF-8 text file whose whole content is one more prompt.')
+  _MAX_NEW_TOKENS = flags.DEFINE_integer(
+      'max_new_tokens', 100, 'Tokens to generate per prompt (at most; a stop string ends early).')
+  _TEMPERATURE = flags.DEFINE_float(
+      'temperature', 0.8, 'Sampling temperature; 0 = greedy (always the most likely token).')
+  _TOP_K = flags.DEFINE_integer(
+      'top_k', 0, 'Sample only from the k most likely tokens; 0 = no top-k filter.')
+  _TOP_P = flags.DEFINE_float(
+      'top_p', 1.0, 'Sample only from the smallest set of tokens whose probability reaches p '
+      '(nucleus); 1 = no top-p filter.')
+  _SEED = flags.DEFINE_integer('seed', 0, 'Random seed; the same seed gives the same text.')
+  _STOP = flags.DEFINE_multi_string(
+      'stop', [], 'Stop a continuation at the first occurrence of this text (not printed); '
+      'repeatable.')
+  _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to load; default: the latest.')
+  _CACHE_LEN = flags.DEFINE_integer(
+      'cache_len', 0, 'KV cache length (longest prompt + continuation, in tokens); 0 = the '
+      "model's max_len, or what the request needs for RoPE models.")
+  _TOKENIZER_DIR = flags.DEFINE_string(
+      'tokenizer_dir', None, 'Directory of a saved tokenizer (tokenizer.json); default: the '
+      'one the run used, from the (cached) data preparation its config describes.')
+  _QUANTIZE = flags.DEFINE_enum(
+      'quantize', 'none', ['none', 'int8'], 'Weight quantization: int8 keeps matmul weights as '
+      'int8 with a float scale per output channel (about 4x less weight memory).')
+  _MESH_TENSOR = flags.DEFINE_integer(
+      'mesh_tensor', 1, 'Tensor-parallel devices: parameters and the KV cache are split over '
+      "them by the run's mesh.preset + mesh.rules (heads, kv_heads, mlp, vocab).")
+  _MESH_DATA = flags.DEFINE_integer(
+      'mesh_data', 1, 'Data-parallel devices: the batch of prompts is split over them.')
+  _CPU_DEVICES = flags.DEFINE_integer(
+      'cpu_devices', 0, 'On a CPU, split the host into this many XLA devices (needed for '
+      '--mesh_tensor/--mesh_data > 1 there); 0 = leave the default.')
 
 
 class UserError(Exception):
@@ -84,7 +85,7 @@ def _prompts() -> list[str]:
 def load(workdir: str, step: int | None = None, tokenizer_dir: str | None = None, *,
          quantize: str = 'none', mesh=None):
   """(ModelDef, params, tokenizer, step) of a training workdir, read-only, on one device,
-  or split over `mesh` by the run's mesh.rules; quantize='int8' gives int8 weights."""
+  or split over `mesh` by the run's logical-axis rules; quantize='int8' gives int8 weights."""
   import jax
 
   from lm import config as config_lib
@@ -119,16 +120,18 @@ def load(workdir: str, step: int | None = None, tokenizer_dir: str | None = None
     from lm.infer.quantize import quantize as quantize_params
     model_def, params = quantize_params(model_def, params, quantize)
   if mesh is not None:
+    from lm import parallel
     from lm.infer.sharding import shard_params
-    params = shard_params(model_def, params, mesh, config.mesh.rules)
+    params = shard_params(model_def, params, mesh, parallel.rules_for(config.mesh))
   return model_def, params, tokenizer, step
 
 
 def mesh_rules(workdir: str):
   """The logical-axis rules the run in `workdir` was trained with (its config.json)."""
   from lm import config as config_lib
+  from lm import parallel
   with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
-    return config_lib.from_json(f.read()).mesh.rules
+    return parallel.rules_for(config_lib.from_json(f.read()).mesh)
 
 
 def main(argv: list[str]) -> None:

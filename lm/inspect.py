@@ -230,16 +230,17 @@ def inspect_run(workdir: str | os.PathLike, text: str, out_dir: str | os.PathLik
   return rows, pngs, out, note
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to load (its latest '
-                               'checkpoint).')
-_TEXT = flags.DEFINE_string('text', None, 'Text to run through the model; cut to the '
-                            'model\'s max_len tokens.')
-_OUT_DIR = flags.DEFINE_string('out_dir', None, 'Where the PNGs and report.json go; default: '
-                               '<workdir>/inspect.')
-_TOP_K = flags.DEFINE_integer('top_k', 5, 'How many next-token predictions to list per '
-                              'position.')
-_LAYERS = flags.DEFINE_string('layers', 'all', 'Layers to draw: "all" or comma-separated '
-                              'indices such as "0,1".')
+if __name__ == '__main__':  # flags exist only for the command line
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to load (its latest '
+                                 'checkpoint).')
+  _TEXT = flags.DEFINE_string('text', None, 'Text to run through the model; cut to the '
+                              'model\'s max_len tokens.')
+  _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Where the PNGs and report.json go; default: '
+                                 '<workdir>/inspect.')
+  _TOP_K = flags.DEFINE_integer('top_k', 5, 'How many next-token predictions to list per '
+                                'position.')
+  _LAYERS = flags.DEFINE_string('layers', 'all', 'Layers to draw: "all" or comma-separated '
+                                'indices such as "0,1".')
 
 
 def main(argv: list[str]) -> None:

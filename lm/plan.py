@@ -21,23 +21,24 @@ from typing import Any
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/default.py',
-    'Experiment config file to plan; override fields with --config.<field>=<value>.')
-_DEVICES = flags.DEFINE_integer(
-    'devices', 0, 'Devices to plan for (the whole job, all hosts). 0: the product of the '
-    "config's mesh sizes when none is -1, else this process's device count.")
-_COMPILE = flags.DEFINE_boolean(
-    'compile', True, 'Also lower and compile the train step for --devices devices (fake CPU '
-    'devices when this process has fewer) and print XLA\'s memory analysis beside the '
-    'estimate (slow for billion-parameter models on a small CPU).')
-_VOCAB = flags.DEFINE_integer(
-    'vocab_size', 0, 'Vocabulary size when config.model.vocab_size is 0 (default: the '
-    "sentencepiece size the config asks for, or the byte tokenizer's 259; a char "
-    'tokenizer needs this flag).')
-_DEVICE_MEMORY = flags.DEFINE_float(
-    'device_memory_gib', 0.0, 'Memory of one device in GiB (e.g. 16 for TPU v5e, 80 for '
-    'H100); when given, the plan says whether the estimate fits. 0: no check.')
+if __name__ == '__main__':  # flags exist only for the command line
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', 'configs/default.py',
+      'Experiment config file to plan; override fields with --config.<field>=<value>.')
+  _DEVICES = flags.DEFINE_integer(
+      'devices', 0, 'Devices to plan for (the whole job, all hosts). 0: the product of the '
+      "config's mesh sizes when none is -1, else this process's device count.")
+  _COMPILE = flags.DEFINE_boolean(
+      'compile', True, 'Also lower and compile the train step for --devices devices (fake CPU '
+      'devices when this process has fewer) and print XLA\'s memory analysis beside the '
+      'estimate (slow for billion-parameter models on a small CPU).')
+  _VOCAB = flags.DEFINE_integer(
+      'vocab_size', 0, 'Vocabulary size when config.model.vocab_size is 0 (default: the '
+      "sentencepiece size the config asks for, or the byte tokenizer's 259; a char "
+      'tokenizer needs this flag).')
+  _DEVICE_MEMORY = flags.DEFINE_float(
+      'device_memory_gib', 0.0, 'Memory of one device in GiB (e.g. 16 for TPU v5e, 80 for '
+      'H100); when given, the plan says whether the estimate fits. 0: no check.')
 
 _REEXEC_ENV = 'LM_PLAN_CHILD'  # set in the re-executed child so that it never recurses
 _DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'

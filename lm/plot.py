@@ -111,11 +111,12 @@ def _labels(workdirs: Sequence[str | os.PathLike]) -> list[str]:
   return [b if base.count(b) == 1 else str(w) for b, w in zip(base, workdirs, strict=True)]
 
 
-_OUT = flags.DEFINE_string('out', None, 'PNG file to write; default: <first workdir>/loss.png.')
-_X = flags.DEFINE_enum('x', 'step', list(X_AXES),
-                       'x axis: optimizer step, or tokens seen (step * train.batch_size * '
-                       'data.seq_len from each workdir\'s config.json).')
-_LOG_Y = flags.DEFINE_bool('log_y', False, 'Draw the loss on a logarithmic axis.')
+if __name__ == '__main__':  # flags exist only for the command line
+  _OUT = flags.DEFINE_string('out', None, 'PNG file to write; default: <first workdir>/loss.png.')
+  _X = flags.DEFINE_enum('x', 'step', list(X_AXES),
+                         'x axis: optimizer step, or tokens seen (step * train.batch_size * '
+                         'data.seq_len from each workdir\'s config.json).')
+  _LOG_Y = flags.DEFINE_bool('log_y', False, 'Draw the loss on a logarithmic axis.')
 
 
 def main(argv: list[str]) -> None:

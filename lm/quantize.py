@@ -13,12 +13,13 @@ import sys
 
 from absl import app, flags, logging
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to evaluate; required.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.')
-_EVAL_BATCHES = flags.DEFINE_integer(
-    'eval_batches', 0, 'Validation batches (of train.batch_size rows); 0 = the run\'s '
-    'train.eval_batches.')
-_JSON = flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
+if __name__ == '__main__':  # flags exist only for the command line
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to evaluate; required.')
+  _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default: the latest.')
+  _EVAL_BATCHES = flags.DEFINE_integer(
+      'eval_batches', 0, 'Validation batches (of train.batch_size rows); 0 = the run\'s '
+      'train.eval_batches.')
+  _JSON = flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
 
 
 def main(argv: list[str]) -> None:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm import parallel
 from lm.train.state import ModelDef
 
 MODES = ('none', 'int8')
@@ -101,7 +102,7 @@ def compare_perplexity(workdir: str, step: int | None = None, num_batches: int |
   result = {'step': run.step, 'float': {**run.evaluate(num_batches),
                                         'weight_bytes': weight_bytes(run.params)}}
   qdef, qparams = quantize(run.model_def, run.params, mode)
-  qparams = shard_params(qdef, qparams, run.mesh, run.config.mesh.rules)
+  qparams = shard_params(qdef, qparams, run.mesh, parallel.rules_for(run.config.mesh))
   quantized = api.Run(config=run.config, workdir=run.workdir, step=run.step, model_def=qdef,
                       params=qparams, data=run.data, mesh=run.mesh)
   result[mode] = {**quantized.evaluate(num_batches), 'weight_bytes': weight_bytes(qparams)}

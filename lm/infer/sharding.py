@@ -1,9 +1,10 @@
 """Decoding on a device mesh: parameters and the KV cache split by the logical-axis rules.
 
 Tensor parallelism needs nothing beyond what training uses: the parameters are placed with
-the config's `mesh.rules` (heads, kv_heads, mlp and vocab over the tensor axis), the cache
-is split like the K/V activations (batch over the batch axes, kv_heads over tensor), and
-XLA inserts the collectives. `Decoder(model_def, mesh=..., rules=...)` does the rest.
+the config's rules (`mesh.preset` + `mesh.rules`: heads, kv_heads, mlp and vocab over the
+tensor axis), the cache is split like the K/V activations (batch over the batch axes,
+kv_heads over tensor), and XLA inserts the collectives.
+`Decoder(model_def, mesh=..., rules=...)` does the rest.
 """
 
 from __future__ import annotations
