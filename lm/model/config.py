@@ -33,6 +33,13 @@ class ModelConfig:
   remat: str = 'none'  # 'none' | 'full' | 'dots'
   unroll_layers: bool = False  # scan over the stacked layers unrolled (faster on CPU)
   attention: str = 'auto'  # 'auto' | 'xla' | 'cudnn'
+  causal: bool = True  # False: bidirectional encoder (BERT-style)
+  num_classes: int = 0  # > 0: a classification head (lm/model/heads.py)
+  # LoRA adapters (lm/model/lora.py), filled from `config.lora` by `with_lora`
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_dropout: float = 0.0
+  lora_targets: tuple[str, ...] = ()
 
   @property
   def head_dim(self) -> int:
@@ -72,7 +79,21 @@ class ModelConfig:
     block = attn + mlp + 2 * norm
     embed = v * d + (0 if self.tie_embeddings else d * v + (bias and v))
     pos = self.max_len * d if self.position == 'learned' else 0
-    return self.num_layers * block + embed + pos + norm
+    head = self.num_classes * (self.width + 1)
+    return self.num_layers * (block + self.lora_params_per_layer()) + embed + pos + norm + head
+
+  def lora_params_per_layer(self) -> int:
+    """Adapter parameters of one block: r * (in + out) per adapted projection."""
+    d, h, k, dh, f = self.width, self.num_heads, self.num_kv_heads, self.head_dim, self.mlp_dim
+    dims = {'qkv': (d, h * dh + 2 * k * dh), 'out': (h * dh, d),
+            'mlp_in': (d, f * (2 if self.mlp == 'swiglu' else 1)), 'mlp_out': (f, d)}
+    return sum(self.lora_rank * sum(dims[t]) for t in self.lora_targets) if self.lora_rank else 0
+
+  def with_lora(self, lora: ml_collections.ConfigDict) -> ModelConfig:
+    """This config with the adapters `config.lora` describes (rank 0: none)."""
+    return dataclasses.replace(self, lora_rank=lora.rank, lora_alpha=float(lora.alpha),
+                               lora_dropout=float(lora.dropout),
+                               lora_targets=tuple(lora.targets) if lora.rank else ())
 
   def flops_per_token(self, seq_len: int) -> int:
     """Training FLOPs per token: 6 x matmul parameters + attention (PaLM appendix B)."""
