@@ -48,7 +48,7 @@ def test_mlm_masking_selects_15_percent_and_splits_80_10_10():
 def _forward(causal: bool):
   model_def = ModelDef.create(ModelConfig(vocab_size=VOCAB, num_layers=1, width=32, num_heads=2,
                                           num_kv_heads=2, mlp_dim=64, max_len=16, causal=causal))
-  params = model_def.init_params(jax.random.key(0))
+  params = jax.jit(model_def.init_params)(jax.random.key(0))
   return jax.jit(lambda t, s: model_def.merge(params)(t, segment_ids_BT=s))
 
 

@@ -36,6 +36,12 @@ def _tokens(seed=0):
   return jax.random.randint(jax.random.key(seed), (2, T), 3, VOCAB)
 
 
+def _logits(model_def: ModelDef, params: dict, tokens, key=None) -> np.ndarray:
+  """The model's logits, jit-compiled (eager NNX calls dispatch op by op, slowly)."""
+  return np.asarray(jax.jit(lambda p, t, k: model_def.merge(p)(t, dropout_key=k))(
+      params, tokens, key))
+
+
 def _without_lora(params: dict) -> dict:
   return lora.merge_params(params, 0.0)  # scale 0: the base kernels unchanged
 
@@ -43,13 +49,13 @@ def _without_lora(params: dict) -> dict:
 def test_zero_b_adapters_compute_exactly_the_base_model():
   c = _cfg()
   adapted = _model_def(c)
-  params = adapted.init_params(jax.random.key(1))
+  params = jax.jit(adapted.init_params)(jax.random.key(1))
   assert any(lora.is_lora(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])
   c.lora.rank = 0
   base = _model_def(c)
   tokens = _tokens()
-  np.testing.assert_array_equal(np.asarray(adapted.merge(params)(tokens)),
-                                np.asarray(base.merge(_without_lora(params))(tokens)))
+  np.testing.assert_array_equal(_logits(adapted, params, tokens),
+                                _logits(base, _without_lora(params), tokens))
 
 
 def test_training_changes_only_adapters_and_merging_keeps_the_outputs():
@@ -58,7 +64,7 @@ def test_training_changes_only_adapters_and_merging_keeps_the_outputs():
   optimizer, schedule = finetune.build_optimizer(c)
   mesh = parallel.build_mesh(ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1}))
   shardings = finetune.state_shardings(model_def, optimizer, mesh, c.mesh.rules, c)
-  params = model_def.init_params(jax.random.key(2))
+  params = jax.jit(model_def.init_params)(jax.random.key(2))
   state = jax.device_put({'params': params, 'opt_state': optimizer.init(params),
                           'step': jnp.zeros((), jnp.int32),
                           'rng': jax.random.key_data(jax.random.key(3))}, shardings)
@@ -89,10 +95,9 @@ def test_training_changes_only_adapters_and_merging_keeps_the_outputs():
   c.lora.rank = 0
   plain = _model_def(c)
   tokens = _tokens(5)
-  np.testing.assert_allclose(np.asarray(plain.merge(merged)(tokens)),
-                             np.asarray(model_def.merge(after)(tokens)), atol=1e-5)
-  assert not np.allclose(np.asarray(plain.merge(_without_lora(after))(tokens)),
-                         np.asarray(model_def.merge(after)(tokens)), atol=1e-5)
+  adapted = _logits(model_def, after, tokens)
+  np.testing.assert_allclose(_logits(plain, merged, tokens), adapted, atol=1e-5)
+  assert not np.allclose(_logits(plain, _without_lora(after), tokens), adapted, atol=1e-5)
 
 
 def test_adapter_count_matches_the_config_and_the_summary_reports_savings():
@@ -113,14 +118,15 @@ def test_adapter_count_matches_the_config_and_the_summary_reports_savings():
 def test_lora_dropout_is_active_only_with_a_key():
   c = _cfg(dropout=0.5)
   model_def = _model_def(c)
-  params = model_def.init_params(jax.random.key(6))
+  params = jax.jit(model_def.init_params)(jax.random.key(6))
   params = jax.tree_util.tree_map_with_path(  # non-zero B so the adapters contribute
       lambda p, x: jnp.ones_like(x) * 0.1 if 'lora_b' in jax.tree_util.keystr(p) else x, params)
-  model, tokens = model_def.merge(params), _tokens(7)
-  a = model(tokens, dropout_key=jax.random.key(0))
-  b = model(tokens, dropout_key=jax.random.key(1))
-  assert not np.allclose(np.asarray(a), np.asarray(b))
-  np.testing.assert_array_equal(np.asarray(model(tokens)), np.asarray(model(tokens)))
+  tokens = _tokens(7)
+  a = _logits(model_def, params, tokens, jax.random.key(0))
+  b = _logits(model_def, params, tokens, jax.random.key(1))
+  assert not np.allclose(a, b)
+  np.testing.assert_array_equal(_logits(model_def, params, tokens),
+                                _logits(model_def, params, tokens))
 
 
 def test_optax_sanity_train_only_gives_zero_updates_to_frozen_leaves():
