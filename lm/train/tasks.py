@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lm import parallel
 from lm.train.state import ModelDef
 
 FIRST_REAL_TOKEN = 3  # ids 0, 1, 2 are pad, bos, eos in every tokenizer (never masked)
@@ -60,7 +61,6 @@ def make_classify_eval_step(model_def: ModelDef, *, mesh, rules, param_shardings
                             batch_sharding):
   """jit(params, batch) -> sums of loss, examples ('tokens'), 'bytes' (= examples) and
   correct predictions; `summarize_eval` adds eval/accuracy."""
-  from lm import parallel
 
   def eval_step(params, batch):
     with parallel.use_rules(mesh, rules):
