@@ -19,6 +19,7 @@ def get_config():
   c.data.max_docs = 6000  # records generated (half docstrings, half code)
   c.data.val_fraction = 0.1
   c.data.seq_len = 64
+  c.model.max_len = 128  # bert_mlm's learned position table (its data.seq_len)
   c.model.num_classes = 2
   c.model.dropout = 0.1
   c.train.task = 'classify'
