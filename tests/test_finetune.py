@@ -254,3 +254,23 @@ def test_classification_pools_the_last_real_token_of_a_causal_model():
   last[0, 4] = 99  # row 0's last real token
   assert not np.allclose(np.asarray(logits(last))[0], base[0])
   np.testing.assert_array_equal(np.asarray(logits(last))[1], base[1])
+
+
+def test_config_names_the_fine_tuning_keys_that_disagree():
+  from lm import config as config_lib
+  c = get_config()
+  c.train.task, c.model.causal = 'mlm', True
+  c.train.mlm_rate = 0.0
+  c.lora.rank, c.lora.targets = 4, ('qkv', 'attn')
+  c.init_from_opt_state = True
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(c, num_devices=8)
+  text = str(e.value)
+  for needle in ('train.mlm_rate=0.0', "set --config.model.causal=False",
+                 "lora.targets has unknown projections ['attn']",
+                 'init_from_opt_state=True needs init_from'):
+    assert needle in text, text
+  c = get_config()
+  c.train.task = 'classify'
+  with pytest.raises(config_lib.ConfigError, match=r"data.format=classify[\s\S]*num_classes"):
+    config_lib.validate(c, num_devices=8)
