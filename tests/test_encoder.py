@@ -49,7 +49,8 @@ def _forward(causal: bool):
   model_def = ModelDef.create(ModelConfig(vocab_size=VOCAB, num_layers=1, width=32, num_heads=2,
                                           num_kv_heads=2, mlp_dim=64, max_len=16, causal=causal))
   params = jax.jit(model_def.init_params)(jax.random.key(0))
-  return jax.jit(lambda t, s: model_def.merge(params)(t, segment_ids_BT=s))
+  forward = jax.jit(lambda p, t, s: model_def.merge(p)(t, segment_ids_BT=s))
+  return lambda t, s: forward(params, t, s)
 
 
 def test_encoder_attention_is_bidirectional_within_a_segment_only():

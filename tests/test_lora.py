@@ -36,10 +36,14 @@ def _tokens(seed=0):
   return jax.random.randint(jax.random.key(seed), (2, T), 3, VOCAB)
 
 
+_FORWARD: dict = {}
+
+
 def _logits(model_def: ModelDef, params: dict, tokens, key=None) -> np.ndarray:
-  """The model's logits, jit-compiled (eager NNX calls dispatch op by op, slowly)."""
-  return np.asarray(jax.jit(lambda p, t, k: model_def.merge(p)(t, dropout_key=k))(
-      params, tokens, key))
+  """The model's logits, jit-compiled once per model (eager NNX calls are slow)."""
+  if model_def.cfg not in _FORWARD:
+    _FORWARD[model_def.cfg] = jax.jit(lambda p, t, k: model_def.merge(p)(t, dropout_key=k))
+  return np.asarray(_FORWARD[model_def.cfg](params, tokens, key))
 
 
 def _without_lora(params: dict) -> dict:
