@@ -198,7 +198,7 @@ def load(workdir: str | os.PathLike, step: int | None = None,
   config = _for_devices(config_lib.from_json(config_path.read_text(encoding='utf-8')),
                         jax.device_count())
   cfg = config_lib.resolve(config, num_devices=jax.device_count())
-  data = finetune.prepare_data(cfg, log=log)  # documents or sft/classify records
+  data = finetune.prepare_data(cfg, log=log, check_base=False)  # documents or records
   model_cfg = finetune.model_config(cfg, data.tokenizer)  # + [MASK] id, head, LoRA
   model_def = ModelDef.create(model_cfg)
   mesh = parallel.build_mesh(cfg.mesh)

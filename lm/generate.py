@@ -87,7 +87,7 @@ def load(workdir: str, step: int | None = None, tokenizer_dir: str | None = None
     tokenizer = tokenizers.load(tokenizer_dir)
   else:
     from lm.train import finetune  # documents, or sft records (the base run's tokenizer)
-    tokenizer = finetune.prepare_data(config, log=lambda _: None).tokenizer
+    tokenizer = finetune.prepare_data(config, log=lambda _: None, check_base=False).tokenizer
   model_cfg = ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size,
                                       seq_len=config.data.seq_len)
   model_def = ModelDef.create(model_cfg)

@@ -15,7 +15,7 @@ from jax.experimental.compilation_cache import compilation_cache
 from configs.default import get_config
 from lm import api
 from lm.checkpoint import CheckpointError
-from lm.data import supervised
+from lm.data import DataError, supervised
 from lm.data.tokenizers import ByteTokenizer
 from lm.lora_merge import merge_workdir
 from lm.model import ModelConfig
@@ -112,14 +112,13 @@ def test_init_from_names_a_mismatched_parameter_and_a_non_checkpoint(base_run, t
       wider._initial_state()
     finally:
       wider.checkpoints.close()
+  with pytest.raises(DataError, match=r'another tokenizer \(byte, vocabulary 259\) than this run'):
+    Trainer(_copy(cfg, {'init_from': str(workdir), 'data.tokenizer.kind': 'char'}),
+            str(tmp_path / 'c'), log=lambda _: None)
   (tmp_path / 'empty').mkdir()
-  nothing = Trainer(_copy(cfg, {'init_from': str(tmp_path / 'empty')}), str(tmp_path / 'b'),
-                    log=lambda _: None)
-  with pytest.raises(CheckpointError, match='holds no lm checkpoint'):
-    try:
-      nothing._initial_state()
-    finally:
-      nothing.checkpoints.close()
+  with pytest.raises(CheckpointError, match='holds no lm checkpoint'):  # found at start-up
+    Trainer(_copy(cfg, {'init_from': str(tmp_path / 'empty')}), str(tmp_path / 'b'),
+            log=lambda _: None)
 
 
 # ---- SFT data -------------------------------------------------------------------------------

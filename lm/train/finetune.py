@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 from lm import config as config_lib
 from lm import parallel
 from lm.checkpoint import CONFIG, CONFIG_FILE, Checkpointer, CheckpointError
-from lm.data import prepare, supervised
+from lm.data import DataError, prepare, supervised
 from lm.data.tokenizers import Tokenizer
 from lm.model import ModelConfig, lora
 from lm.train import optimizer as optimizer_lib
@@ -34,13 +34,27 @@ HEAD = 'classifier'  # the classification head's parameter subtree
 # ---- data and model config ----------------------------------------------------------------
 
 
-def prepare_data(cfg: ml_collections.ConfigDict, log: Log = print):
+def prepare_data(cfg: ml_collections.ConfigDict, log: Log = print, check_base: bool = True):
   """The run's data: packed documents (data.format='text') or sft/classify records; with
-  init_from, sft/classify records are tokenized with the base run's tokenizer."""
+  init_from, sft/classify records are tokenized with the base run's tokenizer, and
+  documents' tokenizer must equal it (`check_base`; loaders of a finished run skip it)."""
   if cfg.data.format == 'text':
-    return prepare(cfg.data, seq_len=cfg.data.seq_len, log=log)
+    data = prepare(cfg.data, seq_len=cfg.data.seq_len, log=log)
+    if cfg.init_from and check_base:
+      _check_same_tokenizer(base_tokenizer(cfg, log=lambda _: None), data.tokenizer,
+                            data.val_text_sample(4000), cfg.init_from)
+    return data
   tokenizer = base_tokenizer(cfg, log) if cfg.init_from else None
   return supervised.prepare(cfg.data, seq_len=cfg.data.seq_len, tokenizer=tokenizer, log=log)
+
+
+def _check_same_tokenizer(base: Tokenizer, ours: Tokenizer, probe: str, where: str) -> None:
+  """The ids of the base run must mean the same text here (same vocabulary and encoding)."""
+  if base.vocab_size != ours.vocab_size or base.encode(probe) != ours.encode(probe):
+    raise DataError(
+        f'init_from={where!r} was trained with another tokenizer ({base.kind}, vocabulary '
+        f'{base.vocab_size}) than this run prepares from data.* ({ours.kind}, vocabulary '
+        f'{ours.vocab_size}); use the base run\'s data.tokenizer and data source settings.')
 
 
 def model_config(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer) -> ModelConfig:
