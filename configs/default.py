@@ -10,6 +10,11 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Fine-tuning (docs/finetuning.md): start from the parameters of a workdir or checkpoint
+  # step directory ('' = random init). The run starts at step 0 in its own workdir.
+  c.init_from = ''
+  # init_from: also take the optimizer state (moments) from it; False = a fresh optimizer
+  c.init_from_opt_state = False
 
   # ---- data (lm/data) ------------------------------------------------------
   c.data = ml_collections.ConfigDict()
@@ -38,6 +43,11 @@ def get_config() -> ml_collections.ConfigDict:
   # 0: evaluated but not trained on).
   # Every token carries its domain id (the triple's index); eval reports each domain.
   c.data.mixture = ()
+  # 'text': documents for language modelling | 'sft': prompt/response (or chat
+  # messages) records, loss on the responses | 'classify': text/label records, one per row.
+  # sft/classify read JSONL at data.path (source 'text') or generate records from the
+  # stdlib (source 'stdlib'; lm/data/examples.py)
+  c.data.format = 'text'
   c.data.tokenizer = ml_collections.ConfigDict()
   # 'sentencepiece' | 'byte' | 'char' | 'hf' (a Hugging Face tokenizer.json, as
   # `python -m lm.convert from-hf` sets up for an imported model)
@@ -90,6 +100,19 @@ def get_config() -> ml_collections.ConfigDict:
   # 'domain+learned' (a learned top_k inside the token's domain's experts)
   c.model.moe.routing = 'learned'
   c.model.moe.num_domains = 0  # domain routing: must equal len(data.mixture)
+  # False: a bidirectional (BERT-style) encoder, attention limited only by segments
+  c.model.causal = True
+  # > 0 adds a classification head over the pooled hidden state (last token for a causal
+  # model, first token for an encoder); train.task='classify' trains it
+  c.model.num_classes = 0
+
+  # ---- LoRA adapters (lm/model/lora.py; rank 0 = off) --------------------------
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0  # > 0: only the adapters (and a classification head) are trained
+  c.lora.alpha = 16.0  # the adapter's output is scaled by alpha / rank
+  c.lora.dropout = 0.0  # dropout on the adapter's input during training
+  # projections that get adapters, of 'qkv', 'out', 'mlp_in', 'mlp_out'
+  c.lora.targets = ('qkv', 'out')
 
   # ---- optimizer (lm/train/optimizer.py) -------------------------------------
   c.optimizer = ml_collections.ConfigDict()
@@ -117,9 +140,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.sample_tokens = 200  # tokens generated from a validation prompt at the end
   c.train.sample_prompt_tokens = 32
   c.train.sample_temperature = 0.8
-  # A checkpoint (a workdir, its checkpoints/ dir or one step dir) whose parameters start
-  # a fresh run (new optimizer and data); '' = random init. Used by lm.btm branches.
-  c.train.init_from = ''
+  # 'lm': next-token | 'sft': next-token on data.format='sft' (loss on responses only) |
+  # 'mlm': masked-LM for an encoder (model.causal=False) | 'classify': the head's label
+  c.train.task = 'lm'
+  c.train.mlm_rate = 0.15  # mlm: fraction of tokens selected (80% [MASK], 10% random, 10% kept)
 
   # ---- checkpoints (lm/checkpoint.py) ----------------------------------------
   c.checkpoint = ml_collections.ConfigDict()

@@ -148,6 +148,7 @@ class Run:
     import jax.numpy as jnp
 
     from lm import parallel
+    from lm.train import tasks
     from lm.train.step import byte_lengths, make_eval_step, summarize_eval
 
     cfg = self.config
@@ -157,7 +158,12 @@ class Run:
           self.model_def, mesh=self.mesh, rules=parallel.rules_for(cfg.mesh),
           param_shardings=jax.tree.map(lambda x: x.sharding, self.params),
           batch_sharding=parallel.batch_sharding(self.mesh), byte_lengths_V=jnp.asarray(lengths),
-          num_domains=len(cfg.data.mixture))
+          num_domains=len(cfg.data.mixture), task=cfg.train.task, mlm_rate=cfg.train.mlm_rate)
+      if cfg.train.task == 'classify':  # eval/accuracy as well
+        self._eval_step = tasks.make_classify_eval_step(
+            self.model_def, mesh=self.mesh, rules=parallel.rules_for(cfg.mesh),
+            param_shardings=jax.tree.map(lambda x: x.sharding, self.params),
+            batch_sharding=parallel.batch_sharding(self.mesh))
     local = self.data.eval_batches(
         batch_size=cfg.train.batch_size // jax.process_count(),
         num_batches=cfg.train.eval_batches if num_batches is None else num_batches,
@@ -206,10 +212,8 @@ def load(workdir: str | os.PathLike, step: int | None = None,
 
   from lm import parallel
   from lm.checkpoint import Checkpointer, CheckpointError
-  from lm.data.mixture import prepare_data as prepare
-  from lm.model import ModelConfig
-  from lm.train.optimizer import build_optimizer
-  from lm.train.state import ModelDef, abstract_state, state_shardings
+  from lm.train import finetune
+  from lm.train.state import ModelDef, abstract_state
 
   workdir = Path(workdir).resolve()
   config_path = workdir / CONFIG_FILE
@@ -219,13 +223,13 @@ def load(workdir: str | os.PathLike, step: int | None = None,
   config = _for_devices(config_lib.from_json(config_path.read_text(encoding='utf-8')),
                         jax.device_count())
   cfg = config_lib.resolve(config, num_devices=jax.device_count())
-  data = prepare(cfg.data, seq_len=cfg.data.seq_len, log=log)
-  model_cfg = ModelConfig.from_config(cfg.model, vocab_size=data.tokenizer.vocab_size,
-                                      seq_len=cfg.data.seq_len)
+  data = finetune.prepare_data(cfg, log=log, check_base=False)  # documents or records
+  model_cfg = finetune.model_config(cfg, data.tokenizer)  # + [MASK] id, head, LoRA
   model_def = ModelDef.create(model_cfg)
   mesh = parallel.build_mesh(cfg.mesh)
-  optimizer, _ = build_optimizer(cfg.optimizer, cfg.train.steps)
-  shardings = state_shardings(model_def, optimizer, mesh, parallel.rules_for(cfg.mesh))
+  optimizer, _ = finetune.build_optimizer(cfg)
+  shardings = finetune.state_shardings(model_def, optimizer, mesh, parallel.rules_for(cfg.mesh),
+                                       cfg)
   ckpt_dir = workdir / CHECKPOINT_DIR
   if not ckpt_dir.is_dir():
     raise CheckpointError(f'{ckpt_dir} not found: the run in {workdir} saved no checkpoint yet.')

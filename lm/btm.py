@@ -2,7 +2,7 @@
 
   python -m lm.btm branch --parent=RUN --out=DIR --steps=N [--domains=code,prose]
       forks RUN's latest checkpoint into DIR/<domain>, one run per domain that starts from
-      RUN's parameters (train.init_from) and trains N steps on that domain only (the other
+      RUN's parameters (init_from) and trains N steps on that domain only (the other
       domains get weight 0: still evaluated, never trained on).
   python -m lm.btm merge --branches=DIR/code,DIR/prose --out=DIR/merged [--weights=1,1]
       averages the branches' parameters into a new workdir (config.json + a checkpoint) that
@@ -76,7 +76,7 @@ def branch_configs(parent: str, steps: int | None = None,
   for name in domains or names:
     c = _read_config(parent)
     c.data.mixture = tuple((n, s, 1.0 if n == name else 0.0) for n, s, _ in c.data.mixture)
-    c.train.init_from = str(pathlib.Path(parent).resolve())
+    c.init_from = str(pathlib.Path(parent).resolve())
     if steps is not None:
       c.train.steps = steps
       c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, steps)
@@ -139,7 +139,7 @@ def merge(branches: Sequence[str], out: str, weights: Sequence[float] | None = N
   runs = _load(branches, log)
   avg = average_params([r.params for r in runs], _weights(weights, len(runs)))
   config = runs[0].config
-  config.train.init_from = ''
+  config.init_from = ''
   config.data.mixture = tuple((n, s, 1.0) for n, s, _ in config.data.mixture)
   optimizer, _ = build_optimizer(config.optimizer, config.train.steps)
   step = max(r.step for r in runs)

@@ -40,6 +40,8 @@ ENUMS: dict[str, tuple[str, ...]] = {
     'optimizer.schedule': ('cosine', 'linear', 'constant'),
     'model.moe.routing': ('learned', 'domain', 'domain+learned'),
     'mesh.preset': ('fsdp_tensor', 'data', 'fsdp', 'tensor'),  # lm/parallel/presets.py
+    'data.format': ('text', 'sft', 'classify'),
+    'train.task': ('lm', 'sft', 'mlm', 'classify'),
 }
 
 POSITIVE_INTS = (
@@ -53,9 +55,11 @@ NON_NEGATIVE_INTS = (
     'data.max_docs', 'model.vocab_size', 'model.max_len', 'optimizer.warmup_steps',
     'train.sample_tokens', 'train.sample_prompt_tokens',
     'model.moe.num_experts', 'model.moe.expert_mlp_dim', 'model.moe.num_domains',
+    'model.num_classes', 'lora.rank',
 )
 POSITIVE_FLOATS = (
     'model.norm_eps', 'model.rope_theta', 'model.init_std', 'optimizer.lr', 'optimizer.eps',
+    'lora.alpha',
 )
 NON_NEGATIVE_FLOATS = (
     'optimizer.min_lr', 'optimizer.weight_decay', 'optimizer.grad_clip',
@@ -68,6 +72,8 @@ RANGES: dict[str, tuple[float, float, bool, str]] = {
     'model.dropout': (0.0, 1.0, True, '0 <= value < 1'),
     'optimizer.b1': (0.0, 1.0, True, '0 <= value < 1'),
     'optimizer.b2': (0.0, 1.0, True, '0 <= value < 1'),
+    'lora.dropout': (0.0, 1.0, True, '0 <= value < 1'),
+    'train.mlm_rate': (0.0, 1.0, False, '0 < value < 1'),
 }
 
 
@@ -321,6 +327,7 @@ def _value_problems(c: ConfigDict, num_devices: int, num_granules: int | None = 
   _mesh_problems(c, num_devices, add, num_granules)
   _moe_problems(c, add)
   _mixture_problems(c, add)
+  _finetune_problems(c, add)
   return problems
 
 
@@ -566,6 +573,45 @@ def _mesh_problems(c: ConfigDict, num_devices: int, add: Callable[[str], None],
             f'train.batch_size/train.grad_accum = {b}/{a} = {b // a} rows per microbatch')
     add(f'{what} is not divisible by {expr(batch_axes)}, the devices a batch is split over; '
         f'use a batch_size that is a multiple of {dp * a}.')
+
+
+LORA_TARGETS = ('qkv', 'out', 'mlp_in', 'mlp_out')
+# train.task -> the data.format it reads
+TASK_FORMATS = {'lm': 'text', 'mlm': 'text', 'sft': 'sft', 'classify': 'classify'}
+
+
+def _finetune_problems(c: ConfigDict, add: Callable[[str], None]) -> None:
+  """Tasks, data formats, encoder/decoder, LoRA and init_from (docs/finetuning.md)."""
+  task, fmt, m = c.train.task, c.data.format, c.model
+  if task in TASK_FORMATS and TASK_FORMATS[task] != fmt:
+    add(f"train.task={task!r} reads data.format={TASK_FORMATS[task]!r} records, but "
+        f"data.format={fmt!r}; set --config.data.format={TASK_FORMATS[task]}.")
+  if fmt != 'text' and c.data.source == 'tfds':
+    add(f"data.format={fmt!r} reads JSONL records (data.source='text') or generates them "
+        "(data.source='stdlib'); data.source='tfds' gives only plain documents.")
+  if task == 'classify' and m.num_classes < 1:
+    add("train.task='classify' needs a classification head: set model.num_classes to the "
+        'number of labels.')
+  if task == 'mlm' and m.causal:
+    add("train.task='mlm' trains a bidirectional encoder; set --config.model.causal=False.")
+  if task in ('lm', 'sft') and not m.causal:
+    add(f"train.task={task!r} predicts the next token, which a bidirectional model "
+        '(model.causal=False) can see; set model.causal=True or train.task=mlm/classify.')
+  targets = c.lora.targets
+  bad = [t for t in targets if t not in LORA_TARGETS]
+  if bad:
+    add(f'lora.targets has unknown projections {bad}; choose from {LORA_TARGETS}.')
+  if c.lora.rank > 0 and not targets:
+    add('lora.rank > 0 but lora.targets is empty; name the projections that get adapters, '
+        f'e.g. {LORA_TARGETS[:2]}.')
+  if c.init_from and not os.path.isdir(os.path.expanduser(c.init_from)):
+    add(f'init_from={c.init_from!r} is not a directory; give a training workdir or one of its '
+        'checkpoints/<step> directories.')
+  if c.init_from_opt_state and not c.init_from:
+    add('init_from_opt_state=True needs init_from (the run whose optimizer state to take).')
+  if c.init_from_opt_state and c.lora.rank > 0:
+    add('init_from_opt_state=True with lora.rank > 0: the LoRA optimizer state has another '
+        'shape than the full model\'s; leave init_from_opt_state=False.')
 
 
 def _rules_problems(rules: Any, add: Callable[[str], None]) -> bool:

@@ -90,7 +90,7 @@ def load(workdir: str, step: int | None = None, tokenizer_dir: str | None = None
 
   from lm import config as config_lib
   from lm.checkpoint import Checkpointer
-  from lm.data import prepare, tokenizers
+  from lm.data import tokenizers
   from lm.model import ModelConfig
   from lm.train.optimizer import build_optimizer
   from lm.train.state import ModelDef, fresh_state
@@ -100,7 +100,8 @@ def load(workdir: str, step: int | None = None, tokenizer_dir: str | None = None
   if tokenizer_dir:
     tokenizer = tokenizers.load(tokenizer_dir)
   else:
-    tokenizer = prepare(config.data, log=lambda _: None).tokenizer
+    from lm.train import finetune  # documents, or sft records (the base run's tokenizer)
+    tokenizer = finetune.prepare_data(config, log=lambda _: None, check_base=False).tokenizer
   model_cfg = ModelConfig.from_config(config.model, vocab_size=tokenizer.vocab_size,
                                       seq_len=config.data.seq_len)
   model_def = ModelDef.create(model_cfg)

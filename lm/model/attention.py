@@ -22,11 +22,14 @@ def rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
   return out.astype(x_BTNH.dtype)
 
 
-def attention_mask(segment_ids_BT: jax.Array) -> jax.Array:
-  """[B, 1, T, T] boolean: causal, and a token sees only its own packed document."""
+def attention_mask(segment_ids_BT: jax.Array, causal: bool = True) -> jax.Array:
+  """[B, 1, T, T] boolean: causal (unless `causal=False`, an encoder), and a token sees
+  only its own packed document."""
   t = segment_ids_BT.shape[1]
   causal_TT = jnp.tril(jnp.ones((t, t), dtype=bool))
   same_BTT = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+  if not causal:
+    return same_BTT[:, None]
   return (causal_TT[None] & same_BTT)[:, None]
 
 

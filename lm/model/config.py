@@ -64,6 +64,13 @@ class ModelConfig:
   # Inference only (lm.infer.quantize): 'int8' stores matmul weights as int8 with a float32
   # scale per output channel, dequantized inside the matmul. Never set by a training config.
   weight_quant: str = 'none'  # 'none' | 'int8'
+  causal: bool = True  # False: bidirectional encoder (BERT-style)
+  num_classes: int = 0  # > 0: a classification head (lm/model/heads.py)
+  # LoRA adapters (lm/model/lora.py), filled from `config.lora` by `with_lora`
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_dropout: float = 0.0
+  lora_targets: tuple[str, ...] = ()
 
   @property
   def head_dim(self) -> int:
@@ -121,7 +128,22 @@ class ModelConfig:
     block = attn + mlp + 2 * norm
     embed = v * d + (0 if self.tie_embeddings else d * v + (bias and v))
     pos = self.max_len * d if self.position == 'learned' else 0
-    return self.num_layers * block + embed + pos + norm + self._moe_extra_params(active=False)
+    head = self.num_classes * (self.width + 1)
+    return (self.num_layers * (block + self.lora_params_per_layer()) + embed + pos + norm + head
+            + self._moe_extra_params(active=False))
+
+  def lora_params_per_layer(self) -> int:
+    """Adapter parameters of one block: r * (in + out) per adapted projection."""
+    d, h, k, dh, f = self.width, self.num_heads, self.num_kv_heads, self.head_dim, self.mlp_dim
+    dims = {'qkv': (d, h * dh + 2 * k * dh), 'out': (h * dh, d),
+            'mlp_in': (d, f * (2 if self.mlp == 'swiglu' else 1)), 'mlp_out': (f, d)}
+    return sum(self.lora_rank * sum(dims[t]) for t in self.lora_targets) if self.lora_rank else 0
+
+  def with_lora(self, lora: ml_collections.ConfigDict) -> ModelConfig:
+    """This config with the adapters `config.lora` describes (rank 0: none)."""
+    return dataclasses.replace(self, lora_rank=lora.rank, lora_alpha=float(lora.alpha),
+                               lora_dropout=float(lora.dropout),
+                               lora_targets=tuple(lora.targets) if lora.rank else ())
 
   def _moe_extra_params(self, *, active: bool) -> int:
     """Parameters MoE layers add over dense ones (all experts, or those a token uses)."""

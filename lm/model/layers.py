@@ -49,6 +49,7 @@ class Projection(nnx.Module):
     # The bias covers the kernel's last `bias_dims` (output) dimensions.
     self.bias = (param(rngs, kernel_shape[-bias_dims:], kernel_axes[-bias_dims:], std=0.0,
                        dtype=param_dtype) if use_bias else None)
+    self.lora = None  # a LoRA adapter (lm/model/lora.py) when model.lora.rank > 0
 
   def __call__(self, x: jax.Array) -> jax.Array:
     # One 2-D matmul over flattened dims: on CPU, XLA runs multi-dim dot_generals and
@@ -57,6 +58,8 @@ class Projection(nnx.Module):
     k_in = math.prod(kernel.shape[:self.n_in])
     lead = x.shape[:x.ndim - self.n_in]
     y = (x.astype(self.dtype).reshape(-1, k_in) @ kernel.reshape(k_in, -1))
+    if self.lora is not None:
+      y = y + self.lora(x.reshape(-1, k_in))
     y = y.reshape(*lead, *kernel.shape[self.n_in:])
     if self.kernel_scale is not None:
       y = y * self.kernel_scale[...].astype(self.dtype)

@@ -10,8 +10,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lm.model import lora
 from lm.model.attention import Attention, attention_mask, cache_attention_mask
 from lm.model.config import ModelConfig
+from lm.model.heads import ClassifierHead
 from lm.model.layers import Norm, dropout, param
 from lm.model.mlp import MLP
 from lm.model.moe import MoE
@@ -34,8 +36,11 @@ class Block(nnx.Module):
     self.attn = Attention(cfg, rngs=rngs)
     self.mlp_norm = Norm(cfg.width, **norm)
     self.mlp = MoE(cfg, rngs=rngs) if moe else MLP(cfg, rngs=rngs)
+    if cfg.lora_rank:
+      lora.add_adapters(self, cfg, rngs)
 
   def __call__(self, x_BTD, positions_BT, mask_B1TT, dropout_key=None):
+    lora.bind_dropout(self, dropout_key)
     k_attn, k_mlp = (None, None) if dropout_key is None else jax.random.split(dropout_key)
     x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_BT, mask_B1TT, k_attn)
     x_BTD = constrain(x_BTD, ACT_BTD)
@@ -124,6 +129,9 @@ class Transformer(nnx.Module):
                           if cfg.quantized and not cfg.tie_embeddings else None)
     self.unembed_bias = (param(rngs, (cfg.vocab_size,), ('vocab',), std=0.0, dtype=pdt)
                          if cfg.use_bias and not cfg.tie_embeddings else None)
+    self.classifier = (ClassifierHead(cfg.width, cfg.num_classes, causal=cfg.causal,
+                                      std=cfg.init_std, param_dtype=pdt, rngs=rngs)
+                       if cfg.num_classes else None)
 
   def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None,
                segment_ids_BT: jax.Array | None = None, *,
@@ -138,7 +146,7 @@ class Transformer(nnx.Module):
       positions_BT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     if segment_ids_BT is None:
       segment_ids_BT = jnp.ones((b, t), jnp.int32)
-    mask_B1TT = attention_mask(segment_ids_BT)
+    mask_B1TT = attention_mask(segment_ids_BT, causal=cfg.causal)
 
     x_BTD = self._embed(tokens_BT, positions_BT)
     if dropout_key is not None:
@@ -152,6 +160,21 @@ class Transformer(nnx.Module):
       x_BTD, aux = self._apply_blocks(x_BTD, positions_BT, mask_B1TT, dropout_key), {}
     logits_BTV = self._logits(x_BTD)
     return (logits_BTV, aux) if return_aux else logits_BTV
+
+  def classify(self, tokens_BT: jax.Array, positions_BT: jax.Array,
+               segment_ids_BT: jax.Array, lengths_B: jax.Array, *,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    """Class logits [B, C] of one example per row (`lengths_B` real tokens, then padding)."""
+    cfg = self.cfg
+    if self.classifier is None:
+      raise ValueError('this model has no classification head; set model.num_classes > 0')
+    mask_B1TT = attention_mask(segment_ids_BT, causal=cfg.causal)
+    x_BTD = self._embed(tokens_BT, positions_BT)
+    if dropout_key is not None:
+      dropout_key, k_embed = jax.random.split(dropout_key)
+      x_BTD = dropout(x_BTD, cfg.dropout, k_embed)
+    x_BTD = self._apply_blocks(constrain(x_BTD, ACT_BTD), positions_BT, mask_B1TT, dropout_key)
+    return self.classifier(self.final_norm(x_BTD), lengths_B)
 
   def decode(self, tokens_BT: jax.Array, positions_BT: jax.Array,
              cache: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:

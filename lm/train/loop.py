@@ -18,12 +18,10 @@ import numpy as np
 from lm import config as config_lib
 from lm import parallel
 from lm.checkpoint import Checkpointer
-from lm.data.mixture import prepare_data
-from lm.model import ModelConfig
+from lm.train import finetune, tasks
 from lm.train.metrics import MetricsWriter
-from lm.train.optimizer import build_optimizer
 from lm.train.sample import sample_tokens
-from lm.train.state import ModelDef, abstract_state, init_state, state_shardings
+from lm.train.state import ModelDef, abstract_state, init_state
 from lm.train.step import byte_lengths, make_eval_step, make_train_step, summarize_eval
 
 CONFIG_FILE = 'config.json'
@@ -50,15 +48,15 @@ class Trainer:
     self.rules = parallel.rules_for(cfg.mesh)  # the preset with mesh.rules on top
     self.writer = MetricsWriter(self.workdir, total_steps=cfg.train.steps, enabled=False)
     self._log = log or print
-    self.data = prepare_data(cfg.data, seq_len=cfg.data.seq_len, log=self.log)
+    self.data = finetune.prepare_data(cfg, log=self.log)  # documents or sft/classify records
     self.domain_names = [entry[0] for entry in cfg.data.mixture]
     self.tokenizer = self.data.tokenizer
-    model_cfg = ModelConfig.from_config(cfg.model, vocab_size=self.tokenizer.vocab_size,
-                                        seq_len=cfg.data.seq_len)
+    model_cfg = finetune.model_config(cfg, self.tokenizer)  # + [MASK] id, head, LoRA
     cfg.model.vocab_size = model_cfg.vocab_size  # the resolved config records it
     self.model_def = ModelDef.create(model_cfg)
-    self.optimizer, self.schedule = build_optimizer(cfg.optimizer, cfg.train.steps)
-    self.shardings = state_shardings(self.model_def, self.optimizer, self.mesh, self.rules)
+    self.optimizer, self.schedule = finetune.build_optimizer(cfg)
+    self.shardings = finetune.state_shardings(self.model_def, self.optimizer, self.mesh,
+                                              self.rules, cfg)
     self.config_json = config_lib.to_json(cfg)
     self.checkpoints = Checkpointer(os.path.join(self.workdir, 'checkpoints'),
                                     keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
@@ -68,13 +66,19 @@ class Trainer:
     self.train_step = make_train_step(
         self.model_def, self.optimizer, self.schedule, grad_accum=cfg.train.grad_accum,
         mesh=self.mesh, rules=self.rules, shardings=self.shardings,
-        batch_sharding=parallel.batch_sharding(self.mesh, leading_dims=1, rules=self.rules))
+        batch_sharding=parallel.batch_sharding(self.mesh, leading_dims=1, rules=self.rules),
+        task=cfg.train.task, mlm_rate=cfg.train.mlm_rate)
     self.eval_step = make_eval_step(
         self.model_def, mesh=self.mesh, rules=self.rules,
         param_shardings=self.shardings['params'],
         batch_sharding=parallel.batch_sharding(self.mesh, rules=self.rules),
         byte_lengths_V=jnp.asarray(byte_lengths(self.tokenizer, model_cfg.vocab_size)),
-        num_domains=len(self.domain_names))
+        num_domains=len(self.domain_names), task=cfg.train.task, mlm_rate=cfg.train.mlm_rate)
+    if cfg.train.task == 'classify':
+      self.eval_step = tasks.make_classify_eval_step(
+          self.model_def, mesh=self.mesh, rules=self.rules,
+          param_shardings=self.shardings['params'],
+          batch_sharding=parallel.batch_sharding(self.mesh, rules=self.rules))
     self._eval_batches: list[dict] | None = None
     self.sharding_table, self.param_bytes = parallel.sharding_report(
         self.model_def.logical_axes(), jax.eval_shape(self.model_def.init_params,
@@ -99,11 +103,12 @@ class Trainer:
     step = self.checkpoints.latest_step()
     if step is None:
       state = init_state(self.model_def, self.optimizer, cfg.seed, self.shardings)
-      if cfg.train.init_from:
-        from lm.train.init_from import restore_params
-        state['params'] = restore_params(cfg.train.init_from, self.model_def, self.optimizer,
-                                         cfg.seed, self.shardings)
-        self.log(f'parameters initialised from {cfg.train.init_from}')
+      if cfg.init_from:  # a fine-tune: the base run's parameters, at step 0
+        params, opt_state = finetune.load_init(cfg, state['params'], self.mesh, self.rules,
+                                               self.shardings, log=self.log)
+        state['params'] = params
+        if opt_state is not None:
+          state['opt_state'] = opt_state
       return state, it
     target = abstract_state(self.model_def, self.optimizer, cfg.seed, self.shardings)
     state, data_state, _ = self.checkpoints.restore(target, step)
@@ -129,7 +134,7 @@ class Trainer:
         f'batch: {cfg.train.batch_size} x {cfg.data.seq_len} = {tokens_per_step:,} tokens/step; '
         f'{cfg.train.steps} steps = {tokens_per_step * cfg.train.steps:,} tokens',
         f'workdir: {self.workdir}',
-    ])
+    ] + finetune.summary_lines(self.model_def, self.optimizer, cfg))
 
   # ---- the loop ---------------------------------------------------------------------------
 
@@ -200,6 +205,8 @@ class Trainer:
           self.log(f'step {step}: train loss {row["train/loss"]:.4f}, '
                    f'eval loss {row["eval/loss"]:.4f}, '
                    f'bits/byte {row["eval/bits_per_byte"]:.3f}')
+          if 'eval/accuracy' in row:
+            self.log(f'step {step}: eval accuracy {row["eval/accuracy"]:.4f}')
         final.update(self._report(step, row))
         if do_ckpt:
           self.checkpoints.save(step, state, data_state=data_state,
@@ -223,7 +230,7 @@ class Trainer:
       raise
     self.checkpoints.close()
     self.writer.close()
-    if cfg.train.sample_tokens > 0:
+    if cfg.train.sample_tokens > 0 and cfg.train.task in ('lm', 'sft'):
       final['sample'] = self.sample(state['params'])
     return final
 

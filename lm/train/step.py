@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from lm import parallel
+from lm.train import tasks
 from lm.train.state import ModelDef
 
 Batch = dict[str, jax.Array]
@@ -62,15 +63,20 @@ def moe_metrics(aux: dict, moe) -> dict[str, jax.Array]:
 
 def make_train_step(model_def: ModelDef, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, *, grad_accum: int, mesh, rules, shardings: dict,
-                    batch_sharding):
-  """jit(state, batches[K, B, T]) -> (state, metrics[K]); the state is donated."""
-  use_dropout = model_def.cfg.dropout > 0
+                    batch_sharding, task: str = 'lm', mlm_rate: float = 0.15):
+  """jit(state, batches[K, B, T]) -> (state, metrics[K]); the state is donated.
+  `task` (lm/train/tasks.py) picks the loss; 'mlm' corrupts each batch on the device."""
+  use_dropout = model_def.cfg.dropout > 0 or model_def.cfg.lora_dropout > 0
   moe = model_def.cfg.moe
 
   def loss_sum(params, batch, key):
     # The objective is sum(ce) + tokens * moe_loss, so after the division by the token
     # count below the gradient is that of mean ce + the weighted MoE losses.
-    ce_BT, w_BT, aux = token_losses_and_aux(model_def, params, batch, key)
+    if task == 'classify':
+      ce_BT, w_BT = tasks.classification_losses(model_def, params, batch, key)
+      aux = {}
+    else:
+      ce_BT, w_BT, aux = token_losses_and_aux(model_def, params, batch, key)
     total, count = jnp.sum(ce_BT * w_BT), jnp.sum(w_BT)
     return total + count * moe_loss(aux, moe), (total, count, aux)
 
@@ -79,6 +85,9 @@ def make_train_step(model_def: ModelDef, optimizer: optax.GradientTransformation
   def one_step(state, batch):
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
     params = state['params']
+    if task == 'mlm':  # a fresh masking every step, from the step's key
+      batch = tasks.mlm_corrupt(jax.random.fold_in(step_key, 0x6D6C6D), batch, rate=mlm_rate,
+                                vocab_size=model_def.cfg.vocab_size)
     if grad_accum == 1:
       (_, (total, count, aux)), grads = grad_fn(params, batch,
                                                 step_key if use_dropout else None)
@@ -126,11 +135,16 @@ def byte_lengths(tokenizer, vocab_size: int) -> np.ndarray:
 
 
 def make_eval_step(model_def: ModelDef, *, mesh, rules, param_shardings, batch_sharding,
-                   byte_lengths_V: jax.Array, num_domains: int = 0):
+                   byte_lengths_V: jax.Array, num_domains: int = 0, task: str = 'lm',
+                   mlm_rate: float = 0.15):
   """jit(params, batch) -> sums of loss, tokens and UTF-8 bytes over the batch's targets
-  (and, with `num_domains`, the same sums per domain [num_domains] from batch['domains'])."""
+  (and, with `num_domains`, the same sums per domain [num_domains] from batch['domains']).
+  For 'mlm' the masking is the same fixed draw at every evaluation."""
 
   def eval_step(params, batch):
+    if task == 'mlm':
+      batch = tasks.mlm_corrupt(jax.random.key(0), batch, rate=mlm_rate,
+                                vocab_size=model_def.cfg.vocab_size)
     with parallel.use_rules(mesh, rules):
       ce_BT, w_BT = token_losses(model_def, params, batch, None)
     bytes_BT = jnp.take(byte_lengths_V, batch['targets']).astype(jnp.float32)
@@ -173,5 +187,8 @@ def summarize_eval(sums: list[dict]) -> dict[str, float]:
   tokens = max(sum(float(s['tokens']) for s in sums), 1.0)
   nbytes = max(sum(float(s['bytes']) for s in sums), 1.0)
   loss = loss_sum / tokens
-  return {'eval/loss': loss, 'eval/perplexity': math.exp(min(loss, 50.0)),
-          'eval/bits_per_byte': loss_sum / nbytes / math.log(2)}
+  out = {'eval/loss': loss, 'eval/perplexity': math.exp(min(loss, 50.0)),
+         'eval/bits_per_byte': loss_sum / nbytes / math.log(2)}
+  if sums and 'correct' in sums[0]:  # classification
+    out['eval/accuracy'] = tasks.accuracy(sums)
+  return out
