@@ -601,6 +601,9 @@ def _finetune_problems(c: ConfigDict, add: Callable[[str], None]) -> None:
   bad = [t for t in targets if t not in LORA_TARGETS]
   if bad:
     add(f'lora.targets has unknown projections {bad}; choose from {LORA_TARGETS}.')
+  if c.lora.rank > 0 and c.model.moe.num_experts > 0 and {'mlp_in', 'mlp_out'} & set(targets):
+    add('lora.targets has mlp_in/mlp_out but model.moe.num_experts > 0: MoE layers have no '
+        "single MLP to adapt; use lora.targets=('qkv', 'out').")
   if c.lora.rank > 0 and not targets:
     add('lora.rank > 0 but lora.targets is empty; name the projections that get adapters, '
         f'e.g. {LORA_TARGETS[:2]}.')

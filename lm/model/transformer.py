@@ -140,24 +140,7 @@ class Transformer(nnx.Module):
     """Logits [B, T, V]; with `return_aux`, (logits, aux) where aux holds each MoE layer's
     statistics stacked on a leading layer axis ({} for a dense model). `domains_BT` are
     the tokens' domain ids, which domain routing needs (default: domain 0)."""
-    cfg = self.cfg
-    b, t = tokens_BT.shape
-    if positions_BT is None:
-      positions_BT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    if segment_ids_BT is None:
-      segment_ids_BT = jnp.ones((b, t), jnp.int32)
-    mask_B1TT = attention_mask(segment_ids_BT, causal=cfg.causal)
-
-    x_BTD = self._embed(tokens_BT, positions_BT)
-    if dropout_key is not None:
-      dropout_key, k_embed = jax.random.split(dropout_key)
-      x_BTD = dropout(x_BTD, cfg.dropout, k_embed)
-    x_BTD = constrain(x_BTD, ACT_BTD)
-
-    if cfg.moe.enabled:
-      x_BTD, aux = self._apply_groups(x_BTD, positions_BT, mask_B1TT, domains_BT, dropout_key)
-    else:
-      x_BTD, aux = self._apply_blocks(x_BTD, positions_BT, mask_B1TT, dropout_key), {}
+    x_BTD, aux = self._hidden(tokens_BT, positions_BT, segment_ids_BT, dropout_key, domains_BT)
     logits_BTV = self._logits(x_BTD)
     return (logits_BTV, aux) if return_aux else logits_BTV
 
@@ -165,15 +148,9 @@ class Transformer(nnx.Module):
                segment_ids_BT: jax.Array, lengths_B: jax.Array, *,
                dropout_key: jax.Array | None = None) -> jax.Array:
     """Class logits [B, C] of one example per row (`lengths_B` real tokens, then padding)."""
-    cfg = self.cfg
     if self.classifier is None:
       raise ValueError('this model has no classification head; set model.num_classes > 0')
-    mask_B1TT = attention_mask(segment_ids_BT, causal=cfg.causal)
-    x_BTD = self._embed(tokens_BT, positions_BT)
-    if dropout_key is not None:
-      dropout_key, k_embed = jax.random.split(dropout_key)
-      x_BTD = dropout(x_BTD, cfg.dropout, k_embed)
-    x_BTD = self._apply_blocks(constrain(x_BTD, ACT_BTD), positions_BT, mask_B1TT, dropout_key)
+    x_BTD, _ = self._hidden(tokens_BT, positions_BT, segment_ids_BT, dropout_key, None)
     return self.classifier(self.final_norm(x_BTD), lengths_B)
 
   def decode(self, tokens_BT: jax.Array, positions_BT: jax.Array,
@@ -199,6 +176,26 @@ class Transformer(nnx.Module):
     x_BTD, (k_LBSKH, v_LBSKH) = jax.lax.scan(body, x_BTD, (stacked, cache['k'], cache['v']),
                                              unroll=self.cfg.unroll_layers)
     return self._logits(x_BTD), {'k': k_LBSKH, 'v': v_LBSKH}
+
+  def _hidden(self, tokens_BT, positions_BT, segment_ids_BT, dropout_key, domains_BT):
+    """The last block's output [B, T, D] (before the final norm) and the MoE statistics
+    ({} for a dense model): what __call__ and classify share."""
+    cfg = self.cfg
+    b, t = tokens_BT.shape
+    if positions_BT is None:
+      positions_BT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if segment_ids_BT is None:
+      segment_ids_BT = jnp.ones((b, t), jnp.int32)
+    mask_B1TT = attention_mask(segment_ids_BT, causal=cfg.causal)
+
+    x_BTD = self._embed(tokens_BT, positions_BT)
+    if dropout_key is not None:
+      dropout_key, k_embed = jax.random.split(dropout_key)
+      x_BTD = dropout(x_BTD, cfg.dropout, k_embed)
+    x_BTD = constrain(x_BTD, ACT_BTD)
+    if cfg.moe.enabled:
+      return self._apply_groups(x_BTD, positions_BT, mask_B1TT, domains_BT, dropout_key)
+    return self._apply_blocks(x_BTD, positions_BT, mask_B1TT, dropout_key), {}
 
   def _embed(self, tokens_BT, positions_BT):
     cfg = self.cfg
