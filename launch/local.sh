@@ -76,7 +76,8 @@ if [[ -z "$port" ]]; then
     || { echo "$PROG: cannot run '$python' to find a free port; set PYTHON" >&2; exit 2; }
 fi
 # Our device count replaces any the caller's XLA_FLAGS set; their other XLA flags stay.
-xla_flags=$(printf '%s' "${XLA_FLAGS:-}" | sed -E 's/--xla_force_host_platform_device_count=[^ ]*//g')
+xla_flags=$(printf '%s' "${XLA_FLAGS:-}" \
+  | sed -E 's/--xla_force_host_platform_device_count=[^ ]*//g; s/  +/ /g; s/^ //; s/ $//')
 xla_flags="${xla_flags:+$xla_flags }--xla_force_host_platform_device_count=$devices"
 xla_flags=${xla_flags# }
 

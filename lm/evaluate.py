@@ -190,9 +190,11 @@ def evaluate(task: str, workdir: str, step: int | None, inputs: dict[str, Any]) 
                               max_new_tokens=_MAX_NEW_TOKENS.value, stop=stop,
                               batch_size=_BATCH_SIZE.value)
   elif task == 'classification':
-    from lm.eval.classification import ZeroShotLabels, classification_task
-    predictor = ZeroShotLabels(_LABELS.value, label_prefix=_LABEL_PREFIX.value,
-                               batch_size=_BATCH_SIZE.value)
+    from lm.eval.classification import HeadLabels, ZeroShotLabels, classification_task
+    predictor = (HeadLabels(_LABELS.value, batch_size=_BATCH_SIZE.value)  # the run's own head
+                 if run.model_def.cfg.num_classes else
+                 ZeroShotLabels(_LABELS.value, label_prefix=_LABEL_PREFIX.value,
+                                batch_size=_BATCH_SIZE.value))
     metrics = classification_task(run, records, labels=_LABELS.value,
                                   text_field_name=_TEXT_FIELD.value,
                                   label_field=_LABEL_FIELD.value, template=_TEMPLATE.value,

@@ -10,9 +10,10 @@ from lm.infer import Decoder, SamplingConfig
 from lm.infer.quantize import quantize
 from lm.infer.sharding import decode_mesh, shard_params
 from lm.model import ModelConfig
+from lm.parallel import rules_for
 from lm.train.state import ModelDef
 
-RULES = get_config().mesh.rules
+RULES = rules_for(get_config().mesh)
 CFG = ModelConfig(vocab_size=96, num_layers=2, width=64, num_heads=4, num_kv_heads=2,
                   mlp_dim=96, max_len=48)
 PROMPTS = [[3, 14, 15, 92, 65], [35, 89], [7, 9, 3, 2, 38, 46, 26, 43, 38], [5]]

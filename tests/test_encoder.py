@@ -1,6 +1,8 @@
 """The BERT-style encoder: MLM masking statistics, bidirectional attention, and encoder
 pretraining followed by classification fine-tuning, end to end."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,3 +98,17 @@ def test_encoder_pretraining_then_classification_fine_tuning(tmp_path):
   assert 'freshly initialised (not in the base checkpoint): classifier' in text
   majority = float(text.split('validation majority class ')[1].split('%')[0]) / 100
   assert final['eval/accuracy'] > majority + 0.2, (final, majority)
+
+  # lm.evaluate's classification task uses the trained head (not zero-shot scoring), with
+  # labels matched by name: here given in another order than the head's sorted classes.
+  from lm import api
+  from lm.eval.classification import HeadLabels, classification_task
+  run = api.load(tmp_path / 'cls_run', log=lambda _: None)
+  labels = sorted(run.data.label_names, reverse=True)
+  held_out = write_classify(tmp_path / 'cls' / 'held_out.jsonl', n=120, seed=7)
+  records = [(f'{held_out}:{i}', json.loads(line))
+             for i, line in enumerate(held_out.read_text().splitlines(), 1)]
+  result = classification_task(run, records, labels=labels,
+                               predict_labels=HeadLabels(labels, batch_size=16))
+  held_majority = max(np.bincount([labels.index(r['label']) for _, r in records])) / len(records)
+  assert result['accuracy'] > held_majority + 0.2, (result['accuracy'], held_majority)

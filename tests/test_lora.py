@@ -67,14 +67,14 @@ def test_training_changes_only_adapters_and_merging_keeps_the_outputs():
   model_def = _model_def(c)
   optimizer, schedule = finetune.build_optimizer(c)
   mesh = parallel.build_mesh(ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1}))
-  shardings = finetune.state_shardings(model_def, optimizer, mesh, c.mesh.rules, c)
+  shardings = finetune.state_shardings(model_def, optimizer, mesh, parallel.rules_for(c.mesh), c)
   params = jax.jit(model_def.init_params)(jax.random.key(2))
   state = jax.device_put({'params': params, 'opt_state': optimizer.init(params),
                           'step': jnp.zeros((), jnp.int32),
                           'rng': jax.random.key_data(jax.random.key(3))}, shardings)
   before = jax.device_get(state['params'])
   step = make_train_step(model_def, optimizer, schedule, grad_accum=1, mesh=mesh,
-                         rules=c.mesh.rules, shardings=shardings,
+                         rules=parallel.rules_for(c.mesh), shardings=shardings,
                          batch_sharding=parallel.batch_sharding(mesh, leading_dims=1))
   tokens = np.asarray(jax.random.randint(jax.random.key(4), (3, 8, T + 1), 3, VOCAB))
   batches = {'inputs': tokens[..., :-1], 'targets': tokens[..., 1:],

@@ -2,8 +2,8 @@
 
 A predictor is any `predict_labels(run, texts) -> list[int]` (class indices into the
 label names). `ZeroShotLabels` is one for a decoder-only LM: it picks the label whose
-verbalizer text has the highest log-likelihood after the text. A trained classification
-head plugs in as another predictor without touching the metrics.
+verbalizer text has the highest log-likelihood after the text; `HeadLabels` is the one
+for a run trained with a classification head (train.task='classify').
 """
 
 from __future__ import annotations
@@ -41,6 +41,43 @@ class ZeroShotLabels:
 
   def __call__(self, run, texts: list[str]) -> list[int]:
     return [int(k) for k in np.argmax(self.scores(run, texts), axis=1)]
+
+
+class HeadLabels:
+  """predict_labels for a run with a classification head (model.num_classes > 0, trained
+  with train.task='classify'): argmax of the head's logits over [bos] text [eos] rows, cut
+  to data.seq_len exactly as training encodes them."""
+
+  def __init__(self, labels: Sequence[str], batch_size: int = 8):
+    self.labels, self.batch_size = list(labels), batch_size
+    self._classify = None
+
+  def __call__(self, run, texts: list[str]) -> list[int]:
+    """Indices into `labels` (the head's classes are the run's label names, which training
+    numbered in sorted order; they are matched by name)."""
+    import jax
+
+    from lm.data.supervised import classify_batch, classify_rows
+    if self._classify is None:
+      self._classify = jax.jit(lambda params, b: run.model_def.merge(params).classify(
+          b['inputs'], b['positions'], b['segment_ids'], b['lengths']))
+    rows_NT, _ = classify_rows(run.tokenizer, texts, run.config.data.seq_len)
+    predicted = []
+    for i in range(0, len(rows_NT), self.batch_size):
+      chunk = rows_NT[i:i + self.batch_size]
+      padded = np.zeros((self.batch_size, chunk.shape[1]), np.int32)  # one compiled shape
+      padded[:len(chunk)] = chunk
+      batch = classify_batch(padded, np.zeros(self.batch_size, np.int32))
+      del batch['labels']
+      logits_BC = np.asarray(self._classify(run.params, batch))
+      predicted += [int(k) for k in np.argmax(logits_BC[:len(chunk)], axis=1)]
+    head_names = list(getattr(run.data, 'label_names', None) or
+                      [str(i) for i in range(run.model_def.cfg.num_classes)])
+    missing = [n for n in head_names if n not in self.labels]
+    if missing:
+      raise EvalInputError(f'--labels={",".join(self.labels)} lacks the run\'s label(s) '
+                           f'{missing}; its head was trained on {head_names}.')
+    return [self.labels.index(head_names[k]) for k in predicted]
 
 
 def gold_label(value: Any, labels: Sequence[str], where: str, field: str) -> int:
