@@ -59,8 +59,15 @@ def trained(tmp_path_factory):
   return workdir, (run.model_def, params, run.tokenizer, run.step)
 
 
+# Runs a script with `lm` and flax made unimportable (the project may be pip-installed in
+# this interpreter, so `python -I` alone would still find it): the artifact must not need them.
+WITHOUT_LM = ('import runpy, sys; sys.modules.update(lm=None, flax=None); '
+              'sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")')
+
+
 def _runner(artifact: Path, *args: str) -> dict:
-  run = subprocess.run([sys.executable, '-I', str(artifact / 'run.py'), '--json', *args],
+  run = subprocess.run([sys.executable, '-I', '-c', WITHOUT_LM, str(artifact / 'run.py'),
+                        '--json', *args],
                        cwd=artifact.parent, env=_env(), capture_output=True, text=True,
                        timeout=300, check=False)
   assert run.returncode == 0, run.stderr[-3000:]
@@ -90,10 +97,11 @@ def test_cli_artifact_runs_without_lm_and_equals_in_framework_decoding(trained, 
   manifest = json.loads((art / 'artifact.json').read_text())
   assert manifest['cache_len'] == 64 and manifest['batch_size'] == 0
 
-  # lm is not importable in `python -I` from the artifact's parent directory.
-  probe = subprocess.run([sys.executable, '-I', '-c', 'import lm'], cwd=art.parent, env=_env(),
-                         capture_output=True, text=True, check=False)
-  assert probe.returncode != 0 and 'No module named' in probe.stderr
+  # Under the runner's harness, lm and flax cannot be imported.
+  (art.parent / 'probe.py').write_text('import lm\n')
+  probe = subprocess.run([sys.executable, '-I', '-c', WITHOUT_LM, str(art.parent / 'probe.py')],
+                         cwd=art.parent, env=_env(), capture_output=True, text=True, check=False)
+  assert probe.returncode != 0 and 'ModuleNotFoundError' in probe.stderr
 
   prompts = [tok.encode('the quick'), tok.encode('over the lazy dog. ')]
   decoder = Decoder(md)
