@@ -220,8 +220,11 @@ def load(workdir: str | os.PathLike, step: int | None = None,
   if not config_path.is_file():
     raise CheckpointError(f'{config_path} not found: is {workdir} a training workdir '
                           '(lm.api.train or python -m lm.main --workdir=...)?')
-  config = _for_devices(config_lib.from_json(config_path.read_text(encoding='utf-8')),
-                        jax.device_count())
+  saved = config_lib.from_json(config_path.read_text(encoding='utf-8'))
+  added = config_lib.fill_new_keys(saved)  # a run written by an older lm
+  if added:
+    log(f'{config_path} predates config keys {", ".join(added)}; using their defaults')
+  config = _for_devices(saved, jax.device_count())
   cfg = config_lib.resolve(config, num_devices=jax.device_count())
   data = finetune.prepare_data(cfg, log=log, check_base=False)  # documents or records
   model_cfg = finetune.model_config(cfg, data.tokenizer)  # + [MASK] id, head, LoRA

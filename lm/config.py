@@ -166,6 +166,25 @@ def resolve(config: ConfigDict, *, num_devices: int,
   return out
 
 
+def fill_new_keys(config: ConfigDict) -> list[str]:
+  """Adds, in place, the keys configs/default.py has and a saved `config` lacks (a run
+  written by an older lm), each with its default, which keeps the older behaviour; returns
+  the dotted keys it added."""
+  added: list[str] = []
+
+  def walk(saved: ConfigDict, default: ConfigDict, prefix: str) -> None:
+    for key in default.keys():
+      value = default[key]
+      if key not in saved:
+        saved[key] = ConfigDict(value.to_dict()) if isinstance(value, ConfigDict) else value
+        added.append(prefix + key)
+      elif isinstance(value, ConfigDict) and isinstance(saved[key], ConfigDict):
+        walk(saved[key], value, f'{prefix}{key}.')
+
+  walk(config, default_config(), '')
+  return added
+
+
 def to_json(config: ConfigDict) -> str:
   """The config as indented JSON (tuples become lists; `from_json` turns them back)."""
   return json.dumps(config.to_dict(), indent=2)

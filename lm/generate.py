@@ -97,6 +97,7 @@ def load(workdir: str, step: int | None = None, tokenizer_dir: str | None = None
 
   with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
     config = config_lib.from_json(f.read())
+  config_lib.fill_new_keys(config)  # a run written by an older lm: new keys take defaults
   if tokenizer_dir:
     tokenizer = tokenizers.load(tokenizer_dir)
   else:

@@ -121,6 +121,23 @@ def test_build_model_gives_a_fresh_model_of_the_config():
     api.build_model(config)  # vocab_size 0 in the config and none given
 
 
+def test_a_run_saved_before_newer_config_keys_still_loads(tiny_run, tmp_path):
+  import json
+  import shutil
+  old = tmp_path / 'old_run'
+  shutil.copytree(tiny_run[0], old)
+  saved = json.loads((old / 'config.json').read_text())
+  del saved['mesh']['preset'], saved['model']['moe'], saved['lora'], saved['init_from']
+  (old / 'config.json').write_text(json.dumps(saved))
+  logs = []
+  run = api.load(old, log=logs.append)
+  assert 'mesh.preset' in logs[0] and 'model.moe' in logs[0] and 'lora' in logs[0]
+  assert run.config.mesh.preset == 'fsdp_tensor' and run.config.model.moe.num_experts == 0
+  np.testing.assert_allclose(run.evaluate()['eval/loss'],
+                             api.load(tiny_run[0], log=lambda _: None).evaluate()['eval/loss'],
+                             rtol=1e-6)
+
+
 def test_load_errors_name_the_path(tmp_path):
   with pytest.raises(CheckpointError, match=str(tmp_path / 'config.json')):
     api.load(tmp_path)
