@@ -26,7 +26,6 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
-import grain
 import numpy as np
 
 from lm.data import cache, examples, loader, packing, sources, split, tokenizers
@@ -197,40 +196,6 @@ def classify_batch(tokens_BT: np.ndarray, labels_B: np.ndarray) -> dict[str, np.
 # ---- loaders ------------------------------------------------------------------------------
 
 
-class ArrayIterator:
-  """Endless shuffled batches over in-memory rows (Grain orders the indices): the same
-  shuffle/shard contract and checkpointable state as lm.data.loader.TrainIterator."""
-
-  def __init__(self, num_rows: int, make_batch: Callable[[np.ndarray], dict], *,
-               batch_size: int, seed: int, process_index: int, process_count: int):
-    if batch_size < 1 or not 0 <= process_index < process_count:
-      raise DataError(f'batch_size={batch_size} (must be >= 1) or process_index={process_index} '
-                      f'(must be in [0, {process_count})) is out of range')
-    dataset = (grain.MapDataset.range(num_rows).shuffle(seed=loader.shuffle_seed(seed)).repeat()
-               [process_index::process_count]
-               .batch(batch_size, drop_remainder=True)
-               .map(lambda index_B: make_batch(np.asarray(index_B))))
-    self._iterator = dataset.__iter__()
-    self._pipeline = {'seed': int(seed), 'batch_size': int(batch_size),
-                      'process_count': int(process_count), 'rows': int(num_rows)}
-
-  def __iter__(self) -> ArrayIterator:
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    return next(self._iterator)
-
-  def get_state(self) -> dict[str, Any]:
-    return {'pipeline': dict(self._pipeline), 'grain': self._iterator.get_state()}
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    if state.get('pipeline') != self._pipeline:
-      raise DataError(f'data iterator state is for {state.get("pipeline")}, this iterator is '
-                      f'{self._pipeline}; resume with the same seed, batch size, process '
-                      'count and data')
-    self._iterator.set_state(state['grain'])
-
-
 class SupervisedData:
   """Prepared sft/classify data with PreparedData's interface (what the Trainer uses)."""
 
@@ -257,10 +222,10 @@ class SupervisedData:
     return classify_batch(rows, np.where(pad_B, 0, s['labels'][index_B]))
 
   def train_iterator(self, batch_size: int, seed: int, process_index: int = 0,
-                     process_count: int = 1) -> ArrayIterator:
-    return ArrayIterator(self._num_rows('train'), lambda i: self._batch('train', i),
-                         batch_size=batch_size, seed=seed, process_index=process_index,
-                         process_count=process_count)
+                     process_count: int = 1) -> loader.IndexBatchIterator:
+    return loader.IndexBatchIterator(
+        self._num_rows('train'), lambda i: self._batch('train', i), batch_size=batch_size,
+        seed=seed, process_index=process_index, process_count=process_count)
 
   def eval_batches(self, batch_size: int, num_batches: int, process_index: int = 0,
                    process_count: int = 1) -> list[dict[str, np.ndarray]]:
