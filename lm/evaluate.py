@@ -19,6 +19,8 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from lm.generate import UserError, check_workdir  # one line, exit status 1
+
 TASKS = ('perplexity', 'generation', 'classification', 'lm_eval')
 
 if __name__ == '__main__':  # flags exist only for the command line
@@ -107,25 +109,9 @@ if __name__ == '__main__':  # flags exist only for the command line
                                 'task (for a quick look).')
 
 
-class UserError(Exception):
-  """A problem with the command line, the inputs or the workdir: one line, exit status 1."""
-
-
 def _unescape(text: str) -> str:
   """'\\n' -> newline and the like; other characters (non-ASCII included) stay as they are."""
   return text.encode('latin-1', 'backslashreplace').decode('unicode_escape')
-
-
-def _check_workdir(workdir: str) -> None:
-  """Fails fast, before jax is imported, on a workdir that cannot hold a trained model."""
-  if not os.path.isdir(workdir):
-    raise UserError(f'--workdir={workdir} does not exist')
-  if not os.path.isfile(os.path.join(workdir, 'config.json')):
-    raise UserError(f'--workdir={workdir} has no config.json; is it a training workdir '
-                    '(python -m lm.main --workdir=...)?')
-  ckpt = os.path.join(workdir, 'checkpoints')
-  if not (os.path.isdir(ckpt) and any(d.isdigit() for d in os.listdir(ckpt))):
-    raise UserError(f'--workdir={workdir} has no checkpoints (nothing in {ckpt}); train it first')
 
 
 def _data_overrides() -> dict[str, Any]:
@@ -224,7 +210,7 @@ def main(argv: list[str]) -> None:
     if not _TASK.value:
       raise UserError(f'--task is required: one of {", ".join(TASKS)}')
     workdir = os.path.abspath(_WORKDIR.value)
-    _check_workdir(workdir)
+    check_workdir(workdir)
     _check_task_flags(_TASK.value)
     from lm.eval.records import EvalInputError
     try:

@@ -13,6 +13,8 @@ import sys
 
 from absl import app, flags, logging
 
+from lm.generate import UserError, check_workdir  # one line, exit status 1
+
 if __name__ == '__main__':  # flags exist only for the command line
   _WORKDIR = flags.DEFINE_string(
       'workdir', None, 'Training workdir (config.json and checkpoints/) to export; required.')
@@ -31,20 +33,6 @@ if __name__ == '__main__':  # flags exist only for the command line
       'platforms', [], 'Platforms to lower for, e.g. cpu,cuda; default: this machine\'s backend.')
 
 
-class UserError(Exception):
-  """A problem with the command line or the workdir; printed as one line, exit status 1."""
-
-
-def _check_workdir(workdir: str) -> None:
-  """Fails fast, before jax is imported, on a workdir that holds no trained model."""
-  if not os.path.isfile(os.path.join(workdir, 'config.json')):
-    raise UserError(f'workdir {workdir} has no config.json; is it a training workdir '
-                    '(python -m lm.main --workdir=...)?')
-  ckpt = os.path.join(workdir, 'checkpoints')
-  if not (os.path.isdir(ckpt) and any(d.isdigit() for d in os.listdir(ckpt))):
-    raise UserError(f'workdir {workdir} has no checkpoints (nothing in {ckpt}); train it first')
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -54,7 +42,7 @@ def main(argv: list[str]) -> None:
     if not _WORKDIR.value or not _OUT.value:
       raise UserError('--workdir and --out are both required')
     workdir = os.path.abspath(_WORKDIR.value)
-    _check_workdir(workdir)
+    check_workdir(workdir)
     out = os.path.abspath(_OUT.value)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
       raise UserError(f'--out={out} exists and is not an empty directory; give a new one')

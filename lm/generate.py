@@ -55,8 +55,9 @@ class UserError(Exception):
   """A problem with the command line or the workdir; printed as one line, exit status 1."""
 
 
-def _check_workdir(workdir: str) -> None:
-  """Fails fast, before jax is imported, on a workdir that cannot hold a trained model."""
+def check_workdir(workdir: str) -> None:
+  """Fails fast, before jax is imported, on a workdir that cannot hold a trained model
+  (lm.evaluate, lm.export and lm.serve check theirs with it too)."""
   if not os.path.isdir(workdir):
     raise UserError(f'workdir {workdir} does not exist')
   if not os.path.isfile(os.path.join(workdir, 'config.json')):
@@ -145,7 +146,7 @@ def main(argv: list[str]) -> None:
     if not _WORKDIR.value:
       raise UserError('--workdir is required')
     workdir = os.path.abspath(_WORKDIR.value)
-    _check_workdir(workdir)
+    check_workdir(workdir)
     prompts = _prompts()
     from lm import runtime
     runtime.use_cpu_devices(_CPU_DEVICES.value)  # before jax is imported

@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 
-from lm.generate import UserError, _check_workdir, load
+from lm.generate import UserError, check_workdir, load
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
   try:
     _check_args(args)
     workdir = os.path.abspath(args.workdir)
-    _check_workdir(workdir)
+    check_workdir(workdir)
     sock = _bind(args.host, args.port)  # a taken port fails now, not after loading
     app, batcher, step = _build(args, workdir)
   except UserError as e:
