@@ -212,8 +212,9 @@ def load(workdir: str | os.PathLike, step: int | None = None,
 
   from lm import parallel
   from lm.checkpoint import Checkpointer, CheckpointError
+  from lm.model import ModelDef
   from lm.train import finetune
-  from lm.train.state import ModelDef, abstract_state
+  from lm.train.state import abstract_state
 
   workdir = Path(workdir).resolve()
   config_path = workdir / CONFIG_FILE

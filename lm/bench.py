@@ -60,9 +60,9 @@ def run_benchmark(config, *, dispatches: int, warmup: int, vocab_size: int = 0,
 
   from lm import config as config_lib
   from lm import parallel
-  from lm.model import ModelConfig
+  from lm.model import ModelConfig, ModelDef
   from lm.train.optimizer import build_optimizer
-  from lm.train.state import ModelDef, init_state, state_shardings
+  from lm.train.state import init_state, state_shardings
   from lm.train.step import make_train_step
 
   cfg = config_lib.resolve(config, num_devices=jax.device_count())
@@ -128,8 +128,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  from lm import runtime
-  config = runtime.config_from_flag(_CONFIG)  # before jax is imported
+  from lm import cli
+  config = cli.config_from_flag(_CONFIG)  # before jax starts its devices
   r = run_benchmark(config, dispatches=_DISPATCHES.value, warmup=_WARMUP.value,
                     vocab_size=_VOCAB.value, peak_n=_PEAK_N.value)
   print(f"device: {r['device']} (jax {r['jax']})")

@@ -46,8 +46,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  from lm import runtime
-  config = runtime.config_from_flag(_CONFIG)  # before jax is imported
+  from lm import cli
+  config = cli.config_from_flag(_CONFIG)  # before jax starts its devices
   try:
     batch_sizes = [int(b) for b in _BATCH_SIZES.value]
     if not batch_sizes or min(batch_sizes) < 1:

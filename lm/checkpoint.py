@@ -26,6 +26,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from lm.errors import CheckpointError
+
 STATE, DATA_STATE, CONFIG = 'state', 'data_state', 'config'
 CONFIG_FILE = 'config.json'
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'  # orbax's in-progress step directories
@@ -37,8 +39,6 @@ _REQUIRED = ('_CHECKPOINT_METADATA', f'{STATE}/_METADATA', f'{CONFIG}/{CONFIG_FI
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint directory the run cannot use as it is; the message says what to do."""
 
 
 # ---- per-process data-iterator state ----------------------------------------------------
@@ -168,6 +168,8 @@ class Checkpointer:
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     registry.add(STATE, ocp.args.StandardSave)
     registry.add(STATE, ocp.args.StandardRestore)
+    # params only (lm.run.load_run): a partial restore of the same files
+    registry.add(STATE, ocp.args.PyTreeRestore, ocp.handlers.PyTreeCheckpointHandler())
     data = _DataStateHandler()
     registry.add(DATA_STATE, _DataStateSave, data)
     registry.add(DATA_STATE, _DataStateRestore, data)
@@ -309,6 +311,38 @@ class Checkpointer:
           f'damaged or truncated. {_what_to_do(path, step, steps)}') from e
     return restored[STATE], dict(restored[DATA_STATE]), json.dumps(restored[CONFIG], indent=2)
 
+  def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
+    """(params, step) of `step` (default: the latest): only the 'params' subtree is read,
+    not the optimizer's moments, onto the shardings of `abstract_params` (a pytree of
+    jax.ShapeDtypeStruct with `.sharding`). What loaders of a trained run use."""
+    steps = self.all_steps()
+    if step is None:
+      if not steps:
+        raise CheckpointError(f'no checkpoint in {self.directory}; train the run first.')
+      step = steps[-1]
+    if step not in steps:
+      raise CheckpointError(f'no checkpoint for step {step} in {self.directory}; '
+                            f'it holds steps {steps}.')
+    path = self.step_path(step)
+    self._check_files(step, steps)
+    self._check_abstract_state(step, steps, {'params': abstract_params}, partial=True)
+    target = {'params': abstract_params}
+    args = ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)})
+    try:
+      restored = self._manager.restore(step, args=args)
+    except Exception as e:
+      first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+      raise CheckpointError(
+          f'checkpoint {path} cannot be read ({type(e).__name__}: {first[:500]}); its files are '
+          f'damaged or truncated. {_what_to_do(path, step, steps)}') from e
+    return restored[STATE]['params'], step
+
+  def saved_keys(self, step: int) -> set[str]:
+    """The top-level keys of the state saved at `step` ('params', 'opt_state', ...)."""
+    return set(self._manager.item_metadata(step)[STATE].keys())
+
   def _check_files(self, step: int, steps: list[int]) -> None:
     path = self.step_path(step)
     missing = [f for f in _REQUIRED if not (path / f).exists()]
@@ -320,7 +354,8 @@ class Checkpointer:
     raise CheckpointError(f'checkpoint {path} is incomplete: {", ".join(missing)} missing '
                           f'(damaged after it was written?). {_what_to_do(path, step, steps)}')
 
-  def _check_abstract_state(self, step: int, steps: list[int], abstract_state: Any) -> None:
+  def _check_abstract_state(self, step: int, steps: list[int], abstract_state: Any,
+                            partial: bool = False) -> None:
     path = self.step_path(step)
     leaves = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
     for p, leaf in leaves:
@@ -344,7 +379,7 @@ class Checkpointer:
         raise CheckpointError(f"state key '{key}' has shape {shape} but checkpoint {path} holds "
                               f'shape {saved[key]}. ' + fix)
     for key, shape in saved.items():
-      if key not in wanted:
+      if key not in wanted and not (partial and key.split('.')[0] not in abstract_state):
         raise CheckpointError(f"checkpoint {path} holds '{key}' (shape {shape}), which the state "
                               'to restore lacks. ' + fix)
 

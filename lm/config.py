@@ -19,6 +19,8 @@ from typing import Any
 
 import ml_collections
 
+from lm.errors import ConfigError
+
 ConfigDict = ml_collections.ConfigDict
 
 # The `mesh.*` size fields, in mesh order (as lm.parallel.MESH_AXES; each also has mesh.dcn_*).
@@ -75,19 +77,6 @@ RANGES: dict[str, tuple[float, float, bool, str]] = {
     'lora.dropout': (0.0, 1.0, True, '0 <= value < 1'),
     'train.mlm_rate': (0.0, 1.0, False, '0 < value < 1'),
 }
-
-
-class ConfigError(ValueError):
-  """A config problem a user can fix; `problems` lists every one found."""
-
-  def __init__(self, problems: str | Sequence[str]):
-    self.problems = [problems] if isinstance(problems, str) else list(problems)
-    if len(self.problems) == 1:
-      msg = f'invalid config: {self.problems[0]}'
-    else:
-      lines = '\n'.join(f'  {i}. {p}' for i, p in enumerate(self.problems, 1))
-      msg = f'invalid config ({len(self.problems)} problems):\n{lines}'
-    super().__init__(msg)
 
 
 # ---- public API -------------------------------------------------------------------------
@@ -190,15 +179,16 @@ def to_json(config: ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2)
 
 
-def from_json(s: str) -> ConfigDict:
-  """Inverse of `to_json`: JSON lists come back as tuples, as configs/default.py writes them."""
+def from_json(s: str, source: str = 'config JSON') -> ConfigDict:
+  """Inverse of `to_json`: JSON lists come back as tuples, as configs/default.py writes them;
+  `source` (a file name) is named in errors."""
   try:
     d = json.loads(s)
   except json.JSONDecodeError as e:
-    raise ConfigError(f'config JSON does not parse ({e}); was it written by '
+    raise ConfigError(f'{source} does not parse ({e}); was it written by '
                       'lm.config.to_json?') from e
   if not isinstance(d, dict):
-    raise ConfigError(f'config JSON must hold an object, got {type(d).__name__}')
+    raise ConfigError(f'{source} must hold an object, got {type(d).__name__}')
   return ConfigDict(_lists_to_tuples(d))
 
 

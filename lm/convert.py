@@ -125,10 +125,10 @@ def import_hf(hf_dir: str | os.PathLike, workdir: str | os.PathLike,
 
   from lm.checkpoint import Checkpointer
   from lm.data.tokenizers import hf as hf_tokenizer
-  from lm.model import ModelConfig
+  from lm.model import ModelConfig, ModelDef
   from lm.model import hf as hf_model
   from lm.train.optimizer import build_optimizer
-  from lm.train.state import ModelDef, fresh_state
+  from lm.train.state import fresh_state
 
   hf_dir, workdir = Path(hf_dir).expanduser().resolve(), Path(workdir).expanduser().resolve()
   hf_config = read_hf_config(hf_dir)
@@ -250,10 +250,10 @@ def export_hf(workdir: str | os.PathLike, hf_dir: str | os.PathLike, step: int |
   from lm.checkpoint import Checkpointer, CheckpointError
   from lm.data.tokenizers import Tokenizer
   from lm.data.tokenizers import hf as hf_tokenizer
-  from lm.model import ModelConfig
+  from lm.model import ModelConfig, ModelDef
   from lm.model import hf as hf_model
   from lm.train.optimizer import build_optimizer
-  from lm.train.state import ModelDef, fresh_state
+  from lm.train.state import fresh_state
 
   workdir, hf_dir = Path(workdir).expanduser().resolve(), Path(hf_dir).expanduser().resolve()
   config_path = workdir / HF_CONFIG

@@ -19,7 +19,8 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from lm.generate import UserError, check_workdir  # one line, exit status 1
+from lm.errors import UserError
+from lm.workdir import check_trained as check_workdir
 
 TASKS = ('perplexity', 'generation', 'classification', 'lm_eval')
 

@@ -13,7 +13,8 @@ import sys
 
 from absl import app, flags, logging
 
-from lm.generate import UserError, check_workdir  # one line, exit status 1
+from lm.errors import UserError
+from lm.workdir import check_trained as check_workdir
 
 if __name__ == '__main__':  # flags exist only for the command line
   _WORKDIR = flags.DEFINE_string(
@@ -51,7 +52,7 @@ def main(argv: list[str]) -> None:
     from lm.config import ConfigError
     from lm.data import DataError
     from lm.infer.export import export_artifact
-    from lm.infer.quantize import quantize, weight_bytes
+    from lm.model.quantize import quantize, weight_bytes
     try:
       run = api.load(workdir, _STEP.value, log=lambda _: None)
       float_params, tokenizer, step = run.params, run.tokenizer, run.step

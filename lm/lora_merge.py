@@ -29,9 +29,9 @@ def merge_workdir(workdir: str, out: str, step: int | None = None,
   from lm import config as config_lib
   from lm import parallel
   from lm.checkpoint import Checkpointer, CheckpointError
-  from lm.model import ModelConfig, lora
+  from lm.model import ModelConfig, ModelDef, lora
   from lm.train import finetune
-  from lm.train.state import ModelDef, abstract_state
+  from lm.train.state import abstract_state
 
   config_path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(config_path):

@@ -144,9 +144,9 @@ def make_plan(config, *, num_devices: int, vocab_size: int = 0, devices=None) ->
 
   from lm import config as config_lib
   from lm import parallel
-  from lm.model import ModelConfig
+  from lm.model import ModelConfig, ModelDef
   from lm.train.optimizer import build_optimizer
-  from lm.train.state import ModelDef, fresh_state, state_shardings
+  from lm.train.state import fresh_state, state_shardings
 
   devices = list(jax.devices() if devices is None else devices)
   if len(devices) < num_devices:
@@ -201,8 +201,9 @@ def compile_memory(plan: Plan, devices=None) -> dict[str, int]:
   import jax.numpy as jnp
 
   from lm import parallel
+  from lm.model import ModelDef
   from lm.train.optimizer import build_optimizer
-  from lm.train.state import ModelDef, abstract_state, state_shardings
+  from lm.train.state import abstract_state, state_shardings
   from lm.train.step import make_train_step
 
   cfg = plan.config

@@ -1,17 +1,21 @@
-"""Process-level settings that must be made before jax is imported.
+"""Process-level settings that must be made before jax starts its backends.
 
 `use_cpu_devices(n)` splits the host CPU into n XLA devices, each running its
 single-threaded share of a data-parallel batch. On a small CPU this beats one
 device whose many small ops are each split across all cores (docs/benchmarks.md).
+Importing jax is fine beforehand: the settings only have to precede the first use of a
+device (jax reads them when it creates its backends).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 
+import jax
+
 DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
+_SINGLE_THREAD_FLAG = '--xla_cpu_multi_thread_eigen=false'
 
 
 def use_cpu_devices(n: int) -> None:
@@ -21,26 +25,14 @@ def use_cpu_devices(n: int) -> None:
   """
   if n == 0 or DEVICE_COUNT_FLAG in os.environ.get('XLA_FLAGS', ''):
     return
-  if 'jax' in sys.modules:
-    warnings.warn('runtime.cpu_devices is ignored: jax was imported before it could be set '
-                  f'(set XLA_FLAGS={DEVICE_COUNT_FLAG}=N before importing jax instead)',
+  count = (os.cpu_count() or 1) if n < 0 else n
+  try:
+    jax.config.update('jax_num_cpu_devices', count)
+  except RuntimeError:  # the backends already run (a notebook that used jax before)
+    warnings.warn('runtime.cpu_devices is ignored: jax already started its devices (set it, '
+                  f'or XLA_FLAGS={DEVICE_COUNT_FLAG}=N, before the first jax computation)',
                   stacklevel=2)
     return
-  count = (os.cpu_count() or 1) if n < 0 else n
   flags = os.environ.get('XLA_FLAGS', '')
-  os.environ['XLA_FLAGS'] = (f'{flags} {DEVICE_COUNT_FLAG}={count} '
-                             '--xla_cpu_multi_thread_eigen=false').strip()
-
-
-def config_from_flag(holder):
-  """The --config flag's ConfigDict with its runtime settings applied (before jax starts);
-  a config file that does not load ends the program with one line naming it."""
-  from lm import config as config_lib
-
-  try:
-    config = config_lib.from_flag(holder)
-  except config_lib.ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  use_cpu_devices(config.runtime.cpu_devices)
-  return config
+  if _SINGLE_THREAD_FLAG not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} {_SINGLE_THREAD_FLAG}'.strip()

@@ -7,8 +7,7 @@ import jax
 
 from configs.default import get_config
 from lm.infer.bench import bytes_read_per_step, run_benchmark
-from lm.model import ModelConfig
-from lm.train.state import ModelDef
+from lm.model import ModelConfig, ModelDef
 
 CFG = ModelConfig(vocab_size=100, num_layers=2, width=32, num_heads=4, num_kv_heads=2,
                   mlp_dim=64, max_len=32)

@@ -24,10 +24,10 @@ from lm import config as config_lib  # noqa: E402
 from lm.checkpoint import Checkpointer  # noqa: E402
 from lm.data.tokenizers.hf import vocab_size_of  # noqa: E402
 from lm.generate import load as load_workdir  # noqa: E402
-from lm.model import ModelConfig  # noqa: E402
+from lm.model import ModelConfig, ModelDef  # noqa: E402
 from lm.model.hf import HFConversionError  # noqa: E402
 from lm.train.optimizer import build_optimizer  # noqa: E402
-from lm.train.state import ModelDef, fresh_state  # noqa: E402
+from lm.train.state import fresh_state  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 VOCAB = 300  # > the byte tokenizer's 259 ids, which the tiny base config uses

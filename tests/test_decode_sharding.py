@@ -7,11 +7,10 @@ import pytest
 
 from configs.default import get_config
 from lm.infer import Decoder, SamplingConfig
-from lm.infer.quantize import quantize
 from lm.infer.sharding import decode_mesh, shard_params
-from lm.model import ModelConfig
+from lm.model import ModelConfig, ModelDef
+from lm.model.quantize import quantize
 from lm.parallel import rules_for
-from lm.train.state import ModelDef
 
 RULES = rules_for(get_config().mesh)
 CFG = ModelConfig(vocab_size=96, num_layers=2, width=64, num_heads=4, num_kv_heads=2,

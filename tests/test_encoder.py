@@ -10,9 +10,8 @@ import pytest
 from finetune_data import write_classify, write_corpus
 
 from configs.default import get_config
-from lm.model import ModelConfig
+from lm.model import ModelConfig, ModelDef
 from lm.train import Trainer
-from lm.train.state import ModelDef
 from lm.train.tasks import FIRST_REAL_TOKEN, mask_token_id, mlm_corrupt
 
 VOCAB = 260  # a byte tokenizer's 259 ids + [MASK]

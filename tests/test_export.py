@@ -121,7 +121,7 @@ def test_cli_artifact_runs_without_lm_and_equals_in_framework_decoding(trained, 
 
 
 def test_int8_fixed_batch_artifact_equals_the_int8_decoder(trained, tmp_path):
-  from lm.infer.quantize import quantize
+  from lm.model.quantize import quantize
 
   _, (md, params, tok, _) = trained
   qdef, qparams = quantize(md, params)
@@ -165,7 +165,7 @@ def test_cli_errors_name_the_problem(trained, tmp_path):
 
 @pytest.mark.slow
 def test_generate_cli_int8_on_a_tensor_parallel_mesh_equals_the_in_process_decoder(trained):
-  from lm.infer.quantize import quantize
+  from lm.model.quantize import quantize
 
   workdir, (md, params, tok, _) = trained
   qdef, qparams = quantize(md, params)

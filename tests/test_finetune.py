@@ -18,10 +18,9 @@ from lm.checkpoint import CheckpointError
 from lm.data import DataError, supervised
 from lm.data.tokenizers import ByteTokenizer
 from lm.lora_merge import merge_workdir
-from lm.model import ModelConfig
+from lm.model import ModelConfig, ModelDef
 from lm.train import Trainer
 from lm.train.metrics import read_metrics
-from lm.train.state import ModelDef
 from lm.train.step import token_losses
 
 SEQ_LEN = 32

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from lm.infer import Decoder, SamplingConfig, filter_logits, init_cache, sample
-from lm.model import ModelConfig
+from lm.model import ModelConfig, ModelDef
 from lm.train.sample import sample_tokens
-from lm.train.state import ModelDef
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMA = ModelConfig(vocab_size=97, num_layers=2, width=64, num_heads=4, num_kv_heads=2,

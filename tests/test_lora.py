@@ -8,9 +8,8 @@ import optax
 
 from configs.default import get_config
 from lm import parallel
-from lm.model import ModelConfig, lora
+from lm.model import ModelConfig, ModelDef, lora
 from lm.train import finetune
-from lm.train.state import ModelDef
 from lm.train.step import make_train_step
 
 VOCAB, T = 64, 16

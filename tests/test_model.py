@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lm.model import ModelConfig, Transformer
-from lm.train.state import ModelDef
+from lm.model import ModelConfig, ModelDef, Transformer
 
 LLAMA = ModelConfig(vocab_size=97, num_layers=2, width=64, num_heads=4, num_kv_heads=2,
                     mlp_dim=96, max_len=32)

@@ -11,12 +11,12 @@ from flax import nnx
 
 from configs.default import get_config
 from lm import parallel
-from lm.model import ModelConfig, Transformer
+from lm.model import ModelConfig, ModelDef, Transformer
 from lm.model.config import MoEConfig
 from lm.model.mlp import MLP
 from lm.model.moe import MoE, capacity, route
 from lm.train.optimizer import build_optimizer
-from lm.train.state import ModelDef, fresh_state, state_shardings
+from lm.train.state import fresh_state, state_shardings
 from lm.train.step import make_train_step, moe_loss, moe_metrics
 
 SEQ_LEN = 16

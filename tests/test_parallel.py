@@ -21,10 +21,10 @@ from configs.default import get_config
 from lm import config as config_lib
 from lm import parallel
 from lm.config import ConfigError
-from lm.model import ModelConfig
+from lm.model import ModelConfig, ModelDef
 from lm.parallel import presets
 from lm.train.optimizer import build_optimizer
-from lm.train.state import ModelDef, fresh_state, state_shardings
+from lm.train.state import fresh_state, state_shardings
 from lm.train.step import make_train_step, token_losses
 
 VOCAB, SEQ, BATCH, STEPS = 64, 16, 8, 20

@@ -12,8 +12,9 @@ import pytest
 from configs import default, gpt2_124m, llama_1b, llama_8b
 from lm import config as config_lib
 from lm import plan as plan_lib
+from lm.model import ModelDef
 from lm.train.optimizer import build_optimizer
-from lm.train.state import ModelDef, init_state, state_shardings
+from lm.train.state import init_state, state_shardings
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_FLAGS = [

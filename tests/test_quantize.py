@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from lm.infer import init_cache
-from lm.infer.quantize import compare_perplexity, quantize, quantize_array, weight_bytes
-from lm.model import ModelConfig
-from lm.train.state import ModelDef
+from lm.infer.quantize import compare_perplexity
+from lm.model import ModelConfig, ModelDef
+from lm.model.quantize import quantize, quantize_array, weight_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMA = ModelConfig(vocab_size=97, num_layers=2, width=64, num_heads=4, num_kv_heads=2,

@@ -32,9 +32,9 @@ def _tiny_workdir(tmp: Path) -> Path:
   from lm import config as config_lib
   from lm.checkpoint import Checkpointer
   from lm.data import prepare
-  from lm.model import ModelConfig
+  from lm.model import ModelConfig, ModelDef
   from lm.train.optimizer import build_optimizer
-  from lm.train.state import ModelDef, fresh_state
+  from lm.train.state import fresh_state
 
   corpus = tmp / 'corpus'
   corpus.mkdir()

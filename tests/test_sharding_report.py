@@ -4,8 +4,7 @@ import jax
 
 from configs.default import get_config
 from lm import parallel
-from lm.model import ModelConfig
-from lm.train.state import ModelDef
+from lm.model import ModelConfig, ModelDef
 
 CFG = ModelConfig(vocab_size=64, num_layers=2, width=64, num_heads=4, num_kv_heads=2,
                   mlp_dim=128, max_len=16)

@@ -29,11 +29,11 @@ from lm import config as config_lib
 from lm import parallel
 from lm.checkpoint import Checkpointer, CheckpointError
 from lm.data import prepare
-from lm.model import ModelConfig
+from lm.model import ModelConfig, ModelDef
 from lm.train import Trainer, TrainingDiverged
 from lm.train.metrics import read_metrics
 from lm.train.optimizer import build_optimizer
-from lm.train.state import ModelDef, abstract_state, fresh_state, init_state, state_shardings
+from lm.train.state import abstract_state, fresh_state, init_state, state_shardings
 from lm.train.step import make_train_step
 
 SEQ_LEN = 32

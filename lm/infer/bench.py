@@ -29,7 +29,7 @@ def bytes_read_per_step(model_def, params: dict, batch: int, cache_len: int) -> 
   for the rows it looks up, unless it is also the output matrix) and the whole KV cache."""
   import jax.numpy as jnp
 
-  from lm.infer.quantize import weight_bytes
+  from lm.model.quantize import weight_bytes
   cfg = model_def.cfg
   weights = weight_bytes(params)
   looked_up = ['pos_embed'] + ([] if cfg.tie_embeddings else ['embed', 'embed_scale'])
@@ -53,10 +53,9 @@ def run_benchmark(config, *, batch_sizes: list[int], prompt_len: int, new_tokens
 
   from lm import config as config_lib
   from lm.infer import Decoder, SamplingConfig
-  from lm.infer.quantize import quantize as quantize_params
-  from lm.infer.quantize import weight_bytes
-  from lm.model import ModelConfig
-  from lm.train.state import ModelDef
+  from lm.model import ModelConfig, ModelDef
+  from lm.model.quantize import quantize as quantize_params
+  from lm.model.quantize import weight_bytes
 
   cfg = config_lib.resolve(config, num_devices=jax.device_count())
   cfg.model.vocab_size = _vocab_size(cfg, vocab_size)

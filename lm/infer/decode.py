@@ -19,9 +19,8 @@ import numpy as np
 
 from lm.infer.sampling import SamplingConfig, sample
 from lm.infer.sharding import cache_sharding
-from lm.model import ModelConfig
+from lm.model import ModelConfig, ModelDef
 from lm.parallel import use_rules
-from lm.train.state import ModelDef
 
 PREFILL_BUCKET = 16  # prompts are padded to a multiple of this: fewer distinct compiles
 ROPE_CACHE_BUCKET = 64

@@ -37,7 +37,7 @@ from jax import export
 
 from lm.infer.decode import PREFILL_BUCKET, init_cache
 from lm.infer.sampling import sample
-from lm.train.state import ModelDef
+from lm.model import ModelDef
 
 RUNNER_SOURCE = pathlib.Path(__file__).with_name('artifact_runner.py')
 FORMAT_VERSION = 1

@@ -14,8 +14,9 @@ import ml_collections
 from jax.sharding import Mesh, NamedSharding
 
 from lm import parallel
+from lm.errors import UserError
+from lm.model import ModelDef
 from lm.parallel.rules import rules_dict
-from lm.train.state import ModelDef
 
 CACHE_AXES = ('layers', 'batch', None, 'kv_heads', 'head_dim')  # [L, B, S, K, H]
 
@@ -24,9 +25,9 @@ def decode_mesh(*, tensor: int = 1, data: int = 1, devices=None) -> Mesh:
   """A mesh of data x tensor devices (the first data * tensor of `devices`, default all)."""
   devices = list(jax.devices() if devices is None else devices)
   if tensor < 1 or data < 1:
-    raise ValueError(f'mesh sizes must be >= 1, got data={data} tensor={tensor}')
+    raise UserError(f'mesh sizes must be >= 1, got data={data} tensor={tensor}')
   if data * tensor > len(devices):
-    raise ValueError(f'a mesh of data={data} x tensor={tensor} needs {data * tensor} devices '
+    raise UserError(f'a mesh of data={data} x tensor={tensor} needs {data * tensor} devices '
                      f'but {len(devices)} are available; on a CPU, split it into more devices '
                      '(--cpu_devices or XLA_FLAGS=--xla_force_host_platform_device_count=N)')
   sizes = ml_collections.ConfigDict({a: 1 for a in parallel.MESH_AXES})

@@ -61,7 +61,7 @@ class ModelConfig:
   unroll_layers: bool = False  # scan over the stacked layers unrolled (faster on CPU)
   attention: str = 'auto'  # 'auto' | 'xla' | 'cudnn'
   moe: MoEConfig = MoEConfig()
-  # Inference only (lm.infer.quantize): 'int8' stores matmul weights as int8 with a float32
+  # Inference only (lm.model.quantize): 'int8' stores matmul weights as int8 with a float32
   # scale per output channel, dequantized inside the matmul. Never set by a training config.
   weight_quant: str = 'none'  # 'none' | 'int8'
   causal: bool = True  # False: bidirectional encoder (BERT-style)

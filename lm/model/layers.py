@@ -40,7 +40,7 @@ class Projection(nnx.Module):
     self.n_in = sum(c in x_dims for c in k_dims)  # contracted dims: x's last, W's first
     assert x_dims.endswith(k_dims[:self.n_in]), spec
     self.dtype = dtype
-    # quant='int8' (inference, lm.infer.quantize): an int8 kernel and a float32 scale per
+    # quant='int8' (inference, lm.model.quantize): an int8 kernel and a float32 scale per
     # output channel; the matmul reads the int8 kernel and scales its output.
     self.kernel = param(rngs, kernel_shape, kernel_axes, std=std,
                         dtype=jnp.int8 if quant == 'int8' else param_dtype)

@@ -107,7 +107,7 @@ class Transformer(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     pdt = cfg.jnp_param_dtype
-    wdt = jnp.int8 if cfg.quantized else pdt  # int8 + a scale per vocab row (lm.infer.quantize)
+    wdt = jnp.int8 if cfg.quantized else pdt  # int8 + a scale per vocab row (lm.model.quantize)
     self.embed = param(rngs, (cfg.vocab_size, cfg.width), ('vocab', 'embed'), std=cfg.init_std,
                        dtype=wdt)
     self.embed_scale = (param(rngs, (cfg.vocab_size,), ('vocab',), std=None, dtype=jnp.float32)

@@ -13,9 +13,7 @@ from collections.abc import Mapping
 
 import jax
 
-
-class DistributedError(ValueError):
-  """Flags or environment that do not describe a multi-process run."""
+from lm.errors import DistributedError
 
 
 def detect(environ: Mapping[str, str]) -> str | None:

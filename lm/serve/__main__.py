@@ -16,7 +16,9 @@ import socket
 import sys
 import time
 
-from lm.generate import UserError, check_workdir, load
+from lm.errors import UserError
+from lm.run import load_run
+from lm.workdir import check_trained as check_workdir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,8 +90,8 @@ def _build(args: argparse.Namespace, workdir: str):
   from lm.serve.metrics import ServeMetrics
 
   try:
-    model_def, params, tokenizer, step = load(workdir, args.step, args.tokenizer_dir,
-                                              quantize=args.quantize)
+    run = load_run(workdir, args.step, quantize=args.quantize)
+    model_def, params, tokenizer, step = run.model_def, run.params, run.tokenizer, run.step
     decoder = Decoder(model_def, cache_len=args.cache_len or model_def.cfg.max_len)
   except (ValueError, ConfigError, DataError, CheckpointError) as e:
     raise UserError(str(e)) from e

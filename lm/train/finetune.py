@@ -22,10 +22,9 @@ from lm import parallel
 from lm.checkpoint import CONFIG, CONFIG_FILE, Checkpointer, CheckpointError
 from lm.data import DataError, mixture, supervised
 from lm.data.tokenizers import Tokenizer
-from lm.model import ModelConfig, lora
+from lm.model import ModelConfig, ModelDef, lora
 from lm.train import optimizer as optimizer_lib
 from lm.train import state as state_lib
-from lm.train.state import ModelDef
 
 Log = Callable[[str], None]
 HEAD = 'classifier'  # the classification head's parameter subtree

@@ -17,11 +17,14 @@ import numpy as np
 
 from lm import config as config_lib
 from lm import parallel
+from lm import workdir as workdir_lib
 from lm.checkpoint import Checkpointer
+from lm.errors import TrainingDiverged
+from lm.model import ModelDef
 from lm.train import finetune, tasks
 from lm.train.metrics import MetricsWriter
 from lm.train.sample import sample_tokens
-from lm.train.state import ModelDef, abstract_state, init_state
+from lm.train.state import abstract_state, init_state
 from lm.train.step import byte_lengths, make_eval_step, make_train_step, summarize_eval
 
 CONFIG_FILE = 'config.json'
@@ -29,8 +32,6 @@ SAMPLE_FILE = 'sample.txt'
 SHARDING_FILE = 'sharding.txt'
 
 
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN/inf; the last good checkpoint is left as it was."""
 
 
 def _stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -165,6 +166,7 @@ class Trainer:
     if jax.process_index() == 0:
       with open(os.path.join(self.workdir, CONFIG_FILE), 'w', encoding='utf-8') as f:
         f.write(self.config_json)
+      workdir_lib.save_tokenizer(self.workdir, self.tokenizer)
       with open(os.path.join(self.workdir, SHARDING_FILE), 'w', encoding='utf-8') as f:
         f.write(self.sharding_table + '\n')
     start = int(state['step'])

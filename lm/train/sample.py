@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm.train.state import ModelDef
+from lm.model import ModelDef
 
 
 def sample_tokens(model_def: ModelDef, params: dict, prompt_ids: list[int], *, num_tokens: int,

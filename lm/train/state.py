@@ -6,46 +6,13 @@ graph definition and pure parameters at the jit boundary and merged back inside.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 from jax.sharding import Mesh
 
 from lm import parallel
-from lm.model import ModelConfig, Transformer
-
-
-def to_pure(state: nnx.State) -> dict:
-  return nnx.to_pure_dict(state) if hasattr(nnx, 'to_pure_dict') else state.to_pure_dict()
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelDef:
-  """What turns pure parameters back into a callable module."""
-
-  cfg: ModelConfig
-  graphdef: nnx.GraphDef
-  abstract_params: nnx.State  # shapes + metadata, used to rebuild an nnx.State
-
-  @classmethod
-  def create(cls, cfg: ModelConfig) -> ModelDef:
-    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-    graphdef, params = nnx.split(abstract, nnx.Param)
-    return cls(cfg, graphdef, params)
-
-  def merge(self, params: dict) -> Transformer:
-    state = jax.tree.map(lambda x: x, self.abstract_params)  # a fresh copy to fill
-    nnx.replace_by_pure_dict(state, params)
-    return nnx.merge(self.graphdef, state)
-
-  def logical_axes(self) -> dict:
-    return to_pure(nnx.eval_shape(lambda: Transformer(self.cfg, rngs=nnx.Rngs(0))).logical_axes())
-
-  def init_params(self, key: jax.Array) -> dict:
-    return to_pure(nnx.state(Transformer(self.cfg, rngs=nnx.Rngs(params=key)), nnx.Param))
+from lm.model import ModelDef
 
 
 def state_shardings(model_def: ModelDef, optimizer: optax.GradientTransformation, mesh: Mesh,

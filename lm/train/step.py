@@ -15,8 +15,8 @@ import numpy as np
 import optax
 
 from lm import parallel
+from lm.model import ModelDef
 from lm.train import tasks
-from lm.train.state import ModelDef
 
 Batch = dict[str, jax.Array]
 

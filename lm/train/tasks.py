@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from lm import parallel
-from lm.train.state import ModelDef
+from lm.model import ModelDef
 
 FIRST_REAL_TOKEN = 3  # ids 0, 1, 2 are pad, bos, eos in every tokenizer (never masked)
 
