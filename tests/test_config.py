@@ -16,6 +16,9 @@ from ml_collections import config_flags
 from configs import default
 from lm import config as config_lib
 from lm.config import ConfigError
+from lm.model import lora
+from lm.parallel import axes
+from lm.train import optimizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _DELETE = object()
@@ -232,6 +235,8 @@ BAD_INPUT = {
          'model.num_heads': 2, 'model.num_kv_heads': 2, 'model.mlp_dim': 1024},
         ['1024/2 = 512', '<= 256']),
     'runtime cpu_devices': ({'runtime.cpu_devices': -2}, ['runtime.cpu_devices=-2']),
+    'weight decay kind': ({'optimizer.weight_decay_exclude': ('norm', 'embedding')},
+                          ["['embedding']", "'norm', 'bias', 'embed'"]),
 }
 
 
@@ -282,7 +287,6 @@ def test_files_false_skips_the_checks_of_this_machines_files():
 
 
 def test_mesh_sizes_are_one_arithmetic():
-  from lm.parallel import axes
   mesh = _config({'mesh.data': 2, 'mesh.fsdp': -1}).mesh
   assert axes.mesh_sizes(mesh, 8) == ({'data': 2, 'fsdp': 4, 'expert': 1, 'tensor': 1},
                                       {a: 1 for a in axes.MESH_AXES})
@@ -355,3 +359,8 @@ def test_config_flag_loads_a_file_with_overrides(tmp_path):
   fv(['prog', f'--config={tmp_path / "missing.py"}'])
   with pytest.raises(ConfigError, match='missing.py'):
     config_lib.from_flag(holder)
+
+
+def test_choices_agree_with_the_code_that_reads_them():
+  assert tuple(lora.TARGETS) == config_lib.LORA_TARGETS
+  assert optimizer.WEIGHT_DECAY_KINDS == config_lib.WEIGHT_DECAY_KINDS

@@ -31,6 +31,7 @@ from lm.config.load import (
 from lm.config.sections import (
                                 LORA_TARGETS,
                                 MIN_SENTENCEPIECE_VOCAB,
+                                WEIGHT_DECAY_KINDS,
                                 Checkpoint,
                                 Config,
                                 Data,
@@ -62,8 +63,9 @@ def check_known_keys(config: ConfigDict, base: ConfigDict | None = None) -> None
 __all__ = [
     'ENUMS', 'LOGICAL_AXES', 'LORA_TARGETS', 'MESH_AXES', 'MIN_SENTENCEPIECE_VOCAB',
     'NON_NEGATIVE_FLOATS', 'NON_NEGATIVE_INTS', 'POSITIVE_FLOATS', 'POSITIVE_INTS',
-    'TASK_FORMATS', 'Checkpoint', 'Config', 'ConfigDict', 'ConfigError', 'Data', 'Lora', 'Mesh',
-    'MoE', 'Model', 'Optimizer', 'Runtime', 'Tokenizer', 'Train', 'check_known_keys',
+    'TASK_FORMATS', 'WEIGHT_DECAY_KINDS', 'Checkpoint', 'Config', 'ConfigDict', 'ConfigError',
+    'Data', 'Lora', 'Mesh', 'MoE', 'Model', 'Optimizer', 'Runtime', 'Tokenizer', 'Train',
+    'check_known_keys',
     'default_config', 'define_config_flag', 'fill_new_keys', 'from_flag', 'from_json',
     'load_file', 'resolve', 'to_json', 'typed', 'validate',
 ]

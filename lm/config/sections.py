@@ -21,6 +21,8 @@ from lm.parallel import axes, presets
 MIN_SENTENCEPIECE_VOCAB = 256  # room for the special tokens and every character of a corpus
 STDLIB_SOURCES = ('stdlib', 'stdlib:code', 'stdlib:prose')
 LoraTarget = Literal['qkv', 'out', 'mlp_in', 'mlp_out']
+WeightDecayKind = Literal['norm', 'bias', 'embed']  # lm/train/optimizer.WEIGHT_DECAY_KINDS
+WEIGHT_DECAY_KINDS: tuple[str, ...] = WeightDecayKind.__args__
 frozen = dataclasses.dataclass(frozen=True)
 
 
@@ -253,10 +255,15 @@ class Optimizer(Section):
   b2: float = in_range(0.0, 1.0, lo_inclusive=True)
   eps: float = positive()
   weight_decay: float = non_negative()
-  weight_decay_exclude: tuple[str, ...]
+  weight_decay_exclude: tuple[WeightDecayKind, ...]
   grad_clip: float = non_negative(' (0 disables clipping)')
 
   def problems(self) -> Iterator[str]:
+    kinds = WEIGHT_DECAY_KINDS
+    bad = [k for k in self.weight_decay_exclude if k not in kinds]
+    if bad:
+      yield (f'optimizer.weight_decay_exclude has unknown parameter kinds {bad}; choose from '
+             f'{kinds} (an unknown kind would be decayed after all).')
     if self.min_lr > self.lr:
       yield (f'optimizer.min_lr={self.min_lr} is above optimizer.lr={self.lr}; the schedule '
              'decays from lr to min_lr.')
