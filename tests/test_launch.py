@@ -6,6 +6,7 @@ arguments, and a stand-in interpreter plays `python -m lm.main` (it prints what 
 given) so that no test trains a model.
 """
 
+import json
 import os
 import shlex
 import signal
@@ -30,7 +31,8 @@ FAKE_PYTHON = textwrap.dedent(f"""\
     id=""; for a in "$@"; do case "$a" in --process_id=*) id=${{a#*=}};; esac; done
     trap 'echo "interrupted id=$id"; exit 130' INT
     gpus=${{CUDA_VISIBLE_DEVICES:-all}}
-    echo "id=$id xla=$XLA_FLAGS platforms=$JAX_PLATFORMS gpus=$gpus argv=$*"
+    devs=$JAX_LOCAL_DEVICE_IDS
+    echo "id=$id xla=$XLA_FLAGS platforms=$JAX_PLATFORMS gpus=$gpus devs=$devs argv=$*"
     if [[ "${{FAKE_MODE:-}}" == exit ]]; then exit "$id"; fi
     if [[ "${{FAKE_MODE:-}}" == fail && "$id" == 1 ]]; then echo failing; exit 3; fi
     for i in $(seq 100); do sleep 0.1; done
@@ -47,7 +49,9 @@ FAKE_GCLOUD = textwrap.dedent(f"""\
     sys.exit(1 if fail and fail in sys.argv[1:5] else 0)
     """)
 
-# Replays srun: runs the trailing `bash -c TASK` once per task with SLURM_PROCID/LOCALID.
+# Replays srun: runs the trailing `bash -c TASK` once per task with the job step's
+# environment as srun sets it (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS, SLURM_STEP_*);
+# FAKE_SRUN_BIND_GPU=1 plays a site that binds one GPU to each task (CUDA_VISIBLE_DEVICES).
 FAKE_SRUN = textwrap.dedent(f"""\
     #!{sys.executable}
     import os, subprocess, sys
@@ -57,16 +61,47 @@ FAKE_SRUN = textwrap.dedent(f"""\
     ntasks, per_node = int(opts['ntasks']), int(opts['ntasks-per-node'])
     status = 0
     for rank in range(ntasks):
-      env = dict(os.environ, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank % per_node))
+      env = dict(os.environ, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank % per_node),
+                 SLURM_NODEID=str(rank // per_node), SLURM_NTASKS=str(ntasks),
+                 SLURM_STEP_NUM_NODES=opts['nodes'],
+                 SLURM_STEP_NODELIST=os.environ.get('SLURM_JOB_NODELIST', 'localhost'))
+      if os.environ.get('FAKE_SRUN_BIND_GPU'):
+        env['CUDA_VISIBLE_DEVICES'] = str(rank % per_node)
       status = max(status, subprocess.run(args[i:], env=env).returncode)
     sys.exit(status)
+    """)
+
+# Plays `python -m lm.main` on a node with SLURM_GPUS_ON_NODE GPUs: takes the distributed
+# flags as lm.main passes them to jax.distributed.initialize, lets jax's own code decide the
+# local devices (its SLURM detection, jax/_src/clusters), and prints which of the node's
+# physical GPUs the process ends up with: CUDA_VISIBLE_DEVICES (as SLURM left it) indexed
+# by them.
+FAKE_JAX_PYTHON = textwrap.dedent(f"""\
+    #!{sys.executable}
+    import json, os, sys
+    from jax._src import clusters
+    flags = dict(a[2:].split('=', 1) for a in sys.argv[3:] if a.startswith('--') and '=' in a)
+    pid, n = flags.get('process_id'), flags.get('num_processes')
+    # jax.distributed.initialize, given no local_device_ids (jax/_src/distributed.py):
+    ids = os.environ.get('JAX_LOCAL_DEVICE_IDS')
+    ids = [int(x) for x in ids.split(',')] if ids else None
+    coordinator, n, pid, ids = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+        flags.get('coordinator_address'), n and int(n), pid and int(pid), ids, None, 300)
+    visible = os.environ.get('CUDA_VISIBLE_DEVICES') or ','.join(
+        map(str, range(int(os.environ['SLURM_GPUS_ON_NODE']))))
+    visible = visible.split(',')
+    gpus = [visible[i] if i < len(visible) else f'invisible:{{i}}'
+            for i in ids or range(len(visible))]
+    print('JAX ' + json.dumps({{'node': int(os.environ['SLURM_NODEID']), 'process_id': pid,
+                               'num_processes': n, 'coordinator': coordinator, 'gpus': gpus}}))
     """)
 
 
 @pytest.fixture(scope='module')
 def fakes(tmp_path_factory) -> Path:
   bin_dir = tmp_path_factory.mktemp('fake_bin')
-  for name, text in (('python', FAKE_PYTHON), ('gcloud', FAKE_GCLOUD), ('srun', FAKE_SRUN)):
+  for name, text in (('python', FAKE_PYTHON), ('gcloud', FAKE_GCLOUD), ('srun', FAKE_SRUN),
+                     ('jax_python', FAKE_JAX_PYTHON)):
     (bin_dir / name).write_text(text)
     (bin_dir / name).chmod(0o755)
   return bin_dir
@@ -172,7 +207,7 @@ def test_slurm_dry_run_prints_srun_with_the_distributed_flags(fakes):
   assert '-m lm.main --config=configs/gpt2_124m.py --workdir=/shared/w' in task
   assert '--coordinator_address=gpu03:12352' in task  # 12345 + job id 7
   assert '--num_processes=8' in task and '--process_id=$SLURM_PROCID' in task
-  assert 'CUDA_VISIBLE_DEVICES=$SLURM_LOCALID' in task
+  assert 'JAX_LOCAL_DEVICE_IDS=' in task and 'CUDA_VISIBLE_DEVICES=' not in task
 
 
 def test_slurm_process_per_node_and_auto_detection(fakes):
@@ -180,7 +215,7 @@ def test_slurm_process_per_node_and_auto_detection(fakes):
                                                       **SLURM_ENV))
   argv, task = _srun(r.stdout)
   assert '--ntasks=2' in argv and '--ntasks-per-node=1' in argv
-  assert '--num_processes=2' in task and 'CUDA_VISIBLE_DEVICES' not in task
+  assert '--num_processes=2' in task and 'JAX_LOCAL_DEVICE_IDS=0,1,2,3 ' in task
   r = _run('slurm.sbatch', '--config=c.py', env=_env(fakes, LM_DRY_RUN='1', LM_SLURM_AUTO='1',
                                                       **SLURM_ENV))
   _, task = _srun(r.stdout)
@@ -194,9 +229,37 @@ def test_slurm_tasks_get_distinct_process_ids_and_gpus(fakes):
   assert sorted(int(line.split()[0][3:]) for line in lines) == list(range(8))
   for line in lines:
     rank = int(line.split()[0][3:])
-    assert f'gpus={rank % 4} ' in line
+    assert f'gpus=all devs={rank % 4} ' in line  # every GPU visible; jax is told its own
     assert "--config.data.path=a b --coordinator_address=gpu03:12352 --num_processes=8" in line
   assert r.returncode == 7  # the fake exits with its process id; srun reports the worst
+
+
+def _jax_view(r: subprocess.CompletedProcess) -> list[dict]:
+  assert r.returncode == 0, r.stdout + r.stderr
+  return [json.loads(line[4:]) for line in r.stdout.splitlines() if line.startswith('JAX ')]
+
+
+@pytest.mark.parametrize('env', [{}, {'LM_SLURM_AUTO': '1'}, {'FAKE_SRUN_BIND_GPU': '1'}],
+                         ids=['flags', 'jax-detects-slurm', 'slurm-binds-gpus'])
+def test_slurm_each_process_gets_exactly_its_own_gpu(fakes, env):
+  r = _run('slurm.sbatch', '--config=c.py', env=_env(fakes, PYTHON=str(fakes / 'jax_python'),
+                                                     **{**SLURM_ENV, 'SLURM_GPUS_ON_NODE': '2'},
+                                                     **env))
+  procs = _jax_view(r)  # (2 nodes x 2 GPUs: each stand-in imports jax)
+  assert sorted(p['process_id'] for p in procs) == list(range(4))
+  assert {p['num_processes'] for p in procs} == {4}
+  assert len({p['coordinator'] for p in procs}) == 1
+  for node in (0, 1):
+    gpus = [p['gpus'] for p in procs if p['node'] == node]
+    assert sorted(gpus) == [['0'], ['1']], gpus  # one each, all of the node's
+
+
+def test_slurm_process_per_node_gets_all_its_gpus(fakes):
+  r = _run('slurm.sbatch', '--config=c.py', env=_env(fakes, PYTHON=str(fakes / 'jax_python'),
+                                                     LM_PROCS='node', **SLURM_ENV))
+  procs = _jax_view(r)
+  assert [(p['node'], p['process_id'], p['gpus']) for p in procs] == [
+      (0, 0, ['0', '1', '2', '3']), (1, 1, ['0', '1', '2', '3'])]
 
 
 @pytest.mark.parametrize('args,env,message', [

@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 
 import jax
-import ml_collections
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lm.config import ConfigError
-from lm.parallel.presets import MESH_AXES, mesh_sizes
+from lm.errors import ConfigError
+from lm.parallel.axes import MESH_AXES, sizes_of, solve
 from lm.parallel.rules import logical_to_spec, rules_dict
 
 BATCH_AXES = ('data', 'fsdp', 'expert')  # the batch split when no rules are given
@@ -32,14 +31,7 @@ def _by_slice(devices) -> bool:
              for d in devices)
 
 
-def mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int,
-               granules: int | None = None) -> dict[str, int]:
-  """Mesh axis sizes (ICI x DCN) with -1s filled in from the device count."""
-  ici, dcn = mesh_sizes(mesh_cfg, num_devices, granules)
-  return {a: ici[a] * dcn[a] for a in MESH_AXES}
-
-
-def build_mesh(mesh_cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
+def build_mesh(mesh_cfg, devices=None) -> Mesh:
   """A Mesh over all devices (or `devices`) with axes data, fsdp, expert, tensor.
 
   With every `mesh.dcn_*` = 1 the devices are laid out by `mesh_utils.create_device_mesh`
@@ -48,10 +40,10 @@ def build_mesh(mesh_cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
   """
   devices = jax.devices() if devices is None else list(devices)
   granules = num_granules(devices)
-  try:
-    ici, dcn = mesh_sizes(mesh_cfg, len(devices), granules)
-  except ValueError as e:
-    raise ConfigError(f'mesh: {e}') from e
+  ici, dcn, problems = solve(*sizes_of(mesh_cfg), len(devices), granules)
+  if any(s < 1 for s in [*ici.values(), *dcn.values()]):  # a -1 that could not be filled
+    raise ConfigError(problems)
+  # The sizes are filled: what can still be wrong is said in terms of the devices found.
   shape = tuple(ici[a] * dcn[a] for a in MESH_AXES)
   if math.prod(shape) != len(devices):
     sizes = ', '.join(f'{a}={ici[a]}x{dcn[a]}' for a in MESH_AXES)

@@ -1,17 +1,14 @@
-"""Mesh sizes and logical-axis rule presets, as plain data (no jax).
+"""Logical-axis rule presets, as plain data (no jax).
 
 `mesh.preset` picks how the model is split over the mesh: a preset maps the model's
-logical axis names to mesh axes, and `mesh.rules` overrides single names on top of it.
-This module imports no jax, so `lm.config` can check a config (which mesh axes split
-the batch, the heads, the width) before jax starts.
+logical axis names (lm.parallel.axes.LOGICAL_AXES) to mesh axes, and `mesh.rules`
+overrides single names on top of it. This module imports no jax, so `lm.config` can check
+a config (which mesh axes split the batch, the heads, the width) before jax starts.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-
-MESH_AXES = ('data', 'fsdp', 'expert', 'tensor')  # mesh order; tensor innermost (fastest links)
 
 Rule = tuple[str, tuple[str, ...]]
 
@@ -60,30 +57,3 @@ def preset_rules(preset: str, overrides: Sequence = ()) -> tuple[Rule, ...]:
 def rules_for(mesh_cfg) -> tuple[Rule, ...]:
   """The effective logical-axis rules of a `config.mesh` section (preset + mesh.rules)."""
   return preset_rules(mesh_cfg.preset, mesh_cfg.rules)
-
-
-def mesh_sizes(mesh_cfg, num_devices: int, num_granules: int | None = None
-               ) -> tuple[dict[str, int], dict[str, int]]:
-  """(ICI sizes, DCN sizes) per mesh axis with the -1s filled in.
-
-  ICI sizes (`mesh.<axis>`) split the devices of one granule (a TPU slice, or a process
-  elsewhere); DCN sizes (`mesh.dcn_<axis>`) split the granules; the mesh axis is
-  ici * dcn long. One size of each kind may be -1: alone it takes the devices the others
-  leave; with -1s in both kinds the dcn one takes the `num_granules` (which must be given).
-  """
-  ici = {a: int(mesh_cfg.get(a, 1)) for a in MESH_AXES}
-  dcn = {a: int(mesh_cfg.get(f'dcn_{a}', 1)) for a in MESH_AXES}
-  ici_wild = [a for a, s in ici.items() if s == -1]
-  dcn_wild = [a for a, s in dcn.items() if s == -1]
-  if len(ici_wild) > 1 or len(dcn_wild) > 1:
-    raise ValueError('more than one mesh size of a kind is -1; give all but one explicitly')
-  if ici_wild and dcn_wild:
-    if num_granules is None:
-      raise ValueError('a mesh.<axis> and a mesh.dcn_<axis> are both -1; the number of '
-                       'slices/processes is needed to fill them')
-    dcn[dcn_wild[0]] = num_granules // math.prod(s for s in dcn.values() if s != -1)
-  known = math.prod(s for s in [*ici.values(), *dcn.values()] if s != -1)
-  for sizes, wild in ((ici, ici_wild), (dcn, dcn_wild)):
-    if wild and sizes[wild[0]] == -1:
-      sizes[wild[0]] = num_devices // known
-  return ici, dcn
