@@ -69,7 +69,7 @@ def fit_mesh_config(config: ConfigDict, num_devices: int) -> ConfigDict:
     if a in config.mesh and a != 'data':
       config.mesh[a] = s if num_devices % keep == 0 else 1
   config.mesh.data = -1
-  return config_lib.resolve(config, num_devices=num_devices)
+  return config_lib.resolve(config, num_devices=num_devices, files=False)
 
 
 @dataclasses.dataclass(frozen=True)
