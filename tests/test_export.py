@@ -34,7 +34,7 @@ def _env():
 def trained(tmp_path_factory):
   """A tiny byte-level model trained for 20 steps, and its float params loaded in-process."""
   from configs.default import get_config
-  from lm import api
+  from lm.run import load_run
   from lm.train import train
 
   tmp = tmp_path_factory.mktemp('export')
@@ -54,9 +54,8 @@ def trained(tmp_path_factory):
   c.train.eval_batches, c.train.sample_tokens = 1, 0
   workdir = tmp / 'run'
   train(c, str(workdir))
-  run = api.load(workdir, log=lambda _: None)  # not lm.generate: its absl flags are global
-  params = jax.device_put(run.params, jax.devices()[0])  # decode on one device, as lm.generate
-  return workdir, (run.model_def, params, run.tokenizer, run.step)
+  run = load_run(workdir)  # on one device, as lm.export and lm.generate load it
+  return workdir, (run.model_def, run.params, run.tokenizer, run.step)
 
 
 # Runs a script with `lm` and flax made unimportable (the project may be pip-installed in
@@ -158,7 +157,7 @@ def test_cli_errors_name_the_problem(trained, tmp_path):
   (tmp_path / 'full').mkdir()
   (tmp_path / 'full' / 'x').write_text('x')
   run = export(f'--workdir={workdir}', f'--out={tmp_path / "full"}')
-  assert run.returncode == 1 and 'not an empty directory' in run.stderr
+  assert run.returncode == 1 and 'is not empty' in run.stderr
   run = export(f'--workdir={workdir}')
   assert run.returncode == 1 and '--out' in run.stderr
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lm.infer import init_cache
-from lm.infer.quantize import compare_perplexity
+from lm.eval.quantize import compare_perplexity
 from lm.model import ModelConfig, ModelDef
 from lm.model.quantize import quantize, quantize_array, weight_bytes
 
