@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import pytest
 
 from configs.default import get_config
-from lm.infer import Decoder, SamplingConfig
 from lm.errors import UserError
+from lm.infer import Decoder, SamplingConfig
 from lm.infer.sharding import decode_mesh
 from lm.model import ModelConfig, ModelDef
 from lm.model.quantize import quantize

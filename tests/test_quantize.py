@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm.infer import init_cache
 from lm.eval.quantize import compare_perplexity
+from lm.infer import init_cache
 from lm.model import ModelConfig, ModelDef
 from lm.model.quantize import quantize, quantize_array, weight_bytes
 

@@ -27,6 +27,7 @@ from lm import workdir as workdir_lib
 from lm.errors import UserError
 from lm.eval import report
 from lm.eval.records import read_jsonl
+from lm.eval.scoring import placement
 from lm.eval.tasks import TASKS, evaluate
 from lm.run import load_run
 
@@ -182,7 +183,7 @@ def main(argv: list[str]) -> None:
   workdir_lib.check_trained(_WORKDIR.value)
   _check_task_flags(_TASK.value)
   options = read_inputs(_TASK.value)
-  run = load_run(_WORKDIR.value, _STEP.value, mesh='run',
+  run = load_run(_WORKDIR.value, _STEP.value, mesh=placement(),
                  log=lambda s: print(s, file=sys.stderr))
   result = evaluate(run, _TASK.value, options)
   paths = report.write(_WORKDIR.value, _NAME.value or _TASK.value, result)

@@ -22,7 +22,7 @@ from lm_eval.api.registry import register_model
 from lm.errors import InputError
 from lm.eval.generation import GREEDY, Generator
 from lm.eval.records import EvalInputError
-from lm.eval.scoring import Scorer
+from lm.eval.scoring import Scorer, placement
 from lm.infer import SamplingConfig
 from lm.run import load_run
 
@@ -48,7 +48,8 @@ class LmJax(LM):
     if run is None:
       if not workdir:
         raise EvalInputError(f'{NAME} needs a trained run: model_args="workdir=DIR[,step=N]"')
-      run = load_run(workdir, None if step in (None, '') else int(step), mesh='run')
+      run = load_run(workdir, None if step in (None, '') else int(step),
+                     mesh=placement())
     batch_size = 8 if batch_size in (None, '', 'auto') else int(batch_size)
     self.run = run
     self.max_gen_toks = int(max_gen_toks)

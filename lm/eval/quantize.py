@@ -7,6 +7,7 @@ import dataclasses
 import os
 
 from lm.eval.perplexity import perplexity
+from lm.eval.scoring import placement
 from lm.model.quantize import quantize, weight_bytes
 from lm.run import load_run, place_params
 
@@ -17,11 +18,12 @@ def compare_perplexity(workdir: str | os.PathLike, step: int | None = None,
   eval/perplexity, eval/bits_per_byte on the same validation rows for both (the
   train.eval_batches batches training evaluates on unless `num_batches` is given) and
   weight_bytes."""
-  run = load_run(workdir, step, mesh='run')
+  run = load_run(workdir, step, mesh=placement())
   batches = run.config.train.eval_batches if num_batches is None else num_batches
   qdef, qparams = quantize(run.model_def, run.params, mode)
-  quantized = dataclasses.replace(run, model_def=qdef,
-                                  params=place_params(qdef, qparams, run.mesh, run.rules))
+  if run.mesh is not None:
+    qparams = place_params(qdef, qparams, run.mesh, run.rules)
+  quantized = dataclasses.replace(run, model_def=qdef, params=qparams)
   result = {'step': run.step}
   for name, r in (('float', run), (mode, quantized)):
     m = perplexity(r, eval_batches=batches)

@@ -23,6 +23,12 @@ from lm.infer.sharding import decode_mesh
 LENGTH_BUCKET = 16  # rows are padded to a multiple of this: few distinct compiles
 
 
+def placement() -> str | None:
+  """Where evaluation loads a run (lm.run.load_run's `mesh`): the run's own mesh fitted to
+  the devices here, or, with one device, simply that device."""
+  return None if jax.device_count() == 1 else 'run'
+
+
 def eval_mesh(run) -> Mesh:
   """The mesh the run's parameters are on: its own (load_run(mesh=...)), or a one-device
   mesh over the device that holds them (load_run's default placement)."""
