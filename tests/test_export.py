@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip('flatbuffers', reason='jax.export serialization needs flatbuffers '
                     '(an install_requires of setup.py)')
 
+from lm.errors import InputError  # noqa: E402
 from lm.infer import Decoder, SamplingConfig  # noqa: E402
 from lm.infer.export import export_artifact  # noqa: E402
 
@@ -140,7 +141,7 @@ def test_int8_fixed_batch_artifact_equals_the_int8_decoder(trained, tmp_path):
     artifact.generate(prompts[:1], max_new_tokens=4)
   with pytest.raises(runner.ArtifactError, match='exceeds the exported cache length 48'):
     artifact.generate(prompts, max_new_tokens=40)
-  with pytest.raises(FileExistsError, match='not empty'):
+  with pytest.raises(InputError, match='not empty'):
     export_artifact(qdef, qparams, tok, art, cache_len=48)
 
 
