@@ -98,6 +98,8 @@ def test_a_moved_run_without_its_data_generates_serves_exports_and_evaluates(mov
             '--temperature=0')
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout == 'the quick' + _decoded(run, 'the quick', stop_at_eos=False) + '\n'
+  out = _lm('generate', f'--workdir={moved}', '--prompt=x', '--top_p=0')  # a bad setting
+  assert out.returncode == 1 and out.stderr.startswith('error: top_p=0.0 must be in (0, 1]')
 
 
   pytest.importorskip('flatbuffers')

@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lm_eval
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
+from lm_eval.tasks import TaskManager
 
 from lm.errors import InputError
 from lm.eval.generation import GREEDY, Generator
@@ -127,7 +129,6 @@ class LmJax(LM):
 def task_manager(tasks: Sequence[str], include: Sequence[str] = ()):
   """An lm-eval TaskManager that indexes lm-eval's built-in tasks only when a task is
   neither a YAML path nor defined under `include` (indexing them takes ~10 s)."""
-  from lm_eval.tasks import TaskManager
   for path in include:
     if not Path(path).exists():
       raise EvalInputError(f'--lm_eval_include={path} does not exist; give a directory of '
@@ -143,7 +144,6 @@ def run_lm_eval(model: LmJax, tasks: Sequence[str], *, include: Sequence[str] = 
                 seed: int = 0) -> dict[str, Any]:
   """lm_eval.simple_evaluate of `model` on `tasks` (names or YAML paths); returns its
   'results' (metrics per task), 'versions', 'n-shot' and 'n-samples'."""
-  import lm_eval
   tasks = [t for t in tasks if t]
   if not tasks:
     raise EvalInputError('--lm_eval_tasks is empty; name lm-eval tasks or task YAML files, '
