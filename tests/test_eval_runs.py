@@ -4,6 +4,7 @@ adapter's generation settings (the prompt keeps what fits, top_k/top_p are used,
 kwargs are refused). Runs are written with lm.run.write_run (random weights: the
 properties do not depend on training)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,10 +19,11 @@ from lm_eval.api.instance import Instance
 from configs.default import get_config
 from lm import config as config_lib
 from lm.data import supervised
+from lm.data.packing import rows_to_batch
 from lm.data.tokenizers import ByteTokenizer
 from lm.errors import InputError
 from lm.eval.harness import LmJax
-from lm.eval.perplexity import perplexity
+from lm.eval.perplexity import perplexity, text_parts
 from lm.infer import SamplingConfig
 from lm.model import ModelDef
 from lm.run import load_run, model_config, write_run
@@ -159,3 +161,30 @@ def test_generate_until_keeps_the_prompt_that_fits_and_uses_top_k_top_p(root):
   hot = lm.generate_until([_request('the quick', max_gen_toks=8, do_sample=True,
                                     temperature=2.0)])
   assert top1 == greedy and hot != greedy
+
+
+def test_a_domain_routed_mixture_scores_each_domain_through_its_own_experts(root):
+  a, b = root / 'ra.txt', root / 'rb.txt'
+  a.write_text(TEXT * 12)
+  b.write_text('def f(x):\n  return x * 2\n' * 20)
+  run = _run(root, 'routed', a, data__mixture=(('prose', str(a), 1.0), ('code', str(b), 1.0)),
+             data__split='tail', model__moe__num_experts=2, model__moe__routing='domain',
+             model__moe__num_domains=2, model__moe__capacity_factor=0.0)
+  # Random experts: make the two domains' experts differ more than their init does.
+  run = dataclasses.replace(run, params=jax.tree.map(lambda x: x * 3.0, run.params))
+  got = perplexity(run)
+  parts = text_parts(run, run.config.data, 'validation')
+  for d, part in enumerate(parts):
+    batch = rows_to_batch(part.rows)
+    losses = []
+    for routed_as in (d, 1 - d):
+      logits = jax.jit(lambda p, bt, r: run.model_def.merge(p)(
+          bt['inputs'], bt['positions'], bt['segment_ids'], domains_BT=r))(
+              run.params, batch, np.full(batch['inputs'].shape, routed_as, np.int32))
+      logp = np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1))
+      ce = -np.take_along_axis(logp, batch['targets'][..., None], -1)[..., 0]
+      losses.append(float((ce * batch['weights']).sum() / batch['weights'].sum()))
+    assert got['domains'][part.name]['loss'] == pytest.approx(losses[0], abs=1e-5)
+    assert got['domains'][part.name]['loss'] != pytest.approx(losses[1], abs=1e-3)
+  with pytest.raises(InputError, match="routes tokens by their data.mixture domain"):
+    perplexity(run, overrides={'path': str(a)})
