@@ -24,6 +24,7 @@ from lm.data.tokenizers import ByteTokenizer
 from lm.errors import InputError
 from lm.eval.harness import LmJax
 from lm.eval.perplexity import perplexity, text_parts
+from lm.eval.tasks import evaluate
 from lm.infer import SamplingConfig
 from lm.model import ModelDef
 from lm.run import load_run, model_config, write_run
@@ -188,3 +189,33 @@ def test_a_domain_routed_mixture_scores_each_domain_through_its_own_experts(root
     assert got['domains'][part.name]['loss'] != pytest.approx(losses[1], abs=1e-3)
   with pytest.raises(InputError, match="routes tokens by their data.mixture domain"):
     perplexity(run, overrides={'path': str(a)})
+
+
+def test_a_classification_head_run_names_its_classes_without_its_records(root):
+  path = root / 'head.jsonl'
+  path.write_text(''.join(json.dumps({'text': f'review {i} ' * (i % 5), 'label': ['neg', 'pos'][
+      i % 2]}) + '\n' for i in range(12)))
+  run = _run(root, 'head', path, data__format='classify', train__task='classify',
+             model__num_classes=2)
+  leaves, treedef = jax.tree.flatten(run.params)  # random weights, far from a constant head
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  noisy = [x + jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys, strict=True)]
+  run = dataclasses.replace(run, params=jax.tree.unflatten(treedef, noisy))
+  texts = ['a', 'zzzz zz', 'the quick brown fox', '12345', 'Q?', '~~ ~ ~~', 'hello', 'xyzzy']
+  rows = [(f't:{i}', {'text': t, 'label': 'pos'}) for i, t in enumerate(texts)]
+  tokens, _ = supervised.classify_rows(run.tokenizer, texts, run.config.data.seq_len)
+  batch = supervised.classify_batch(tokens, np.zeros(len(texts), np.int32))
+  logits = np.asarray(run.model_def.merge(run.params).classify(
+      batch['inputs'], batch['positions'], batch['segment_ids'], batch['lengths']))
+  want = [['neg', 'pos'][k] for k in logits.argmax(1)]  # training numbers labels sorted
+  assert len(set(want)) == 2  # both classes occur: the naming is really tested
+
+  def predicted(labels):
+    got = evaluate(run, 'classification', {'records': rows, 'labels': labels})
+    return [s['predicted'] for s in got['samples']]
+
+  assert predicted(['pos', 'neg']) == want  # matched by name, in any --labels order
+  path.unlink()  # the training records are gone: --labels sorted names the classes
+  assert predicted(['pos', 'neg']) == want
+  with pytest.raises(InputError, match='head has 2 classes'):
+    predicted(['neg', 'pos', 'meh'])
