@@ -46,3 +46,8 @@ class DistributedError(UserError):
 
 class TrainingDiverged(UserError):
   """The loss became NaN/inf; the last good checkpoint is left as it was."""
+
+
+class InputError(UserError):
+  """A bad input to inference or evaluation (a prompt, a sampling setting, an eval file or
+  field, a task that does not fit the run); the message names it and the fix."""

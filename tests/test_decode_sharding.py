@@ -6,11 +6,13 @@ import jax.numpy as jnp
 import pytest
 
 from configs.default import get_config
+from lm.errors import UserError
 from lm.infer import Decoder, SamplingConfig
-from lm.infer.sharding import decode_mesh, shard_params
+from lm.infer.sharding import decode_mesh
 from lm.model import ModelConfig, ModelDef
 from lm.model.quantize import quantize
 from lm.parallel import rules_for
+from lm.run import place_params as shard_params
 
 RULES = rules_for(get_config().mesh)
 CFG = ModelConfig(vocab_size=96, num_layers=2, width=64, num_heads=4, num_kv_heads=2,
@@ -60,5 +62,5 @@ def test_int8_decodes_the_same_tensor_parallel(model):
 
 
 def test_a_mesh_larger_than_the_devices_is_a_clear_error():
-  with pytest.raises(ValueError, match='needs 16 devices but 8 are available'):
+  with pytest.raises(UserError, match='needs 16 devices but 8 are available'):
     decode_mesh(tensor=4, data=4)

@@ -2,7 +2,6 @@
 training's eval, the lm-eval adapter's scores equal a direct forward pass, tasks write
 their JSON and markdown, and bad inputs name the file and field."""
 
-import copy
 import json
 import os
 import pathlib
@@ -17,12 +16,14 @@ from lm_eval.api.registry import get_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from lm import api
-from lm.data import store
+from lm.data import prepare, store
+from lm.data.packing import rows_to_batch
 from lm.eval import records
 from lm.eval.classification import ZeroShotLabels, classification_task
 from lm.eval.generation import generation_task
 from lm.eval.harness import NAME, LmJax
-from lm.eval.perplexity import perplexity
+from lm.eval.perplexity import perplexity, text_parts
+from lm.run import load_run
 from lm.train.metrics import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -35,7 +36,8 @@ REVIEWS = [('what a good film, great fun', 'pos'), ('a dull and bad film', 'neg'
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
-  """(workdir, run): 10 steps of a 2-layer width-32 byte-level model on a few sentences."""
+  """(workdir, run): 10 steps of a 2-layer width-32 byte-level model on a few sentences,
+  loaded on the run's own (8-device) mesh as lm.evaluate loads it."""
   root = tmp_path_factory.mktemp('evalh')
   corpus = root / 'corpus'
   corpus.mkdir()
@@ -53,22 +55,22 @@ def tiny(tmp_path_factory):
       'train.sample_tokens': 0, 'checkpoint.every': 10, 'checkpoint.async_save': False,
   }, optimizer__lr=1e-2, optimizer__warmup_steps=5)
   api.train(config, root / 'run')
-  return root / 'run', api.load(root / 'run', log=lambda _: None)
+  return root / 'run', load_run(root / 'run', mesh='run')
 
 
 @pytest.fixture(scope='module')
 def run1(tiny):
-  """The tiny run on one device (a 1-device mesh): cheaper to compile than 8."""
-  from lm import parallel
-  run = tiny[1]
-  mesh_cfg = copy.deepcopy(run.config.mesh)
-  mesh_cfg.data = -1
-  mesh = parallel.build_mesh(mesh_cfg, devices=jax.devices()[:1])
-  params = jax.device_put(run.params, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-  one = api.Run(config=run.config, workdir=run.workdir, step=run.step,
-                model_def=run.model_def, params=params, data=run.data, mesh=mesh)
-  one.forward = jax.jit(lambda p, tokens_1T: one.model_def.merge(p)(tokens_1T))
-  return one
+  """The tiny run on one device (load_run's default): cheaper to compile than 8."""
+  return load_run(tiny[0])
+
+
+_FORWARD: dict = {}
+
+
+def _forward(run, tokens_1T):
+  if id(run) not in _FORWARD:
+    _FORWARD[id(run)] = jax.jit(lambda p, t: run.model_def.merge(p)(t))
+  return _FORWARD[id(run)](run.params, tokens_1T)
 
 
 @pytest.fixture(scope='module')
@@ -83,7 +85,7 @@ def _logprobs(run, tokens):
   n = len(tokens) - 1
   padded = np.zeros((1, run.model_def.cfg.max_len), np.int32)
   padded[0, :n] = tokens[:-1]
-  logits = np.asarray(run.forward(run.params, padded), np.float64)[0, :n]
+  logits = np.asarray(_forward(run, padded), np.float64)[0, :n]
   return np.asarray(jax.nn.log_softmax(logits, axis=-1))
 
 
@@ -98,6 +100,16 @@ def _direct_score(run, context_ids, continuation_ids):
   return float(logp[rows, targets].sum()), bool((logp[rows].argmax(-1) == targets).all())
 
 
+def _direct_loss(run, batch):
+  """(weighted mean next-token loss, weight) of a batch from one direct forward pass."""
+  logits = np.asarray(jax.jit(lambda p, b: run.model_def.merge(p)(
+      b['inputs'], b['positions'], b['segment_ids']))(run.params, batch), np.float64)
+  logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+  ce = -np.take_along_axis(logp, batch['targets'][..., None], -1)[..., 0]
+  w = batch['weights']
+  return float((ce * w).sum() / w.sum()), int(w.sum())
+
+
 # ---- perplexity --------------------------------------------------------------------------
 
 
@@ -108,26 +120,26 @@ def test_perplexity_equals_the_training_eval_and_the_direct_loss(tiny, run1, tmp
   assert same_batches['loss'] == pytest.approx(logged['eval/loss'], abs=1e-5)
   assert same_batches['bits_per_byte'] == pytest.approx(logged['eval/bits_per_byte'], abs=1e-5)
 
+  # Evaluation packs the validation text itself, with the run's tokenizer: the very rows
+  # training's data preparation stored.
+  prepared = prepare(run.config.data, log=lambda _: None)
+  rows = text_parts(run, run.config.data, 'validation')[0].rows
+  np.testing.assert_array_equal(rows, prepared.rows('validation'))
+
   # Every validation row once: the weighted mean of per-token losses of a direct forward.
-  every = perplexity(run)
-  rows = run.data.rows('validation')
-  from lm.data.packing import rows_to_batch
-  batch = rows_to_batch(rows)
-  logits = np.asarray(jax.jit(lambda p, b: run1.model_def.merge(p)(
-      b['inputs'], b['positions'], b['segment_ids']))(run1.params, batch), np.float64)
-  logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
-  ce = -np.take_along_axis(logp, batch['targets'][..., None], -1)[..., 0]
-  w = batch['weights']
-  assert every['rows'] == len(rows) and every['tokens'] == int(w.sum())
-  assert every['loss'] == pytest.approx(float((ce * w).sum() / w.sum()), abs=1e-5)
+  every = perplexity(run1)
+  loss, tokens = _direct_loss(run1, rows_to_batch(rows))
+  assert every['rows'] == len(rows) and every['tokens'] == tokens
+  assert every['loss'] == pytest.approx(loss, abs=1e-5)
   assert every['perplexity'] == pytest.approx(np.exp(every['loss']), rel=1e-6)
   assert every['loss'] != pytest.approx(same_batches['loss'], abs=1e-6)  # other rows
+  assert 'domains' not in every
 
   # The same documents as an outside text source give the same rows, so the same loss.
-  texts = store.read_texts(run.data.root / 'documents', 'validation')
+  texts = store.read_texts(prepared.root / 'documents', 'validation')
   path = tmp_path / 'val.jsonl'
   path.write_text(''.join(json.dumps({'text': t}) + '\n' for t in texts))
-  outside = perplexity(run, overrides={'source': 'text', 'path': str(path)})
+  outside = perplexity(run1, overrides={'source': 'text', 'path': str(path)})
   assert outside['split'] == 'all' and outside['documents'] == len(texts)
   assert outside['loss'] == pytest.approx(every['loss'], abs=1e-6)
   assert outside['bits_per_byte'] == pytest.approx(every['bits_per_byte'], abs=1e-6)

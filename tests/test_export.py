@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip('flatbuffers', reason='jax.export serialization needs flatbuffers '
                     '(an install_requires of setup.py)')
 
+from lm.errors import InputError  # noqa: E402
 from lm.infer import Decoder, SamplingConfig  # noqa: E402
 from lm.infer.export import export_artifact  # noqa: E402
 
@@ -34,7 +35,7 @@ def _env():
 def trained(tmp_path_factory):
   """A tiny byte-level model trained for 20 steps, and its float params loaded in-process."""
   from configs.default import get_config
-  from lm import api
+  from lm.run import load_run
   from lm.train import train
 
   tmp = tmp_path_factory.mktemp('export')
@@ -54,9 +55,8 @@ def trained(tmp_path_factory):
   c.train.eval_batches, c.train.sample_tokens = 1, 0
   workdir = tmp / 'run'
   train(c, str(workdir))
-  run = api.load(workdir, log=lambda _: None)  # not lm.generate: its absl flags are global
-  params = jax.device_put(run.params, jax.devices()[0])  # decode on one device, as lm.generate
-  return workdir, (run.model_def, params, run.tokenizer, run.step)
+  run = load_run(workdir)  # on one device, as lm.export and lm.generate load it
+  return workdir, (run.model_def, run.params, run.tokenizer, run.step)
 
 
 # Runs a script with `lm` and flax made unimportable (the project may be pip-installed in
@@ -141,7 +141,7 @@ def test_int8_fixed_batch_artifact_equals_the_int8_decoder(trained, tmp_path):
     artifact.generate(prompts[:1], max_new_tokens=4)
   with pytest.raises(runner.ArtifactError, match='exceeds the exported cache length 48'):
     artifact.generate(prompts, max_new_tokens=40)
-  with pytest.raises(FileExistsError, match='not empty'):
+  with pytest.raises(InputError, match='not empty'):
     export_artifact(qdef, qparams, tok, art, cache_len=48)
 
 
@@ -158,7 +158,7 @@ def test_cli_errors_name_the_problem(trained, tmp_path):
   (tmp_path / 'full').mkdir()
   (tmp_path / 'full' / 'x').write_text('x')
   run = export(f'--workdir={workdir}', f'--out={tmp_path / "full"}')
-  assert run.returncode == 1 and 'not an empty directory' in run.stderr
+  assert run.returncode == 1 and 'is not empty' in run.stderr
   run = export(f'--workdir={workdir}')
   assert run.returncode == 1 and '--out' in run.stderr
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lm.errors import InputError, UserError
 from lm.infer import Decoder, SamplingConfig, filter_logits, init_cache, sample
 from lm.model import ModelConfig, ModelDef
 from lm.train.sample import sample_tokens
@@ -155,18 +156,21 @@ def test_top_k_and_top_p_keep_to_their_sets():
 
 def test_length_guard_and_bad_requests(models):
   md, params = models['learned']
-  with pytest.raises(ValueError, match=r'prompt length 40 \+ max_new_tokens 9 = 49 exceeds '
+  with pytest.raises(InputError, match=r'prompt length 40 \+ max_new_tokens 9 = 49 exceeds '
                      r'the model max_len 48'):
     Decoder(md).generate(params, [[1] * 40], max_new_tokens=9)
-  with pytest.raises(ValueError, match='configured cache length 16'):
+  with pytest.raises(InputError, match='configured cache length 16'):
     Decoder(models['rope'][0], cache_len=16).generate(models['rope'][1], [[1] * 10],
                                                       max_new_tokens=7)
-  with pytest.raises(ValueError, match='cache_len=64 exceeds the model max_len=48'):
+  with pytest.raises(InputError, match='cache_len=64 exceeds the model max_len=48'):
     Decoder(md, cache_len=64)
-  with pytest.raises(ValueError, match='prompt 1 is empty'):
+  with pytest.raises(InputError, match='prompt 1 is empty'):
     Decoder(md).generate(params, [[1], []], max_new_tokens=2)
-  with pytest.raises(ValueError, match='top_p'):
+  with pytest.raises(InputError, match='top_p'):
     SamplingConfig(top_p=0.0)
+  with pytest.raises(InputError, match='temperature'):
+    SamplingConfig(temperature=-1.0)
+  assert issubclass(InputError, UserError) and not issubclass(InputError, ValueError)
 
 
 # ---- the CLI ------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lm.errors import UserError
+from lm.eval.quantize import compare_perplexity
 from lm.infer import init_cache
-from lm.infer.quantize import compare_perplexity
 from lm.model import ModelConfig, ModelDef
 from lm.model.quantize import quantize, quantize_array, weight_bytes
 
@@ -77,7 +78,7 @@ def test_quantize_none_and_already_quantized_are_identity():
   qdef, qparams = quantize(md, params)
   again_def, again_params = quantize(qdef, qparams)
   assert again_def is qdef and again_params is qparams
-  with pytest.raises(ValueError, match="quantize='int4' is not one of none, int8"):
+  with pytest.raises(UserError, match="quantize='int4' is not one of none, int8"):
     quantize(md, params, 'int4')
 
 

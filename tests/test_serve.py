@@ -26,43 +26,31 @@ CONTEXT = 48  # the tiny model's max_len: prompt + completion
 
 
 def _tiny_workdir(tmp: Path) -> Path:
-  """A workdir with config.json and a step-0 checkpoint of a tiny byte-level model whose
-  weights are scaled up so its greedy choices are far from ties (no training needed)."""
+  """A run (lm.run.write_run: config.json, tokenizer/, a step-0 checkpoint) of a tiny
+  byte-level model whose weights are scaled up so its greedy choices are far from ties (no
+  training needed). Its data was never prepared: serving must not need it."""
   from configs.default import get_config
   from lm import config as config_lib
-  from lm.checkpoint import Checkpointer
-  from lm.data import prepare
-  from lm.model import ModelConfig, ModelDef
-  from lm.train.optimizer import build_optimizer
-  from lm.train.state import fresh_state
+  from lm.data.tokenizers import ByteTokenizer
+  from lm.model import ModelDef
+  from lm.run import model_config, write_run
 
-  corpus = tmp / 'corpus'
-  corpus.mkdir()
-  (corpus / 'a.txt').write_text('the quick brown fox jumps over the lazy dog. ' * 20)
+  corpus = tmp / 'corpus.txt'
+  corpus.write_text('the quick brown fox jumps over the lazy dog. ' * 20)
   c = get_config()
-  c.data.source, c.data.path, c.data.cache_dir = 'text', str(corpus), str(tmp / 'cache')
-  c.data.split, c.data.val_fraction, c.data.seq_len = 'tail', 0.2, CONTEXT
-  c.data.tokenizer.kind = 'byte'
+  c.data.source, c.data.path = 'text', str(corpus)
+  c.data.seq_len, c.data.tokenizer.kind = CONTEXT, 'byte'
   c.model.num_layers, c.model.width, c.model.mlp_dim = 1, 32, 64
   c.model.num_heads = c.model.num_kv_heads = 2
   c.model.position = 'learned'  # a fixed context: CONTEXT tokens
   c.train.steps = 1
   c = config_lib.resolve(c, num_devices=jax.device_count())
-  tokenizer = prepare(c.data, log=lambda _: None).tokenizer
-  model_def = ModelDef.create(ModelConfig.from_config(c.model, vocab_size=tokenizer.vocab_size,
-                                                      seq_len=c.data.seq_len))
-  c.model.vocab_size = model_def.cfg.vocab_size
-  optimizer, _ = build_optimizer(c.optimizer, c.train.steps)
-  state = fresh_state(model_def, optimizer, c.seed)
-  state['params'] = jax.tree.map(lambda x: x * 4.0, state['params'])
-  workdir = tmp / 'run'
-  workdir.mkdir()
-  config_json = config_lib.to_json(c)
-  (workdir / 'config.json').write_text(config_json)
-  checkpoints = Checkpointer(workdir / 'checkpoints', async_save=False)
-  checkpoints.save(0, state, data_state={}, config_json=config_json)
-  checkpoints.close()
-  return workdir
+  tokenizer = ByteTokenizer()
+  model_def = ModelDef.create(model_config(c, tokenizer.vocab_size))
+  params = jax.tree.map(lambda x: x * 4.0, model_def.init_params(jax.random.key(0)))
+  write_run(tmp / 'run', c, params, tokenizer)
+  corpus.unlink()  # serving reads no data
+  return tmp / 'run'
 
 
 @pytest.fixture(scope='module')
@@ -73,9 +61,9 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope='module')
 def model(workdir):
   """(decoder, params, tokenizer) loaded in this process, the way the server loads them."""
-  from lm.generate import load
-  model_def, params, tokenizer, _ = load(str(workdir))
-  return Decoder(model_def, cache_len=CONTEXT), params, tokenizer
+  from lm.run import load_run
+  run = load_run(workdir)
+  return Decoder(run.model_def, cache_len=CONTEXT), run.params, run.tokenizer
 
 
 def _greedy(model, prompt: str, max_tokens: int) -> str:
@@ -284,6 +272,13 @@ BAD_REQUESTS = [  # (raw body, status, the field the error names, words of the m
     (b'{"prompt": "hi", "frobnicate": 1}', 400, 'frobnicate', 'unknown field'),
     (b'{"prompt": "hi", "logprobs": 2}', 400, 'logprobs', 'not supported'),
     (b'{"prompt": "hi", "temperature": 1' + b'0' * 400 + b'}', 400, 'temperature', 'range'),
+    (b'{"prompt": "a\\ud800b"}', 400, 'prompt', 'lone UTF-16 surrogate'),
+    (b'{"prompt": ["ok", "\\udfff"]}', 400, 'prompt', 'prompt[1] holds'),
+    (b'{"prompt": "hi", "stop": "\\ud800"}', 400, 'stop', 'lone UTF-16 surrogate'),
+    (b'{"prompt": ' + b'[' * 50000 + b']' * 50000 + b'}', 400, 'prompt', 'too deeply'),
+    (b'{"prompt": "hi", "user": ' + b'{"a": ' * 30000 + b'1' + b'}' * 30001, 400, 'user',
+     'too deeply'),
+    (b'[' * 100000 + b']' * 100000, 400, None, 'too deeply'),
     (json.dumps({'prompt': ['x'] * 40, 'user': 'y' * (1 << 20)}).encode(), 413, None,
      'send a smaller one'),
 ]

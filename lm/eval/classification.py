@@ -11,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
+from lm.data import supervised
+from lm.errors import DataError
 from lm.eval import metrics
 from lm.eval.records import EvalInputError, fill, text_field
 from lm.eval.scoring import Scorer
@@ -55,29 +58,54 @@ class HeadLabels:
   def __call__(self, run, texts: list[str]) -> list[int]:
     """Indices into `labels` (the head's classes are the run's label names, which training
     numbered in sorted order; they are matched by name)."""
-    import jax
-
-    from lm.data.supervised import classify_batch, classify_rows
+    head_names = head_label_names(run, self.labels)
+    missing = [n for n in head_names if n not in self.labels]
+    if missing:
+      raise EvalInputError(f'--labels={",".join(self.labels)} lacks the run\'s label(s) '
+                           f'{missing}; its head was trained on {head_names}.')
     if self._classify is None:
       self._classify = jax.jit(lambda params, b: run.model_def.merge(params).classify(
           b['inputs'], b['positions'], b['segment_ids'], b['lengths']))
-    rows_NT, _ = classify_rows(run.tokenizer, texts, run.config.data.seq_len)
+    rows_NT, _ = supervised.classify_rows(run.tokenizer, texts, run.config.data.seq_len)
     predicted = []
     for i in range(0, len(rows_NT), self.batch_size):
       chunk = rows_NT[i:i + self.batch_size]
       padded = np.zeros((self.batch_size, chunk.shape[1]), np.int32)  # one compiled shape
       padded[:len(chunk)] = chunk
-      batch = classify_batch(padded, np.zeros(self.batch_size, np.int32))
+      batch = supervised.classify_batch(padded, np.zeros(self.batch_size, np.int32))
       del batch['labels']
       logits_BC = np.asarray(self._classify(run.params, batch))
       predicted += [int(k) for k in np.argmax(logits_BC[:len(chunk)], axis=1)]
-    head_names = list(getattr(run.data, 'label_names', None) or
-                      [str(i) for i in range(run.model_def.cfg.num_classes)])
-    missing = [n for n in head_names if n not in self.labels]
-    if missing:
-      raise EvalInputError(f'--labels={",".join(self.labels)} lacks the run\'s label(s) '
-                           f'{missing}; its head was trained on {head_names}.')
     return [self.labels.index(head_names[k]) for k in predicted]
+
+
+def _label_key(name: str) -> tuple:
+  """Training's order of labels (lm.data.supervised: JSON numbers first, then strings)."""
+  try:
+    return (False, int(name), '')
+  except ValueError:
+    return (True, 0, name)
+
+
+def head_label_names(run, labels: Sequence[str]) -> list[str]:
+  """The label name of each of the head's classes: from the run's training records (as
+  training numbers them, sorted), or, when those are gone, `labels` sorted the same way
+  (training numbers whatever labels it saw in that order), if as many as the classes."""
+  num_classes = run.model_def.cfg.num_classes
+  try:
+    records = supervised.read_records(run.config.data, lambda _: None)
+    names = [str(x) for x in sorted({r['label'] for r in records},
+                                    key=lambda x: (isinstance(x, str), x))]
+  except (DataError, OSError):
+    names = sorted(labels, key=_label_key)
+    if len(names) != num_classes:
+      raise EvalInputError(f'--labels={",".join(labels)} names {len(names)} labels but the '
+                           f"run's head has {num_classes} classes (its training records, "
+                           'which name them, are gone): give all of its labels') from None
+  if len(names) != num_classes:
+    raise EvalInputError(f"the run's training records name {len(names)} labels {names} but "
+                         f'its head has {num_classes} classes')
+  return names
 
 
 def gold_label(value: Any, labels: Sequence[str], where: str, field: str) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from lm.errors import InputError
 from lm.eval import metrics
 from lm.eval.records import EvalInputError, fill, text_field
 from lm.infer import Decoder, SamplingConfig
@@ -25,7 +26,7 @@ class Generator:
 
   def __init__(self, run, batch_size: int = 8):
     if batch_size < 1:
-      raise ValueError(f'batch_size={batch_size} must be >= 1')
+      raise InputError(f'batch_size={batch_size} must be >= 1')
     self.run, self.batch_size = run, batch_size
     self.max_len = run.model_def.cfg.max_len
     self.decoder = Decoder(run.model_def, cache_len=self.max_len)
@@ -33,7 +34,7 @@ class Generator:
   def prompt_ids(self, prompt: str, max_new_tokens: int) -> list[int]:
     """bos + the prompt's ids, the oldest dropped so that max_new_tokens more fit."""
     if max_new_tokens >= self.max_len:
-      raise ValueError(f'max_new_tokens={max_new_tokens} leaves no room for a prompt in the '
+      raise InputError(f'max_new_tokens={max_new_tokens} leaves no room for a prompt in the '
                        f'model max_len {self.max_len}; ask for fewer tokens')
     tok = self.run.tokenizer
     return ([tok.bos_id] + tok.encode(prompt))[-(self.max_len - max_new_tokens):]
@@ -44,7 +45,7 @@ class Generator:
     """The continuation of every prompt (without the prompt), cut before a stop string;
     a continuation also ends at the tokenizer's eos (the end of a document)."""
     if max_new_tokens < 1:
-      raise ValueError(f'max_new_tokens={max_new_tokens} must be >= 1')
+      raise InputError(f'max_new_tokens={max_new_tokens} must be >= 1')
     tok = self.run.tokenizer
     stop = [s for s in stop if s]
     ids = [self.prompt_ids(p, max_new_tokens) for p in prompts]

@@ -1,7 +1,7 @@
 """Our models as an lm-evaluation-harness model (`lm_eval.api.model.LM`), named 'lm-jax'.
 
     from lm.eval.harness import LmJax, run_lm_eval
-    results = run_lm_eval(LmJax(run=api.load('workdirs/x')), ['task.yaml'])
+    results = run_lm_eval(LmJax(run=load_run('workdirs/x', mesh='run')), ['task.yaml'])
     # or: lm_eval.simple_evaluate(model='lm-jax', model_args='workdir=workdirs/x', ...)
 
 Requests are scored by lm.eval.scoring.Scorer (bos + context, left-truncated to the
@@ -16,16 +16,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lm_eval
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
+from lm_eval.tasks import TaskManager
 
+from lm.errors import InputError
 from lm.eval.generation import GREEDY, Generator
 from lm.eval.records import EvalInputError
-from lm.eval.scoring import Scorer
+from lm.eval.scoring import Scorer, placement
 from lm.infer import SamplingConfig
+from lm.run import load_run
 
 NAME = 'lm-jax'
 DEFAULT_MAX_GEN_TOKS = 256
+GEN_KWARGS = ('until', 'max_gen_toks', 'do_sample', 'temperature', 'top_k', 'top_p')
 
 
 @register_model(NAME)
@@ -45,8 +50,8 @@ class LmJax(LM):
     if run is None:
       if not workdir:
         raise EvalInputError(f'{NAME} needs a trained run: model_args="workdir=DIR[,step=N]"')
-      from lm import api
-      run = api.load(workdir, None if step in (None, '') else int(step), log=lambda _: None)
+      run = load_run(workdir, None if step in (None, '') else int(step),
+                     mesh=placement())
     batch_size = 8 if batch_size in (None, '', 'auto') else int(batch_size)
     self.run = run
     self.max_gen_toks = int(max_gen_toks)
@@ -75,28 +80,46 @@ class LmJax(LM):
       self.cache_hook.add_partial('loglikelihood_rolling', (text,), result)
     return results
 
+  def generation_settings(self, context: str, kwargs: dict | None) -> tuple:
+    """(until, max_new_tokens, SamplingConfig) of one request's generation kwargs.
+
+    The prompt keeps its last context - max_gen_toks tokens (at least one); when that
+    would cut it below half the context, max_gen_toks shrinks instead so that the prompt
+    keeps up to half the context (a continuation cut short by the context is better
+    than one that has lost its question). Unknown kwargs are an error, never ignored."""
+    kwargs = dict(kwargs or {})
+    unknown = sorted(set(kwargs) - set(GEN_KWARGS))
+    if unknown:
+      raise InputError(f'{NAME}: generation kwarg(s) {", ".join(unknown)} are not supported '
+                       f'(the task asks for them); it takes {", ".join(GEN_KWARGS)}')
+    until = kwargs.get('until') or []
+    until = (until,) if isinstance(until, str) else tuple(until)
+    context_len = self.max_length
+    max_toks = max(1, int(kwargs.get('max_gen_toks') or self.max_gen_toks))
+    prompt_len = len(self.generator.prompt_ids(context, 1))  # <= context_len - 1
+    keep = min(prompt_len, max(context_len - max_toks, context_len // 2, 1))
+    max_toks = min(max_toks, context_len - keep)
+    if not kwargs.get('do_sample', False):
+      return until, max_toks, GREEDY
+    try:
+      sampling = SamplingConfig(temperature=float(kwargs.get('temperature', 1.0)),
+                                top_k=int(kwargs.get('top_k') or 0),
+                                top_p=float(kwargs.get('top_p') or 1.0))
+    except (TypeError, ValueError) as e:
+      raise InputError(f'{NAME}: generation kwargs {kwargs}: {e}') from None
+    return until, max_toks, sampling
+
   def generate_until(self, requests) -> list[str]:
-    """Continuations grouped by their generation settings: `until` (stop strings),
-    `max_gen_toks`, and `temperature` (default 1) when `do_sample`; greedy otherwise."""
+    """Continuations grouped by their settings (`generation_settings`): greedy unless
+    `do_sample`, then temperature (default 1), top_k and top_p."""
     groups: dict[tuple, list[int]] = {}
-    settings = []
     for i, request in enumerate(requests):
       context, kwargs = request.args
-      kwargs = dict(kwargs or {})
-      until = kwargs.pop('until', None) or []
-      until = [until] if isinstance(until, str) else list(until)
-      max_toks = int(kwargs.pop('max_gen_toks', self.max_gen_toks))
-      max_toks = min(max_toks, self.max_length - 1)
-      do_sample = bool(kwargs.pop('do_sample', False))
-      temperature = float(kwargs.pop('temperature', 1.0)) if do_sample else 0.0
-      key = (tuple(until), max_toks, temperature)
-      groups.setdefault(key, []).append(i)
-      settings.append((context, key))
+      groups.setdefault(self.generation_settings(context, kwargs), []).append(i)
     out = [''] * len(requests)
-    for (until, max_toks, temperature), indices in groups.items():
-      sampling = GREEDY if temperature == 0 else SamplingConfig(temperature=temperature)
-      texts = self.generator.generate([settings[i][0] for i in indices], max_new_tokens=max_toks,
-                                      stop=until, sampling=sampling)
+    for (until, max_toks, sampling), indices in groups.items():
+      texts = self.generator.generate([requests[i].args[0] for i in indices],
+                                      max_new_tokens=max_toks, stop=until, sampling=sampling)
       for i, text in zip(indices, texts, strict=True):
         out[i] = text
         self.cache_hook.add_partial('generate_until', requests[i].args, text)
@@ -106,7 +129,6 @@ class LmJax(LM):
 def task_manager(tasks: Sequence[str], include: Sequence[str] = ()):
   """An lm-eval TaskManager that indexes lm-eval's built-in tasks only when a task is
   neither a YAML path nor defined under `include` (indexing them takes ~10 s)."""
-  from lm_eval.tasks import TaskManager
   for path in include:
     if not Path(path).exists():
       raise EvalInputError(f'--lm_eval_include={path} does not exist; give a directory of '
@@ -122,7 +144,6 @@ def run_lm_eval(model: LmJax, tasks: Sequence[str], *, include: Sequence[str] = 
                 seed: int = 0) -> dict[str, Any]:
   """lm_eval.simple_evaluate of `model` on `tasks` (names or YAML paths); returns its
   'results' (metrics per task), 'versions', 'n-shot' and 'n-samples'."""
-  import lm_eval
   tasks = [t for t in tasks if t]
   if not tasks:
     raise EvalInputError('--lm_eval_tasks is empty; name lm-eval tasks or task YAML files, '

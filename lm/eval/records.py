@@ -7,9 +7,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from lm.errors import InputError
 
-class EvalInputError(ValueError):
-  """Bad evaluation input (file, field, flag); the message names it and the fix."""
+EvalInputError = InputError  # bad evaluation input (file, field, flag): names it and the fix
 
 
 def read_jsonl(path: str | os.PathLike, fields: Sequence[str], *,

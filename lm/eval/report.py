@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 from typing import Any
 
-EVAL_DIR = 'eval'
+from etils import epath
+
+from lm import workdir as workdir_lib
 
 
-def write(workdir: str | os.PathLike, task: str, result: dict[str, Any]) -> dict[str, Path]:
+def write(workdir: str | os.PathLike, task: str, result: dict[str, Any]) -> dict[str, epath.Path]:
   """Writes the task's result (samples go to their own file); returns the paths written."""
-  out_dir = Path(workdir) / EVAL_DIR
+  out_dir = workdir_lib.eval_dir(workdir)
   out_dir.mkdir(parents=True, exist_ok=True)
   result = dict(result)
   samples = result.pop('samples', None)
@@ -41,6 +42,12 @@ def markdown(task: str, result: dict[str, Any]) -> str:
     lines += [f'| {k} | {_fmt(v)} |' for k, v in scalars.items()]
     lines.append('')
   m = result.get('metrics', {})
+  if 'domains' in m:
+    lines += ['| domain | loss | perplexity | bits/byte | tokens |',
+              '| --- | --- | --- | --- | --- |']
+    lines += [f'| {name} | {_fmt(d["loss"])} | {_fmt(d["perplexity"])} | '
+              f'{_fmt(d["bits_per_byte"])} | {d["tokens"]} |' for name, d in m['domains'].items()]
+    lines.append('')
   if 'per_class' in m:
     lines += ['| label | precision | recall | f1 | support |', '| --- | --- | --- | --- | --- |']
     lines += [f'| {name} | {_fmt(s["precision"])} | {_fmt(s["recall"])} | {_fmt(s["f1"])} | '
@@ -70,7 +77,10 @@ def _fmt(v: Any) -> str:
   return str(v)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: epath.Path, text: str) -> None:
+  if workdir_lib.is_url(path):
+    path.write_text(text)  # object stores write whole objects
+    return
   tmp = path.with_name(path.name + '.tmp')
   tmp.write_text(text, encoding='utf-8')
   os.replace(tmp, path)

@@ -14,10 +14,28 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from lm import parallel
+from lm.errors import InputError
+from lm.infer.sharding import decode_mesh
 
 LENGTH_BUCKET = 16  # rows are padded to a multiple of this: few distinct compiles
+
+
+def placement() -> str | None:
+  """Where evaluation loads a run (lm.run.load_run's `mesh`): the run's own mesh fitted to
+  the devices here, or, with one device, simply that device."""
+  return None if jax.device_count() == 1 else 'run'
+
+
+def eval_mesh(run) -> Mesh:
+  """The mesh the run's parameters are on: its own (load_run(mesh=...)), or a one-device
+  mesh over the device that holds them (load_run's default placement)."""
+  if run.mesh is not None:
+    return run.mesh
+  device = next(iter(jax.tree.leaves(run.params)[0].devices()))
+  return decode_mesh(devices=[device])
 
 
 class Scorer:
@@ -25,16 +43,17 @@ class Scorer:
 
   def __init__(self, run, batch_size: int = 8):
     if batch_size < 1:
-      raise ValueError(f'batch_size={batch_size} must be >= 1')
+      raise InputError(f'--batch_size={batch_size} must be >= 1')
     self.run = run
     self.max_len = run.model_def.cfg.max_len
-    self._batch_sharding = parallel.batch_sharding(run.mesh)
-    shards = run.mesh.size // self._batch_sharding.shard_shape((run.mesh.size,))[0]
+    self.mesh = eval_mesh(run)
+    self._batch_sharding = parallel.batch_sharding(self.mesh)
+    shards = self.mesh.size // self._batch_sharding.shard_shape((self.mesh.size,))[0]
     self.batch_size = -(-batch_size // shards) * shards  # rows split evenly over the mesh
-    self._score = jax.jit(self._score_fn, out_shardings=parallel.replicated(run.mesh))
+    self._score = jax.jit(self._score_fn, out_shardings=parallel.replicated(self.mesh))
 
   def _score_fn(self, params, inputs_BT, targets_BT, mask_BT):
-    with parallel.use_rules(self.run.mesh, parallel.rules_for(self.run.config.mesh)):
+    with parallel.use_rules(self.mesh, parallel.rules_for(self.run.config.mesh)):
       logits_BTV = self.run.model_def.merge(params)(inputs_BT)
     logp_BTV = jax.nn.log_softmax(logits_BTV, axis=-1)
     target_logp_BT = jnp.take_along_axis(logp_BTV, targets_BT[..., None], axis=-1)[..., 0]
@@ -48,9 +67,9 @@ class Scorer:
     rows = []
     for i, (context, continuation) in enumerate(pairs):
       if not context:
-        raise ValueError(f'request {i}: the context is empty; start it with the bos token')
+        raise InputError(f'request {i}: the context is empty; start it with the bos token')
       if len(continuation) > self.max_len:
-        raise ValueError(f'request {i}: the continuation has {len(continuation)} tokens, more '
+        raise InputError(f'request {i}: the continuation has {len(continuation)} tokens, more '
                          f'than the model max_len {self.max_len}; score it in pieces')
       tokens = (list(context) + list(continuation))[-(self.max_len + 1):]
       rows.append((tokens, len(continuation)))

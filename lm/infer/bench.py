@@ -1,13 +1,26 @@
 """Decode speed of a model: time to first token, KV-cache vs naive tokens/s, bytes read.
 
-The library half of `python -m lm.bench_decode` (no flags here, so tests and notebooks
-can import it). Parameters are random: speed does not depend on their values.
+The library half of `python -m lm bench_decode` (lm/cli/bench_decode.py; no flags here, so
+tests and notebooks can import it). Parameters are random: speed does not depend on their values.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm import config as config_lib
+from lm.data import prepare
+from lm.errors import InputError
+from lm.infer.decode import Decoder
+from lm.infer.sampling import SamplingConfig
+from lm.model import ModelConfig, ModelDef
+from lm.model.quantize import quantize as quantize_params
+from lm.model.quantize import weight_bytes
 
 
 def _vocab_size(cfg, flag: int) -> int:
@@ -20,16 +33,12 @@ def _vocab_size(cfg, flag: int) -> int:
     return tok.vocab_size
   if tok.kind == 'byte':
     return 259
-  from lm.data import prepare
   return prepare(cfg.data, seq_len=cfg.data.seq_len, log=lambda m: None).tokenizer.vocab_size
 
 
 def bytes_read_per_step(model_def, params: dict, batch: int, cache_len: int) -> dict[str, int]:
   """Bytes one decode step reads: every weight it multiplies by (the embedding table only
   for the rows it looks up, unless it is also the output matrix) and the whole KV cache."""
-  import jax.numpy as jnp
-
-  from lm.model.quantize import weight_bytes
   cfg = model_def.cfg
   weights = weight_bytes(params)
   looked_up = ['pos_embed'] + ([] if cfg.tie_embeddings else ['embed', 'embed_scale'])
@@ -47,22 +56,12 @@ def run_benchmark(config, *, batch_sizes: list[int], prompt_len: int, new_tokens
                   naive_tokens: int, repeats: int, quantize: str = 'none', vocab_size: int = 0,
                   mem_bw_gbs: float = 0.0) -> dict:
   """Times KV-cache and naive decoding of the config's model; returns one row per batch."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
-  from lm import config as config_lib
-  from lm.infer import Decoder, SamplingConfig
-  from lm.model import ModelConfig, ModelDef
-  from lm.model.quantize import quantize as quantize_params
-  from lm.model.quantize import weight_bytes
-
   cfg = config_lib.resolve(config, num_devices=jax.device_count())
   cfg.model.vocab_size = _vocab_size(cfg, vocab_size)
   cache_len = prompt_len + new_tokens
   model_cfg = ModelConfig.from_config(cfg.model, seq_len=cfg.data.seq_len)
   if model_cfg.position == 'learned' and cache_len > model_cfg.max_len:
-    raise ValueError(f'prompt_len + new_tokens = {cache_len} exceeds the model max_len '
+    raise InputError(f'prompt_len + new_tokens = {cache_len} exceeds the model max_len '
                      f'{model_cfg.max_len} (learned positions)')
   float_def = ModelDef.create(model_cfg)
   model_def, params = quantize_params(float_def, float_def.init_params(jax.random.key(0)),

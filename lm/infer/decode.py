@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm.errors import InputError
 from lm.infer.sampling import SamplingConfig, sample
 from lm.infer.sharding import cache_sharding
 from lm.model import ModelConfig, ModelDef
@@ -56,17 +57,17 @@ class Decoder:
 
   `cache_len` fixes the KV cache length (and so the longest prompt + continuation);
   by default it is the model's max_len, or for RoPE models whatever a request needs.
-  With a `mesh` (and the config's `rules`), params placed by
-  `lm.infer.sharding.shard_params` and the cache are split over it (tensor parallelism).
+  With a `mesh` (and the config's `rules`), params placed by `lm.run.load_run(..., mesh=mesh)`
+  (or `lm.run.place_params`) and the cache are split over it (tensor parallelism).
   """
 
   def __init__(self, model_def: ModelDef, *, cache_len: int | None = None, mesh=None,
                rules=()):
     cfg = model_def.cfg
     if cache_len is not None and cache_len < 1:
-      raise ValueError(f'cache_len={cache_len} must be >= 1')
+      raise InputError(f'cache_len={cache_len} must be >= 1')
     if cache_len is not None and cfg.position == 'learned' and cache_len > cfg.max_len:
-      raise ValueError(f'cache_len={cache_len} exceeds the model max_len={cfg.max_len}, the '
+      raise InputError(f'cache_len={cache_len} exceeds the model max_len={cfg.max_len}, the '
                        'size of its learned position table')
     self.model_def, self.cfg, self.cache_len = model_def, cfg, cache_len
     self.mesh, self.rules = mesh, rules
@@ -104,7 +105,7 @@ class Decoder:
   # ---- requests ---------------------------------------------------------------------------
 
   def cache_len_for(self, prompt_len: int, max_new_tokens: int) -> int:
-    """The cache length a request needs; ValueError when it exceeds the allowed length."""
+    """The cache length a request needs; InputError when it exceeds the allowed length."""
     cfg, need = self.cfg, prompt_len + max_new_tokens
     if self.cache_len is not None:
       limit, what = self.cache_len, f'the configured cache length {self.cache_len}'
@@ -113,7 +114,7 @@ class Decoder:
     else:  # RoPE has no table to run off the end of
       return max(cfg.max_len, -(-need // ROPE_CACHE_BUCKET) * ROPE_CACHE_BUCKET)
     if need > limit:
-      raise ValueError(f'prompt length {prompt_len} + max_new_tokens {max_new_tokens} = {need} '
+      raise InputError(f'prompt length {prompt_len} + max_new_tokens {max_new_tokens} = {need} '
                        f'exceeds {what}; shorten the prompt or ask for fewer tokens')
     return limit
 
@@ -129,16 +130,16 @@ class Decoder:
     """
     prompts = [list(map(int, p)) for p in prompts]
     if not prompts:
-      raise ValueError('no prompts given')
+      raise InputError('no prompts given')
     if max_new_tokens < 1:
-      raise ValueError(f'max_new_tokens={max_new_tokens} must be >= 1')
+      raise InputError(f'max_new_tokens={max_new_tokens} must be >= 1')
     for i, p in enumerate(prompts):
       if not p:
-        raise ValueError(f'prompt {i} is empty; give at least one token')
+        raise InputError(f'prompt {i} is empty; give at least one token')
       if min(p) < 0 or max(p) >= self.cfg.vocab_size:
-        raise ValueError(f'prompt {i} holds token ids outside [0, {self.cfg.vocab_size})')
+        raise InputError(f'prompt {i} holds token ids outside [0, {self.cfg.vocab_size})')
     if stop_texts and detokenize is None:
-      raise ValueError('stop_texts need a detokenize function (e.g. tokenizer.decode)')
+      raise InputError('stop_texts need a detokenize function (e.g. tokenizer.decode)')
     b, longest = len(prompts), max(map(len, prompts))
     cache_len = self.cache_len_for(longest, max_new_tokens)
     padded = min(cache_len, -(-longest // PREFILL_BUCKET) * PREFILL_BUCKET)

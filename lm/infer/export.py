@@ -1,5 +1,6 @@
 """A self-contained decoding artifact: prefill and one-token step serialized with `jax.export`.
 
+    export_run(load_run(workdir), out_dir, quantize_mode='int8')   # or, for any model:
     export_artifact(model_def, params, tokenizer, out_dir, cache_len=256)
 
 writes into `out_dir`:
@@ -35,9 +36,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export
 
+from lm import config as config_lib
+from lm.errors import InputError
 from lm.infer.decode import PREFILL_BUCKET, init_cache
 from lm.infer.sampling import sample
 from lm.model import ModelDef
+from lm.model.quantize import quantize
+from lm.run import Run
 
 RUNNER_SOURCE = pathlib.Path(__file__).with_name('artifact_runner.py')
 FORMAT_VERSION = 1
@@ -91,15 +96,15 @@ def export_artifact(model_def: ModelDef, params: dict, tokenizer, out_dir: str |
   """
   cfg = model_def.cfg
   if cache_len < 1:
-    raise ValueError(f'max_len={cache_len} must be >= 1')
+    raise InputError(f'max_len={cache_len} must be >= 1')
   if cfg.position == 'learned' and cache_len > cfg.max_len:
-    raise ValueError(f'max_len={cache_len} exceeds the model max_len={cfg.max_len}, the size '
+    raise InputError(f'max_len={cache_len} exceeds the model max_len={cfg.max_len}, the size '
                      'of its learned position table; export with a smaller max_len')
   if batch_size < 0:
-    raise ValueError(f'batch_size={batch_size} must be >= 0 (0 = any batch size)')
+    raise InputError(f'batch_size={batch_size} must be >= 0 (0 = any batch size)')
   out = pathlib.Path(out_dir)
   if out.exists() and any(out.iterdir()):
-    raise FileExistsError(f'{out} exists and is not empty; give a new --out directory')
+    raise InputError(f'{out} exists and is not empty; give a new --out directory')
   out.mkdir(parents=True, exist_ok=True)
 
   leaves, treedef = jax.tree.flatten(params)
@@ -154,3 +159,15 @@ def export_artifact(model_def: ModelDef, params: dict, tokenizer, out_dir: str |
   }
   (out / FILES['manifest']).write_text(json.dumps(manifest, indent=1) + '\n')
   return manifest
+
+
+def export_run(run: Run, out_dir: str | pathlib.Path, *, quantize_mode: str = 'none',
+               cache_len: int = 0, batch_size: int = 0,
+               platforms: tuple[str, ...] = ()) -> dict:
+  """Exports a loaded run (lm.run.load_run): its weights (float, or quantize_mode='int8'),
+  its tokenizer and config, for `cache_len` tokens (0 = the model's max_len)."""
+  model_def, params = quantize(run.model_def, run.params, quantize_mode)
+  return export_artifact(model_def, params, run.tokenizer, out_dir,
+                         cache_len=cache_len or model_def.cfg.max_len, batch_size=batch_size,
+                         platforms=platforms, config_json=config_lib.to_json(run.config),
+                         info={'workdir': run.workdir, 'step': run.step})

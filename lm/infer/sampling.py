@@ -11,6 +11,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from lm.errors import InputError
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
@@ -22,11 +24,11 @@ class SamplingConfig:
 
   def __post_init__(self):
     if not self.temperature >= 0:
-      raise ValueError(f'temperature={self.temperature} must be >= 0 (0 = greedy)')
+      raise InputError(f'temperature={self.temperature} must be >= 0 (0 = greedy)')
     if not isinstance(self.top_k, int) or self.top_k < 0:
-      raise ValueError(f'top_k={self.top_k!r} must be an int >= 0 (0 = off)')
+      raise InputError(f'top_k={self.top_k!r} must be an int >= 0 (0 = off)')
     if not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f'top_p={self.top_p} must be in (0, 1] (1 = off)')
+      raise InputError(f'top_p={self.top_p} must be in (0, 1] (1 = off)')
 
   def as_arrays(self) -> dict[str, jax.Array]:
     return {'temperature': jnp.float32(self.temperature), 'top_k': jnp.int32(self.top_k),
@@ -43,11 +45,11 @@ class RowSampling:
 
   def __post_init__(self):
     if len(self.configs) != len(self.seeds):
-      raise ValueError(f'{len(self.configs)} sampling configs but {len(self.seeds)} seeds; '
+      raise InputError(f'{len(self.configs)} sampling configs but {len(self.seeds)} seeds; '
                        'give one of each per row')
     for s in self.seeds:
       if not 0 <= s < 2**32:
-        raise ValueError(f'seed={s} must be in [0, 2**32)')
+        raise InputError(f'seed={s} must be in [0, 2**32)')
 
   def as_arrays(self) -> dict[str, jax.Array]:
     return {'temperature': jnp.array([c.temperature for c in self.configs], jnp.float32),

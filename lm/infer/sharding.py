@@ -4,6 +4,7 @@ Tensor parallelism needs nothing beyond what training uses: the parameters are p
 the config's rules (`mesh.preset` + `mesh.rules`: heads, kv_heads, mlp and vocab over the
 tensor axis), the cache is split like the K/V activations (batch over the batch axes,
 kv_heads over tensor), and XLA inserts the collectives.
+Parameters go onto the mesh with `lm.run.load_run(..., mesh=...)` (or lm.run.place_params);
 `Decoder(model_def, mesh=..., rules=...)` does the rest.
 """
 
@@ -15,7 +16,6 @@ from jax.sharding import Mesh, NamedSharding
 
 from lm import parallel
 from lm.errors import UserError
-from lm.model import ModelDef
 from lm.parallel.rules import rules_dict
 
 CACHE_AXES = ('layers', 'batch', None, 'kv_heads', 'head_dim')  # [L, B, S, K, H]
@@ -33,17 +33,6 @@ def decode_mesh(*, tensor: int = 1, data: int = 1, devices=None) -> Mesh:
   sizes = ml_collections.ConfigDict({a: 1 for a in parallel.MESH_AXES})
   sizes.data, sizes.tensor = data, tensor
   return parallel.build_mesh(sizes, devices[:data * tensor])
-
-
-def param_shardings(model_def: ModelDef, mesh: Mesh, rules) -> dict:
-  """NamedShardings of the model's parameters (quantized or not) from the rules."""
-  abstract = jax.eval_shape(model_def.init_params, jax.random.key(0))
-  return parallel.shardings_for(model_def.logical_axes(), abstract, mesh, rules)
-
-
-def shard_params(model_def: ModelDef, params: dict, mesh: Mesh, rules) -> dict:
-  """The parameters placed on `mesh` as the rules split them."""
-  return jax.device_put(params, param_shardings(model_def, mesh, rules))
 
 
 def cache_sharding(mesh: Mesh, rules, shape: tuple[int, ...]) -> NamedSharding:

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lm.errors import InputError
 from lm.infer.sampling import SamplingConfig
 from lm.serve import protocol
 from lm.serve.batcher import Batcher, Failed, Finished, Row
@@ -123,7 +124,10 @@ def create_app(service: Service) -> FastAPI:
     def sink(index: int):
       return lambda event: loop.call_soon_threadsafe(events.put_nowait, (index, event))
 
-    sampling = SamplingConfig(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p)
+    try:
+      sampling = SamplingConfig(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p)
+    except InputError as e:  # the protocol's bounds are narrower; a 400 all the same
+      return error(COMPLETIONS, RequestError(str(e)), 'invalid_request')
     seed = random.getrandbits(32) if req.seed is None else req.seed
     rows = [Row(ids, req.max_tokens, sampling, seed, req.stop, sink(i))
             for i, ids in enumerate(prompt_ids)]

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from lm.errors import InputError
 from lm.infer.sampling import RowSampling, SamplingConfig
 
 log = logging.getLogger('lm.serve')
@@ -131,9 +132,9 @@ class Batcher:
   def __init__(self, decoder, params, tokenizer, *, max_batch: int, batch_wait_s: float,
                metrics=None):
     if max_batch < 1:
-      raise ValueError(f'max_batch={max_batch} must be >= 1')
+      raise InputError(f'max_batch={max_batch} must be >= 1')
     if batch_wait_s < 0:
-      raise ValueError(f'batch_wait_s={batch_wait_s} must be >= 0')
+      raise InputError(f'batch_wait_s={batch_wait_s} must be >= 0')
     self.decoder, self.params, self.tokenizer = decoder, params, tokenizer
     self.max_batch, self.batch_wait_s, self.metrics = max_batch, batch_wait_s, metrics
     self._queue: collections.deque[Row] = collections.deque()
@@ -190,7 +191,7 @@ class Batcher:
     try:
       self.decoder.cache_len_for(longest_prompt, most_tokens)
       return True
-    except ValueError:
+    except InputError:
       return False
 
   def _take_batch(self) -> list[Row] | None:

@@ -66,11 +66,22 @@ def _type_name(v: Any) -> str:
           int: 'an integer', float: 'a number', type(None): 'null'}.get(type(v), type(v).__name__)
 
 
+def _check_text(s: str, where: str, param: str) -> None:
+  """A JSON string may hold a lone UTF-16 surrogate (\\ud800) that is no Unicode text."""
+  try:
+    s.encode('utf-8')
+  except UnicodeEncodeError as e:
+    raise RequestError(f'{where} holds {s[e.start]!r} at character {e.start}, a lone UTF-16 '
+                       'surrogate that is not Unicode text; send valid UTF-8 text (pair it '
+                       'with its other half or remove it)', param=param) from None
+
+
 def _prompts(v: Any) -> tuple[str, ...]:
   fix = 'give a non-empty string or a list of non-empty strings'
   if isinstance(v, str):
     if not v:
       raise RequestError(f'prompt is empty; {fix}', param='prompt')
+    _check_text(v, 'prompt', 'prompt')
     return (v,)
   if not isinstance(v, list):
     raise RequestError(f'prompt must be a string or a list of strings, got {_type_name(v)}',
@@ -86,6 +97,7 @@ def _prompts(v: Any) -> tuple[str, ...]:
                          'are not supported; send text)', param='prompt')
     if not p:
       raise RequestError(f'prompt[{i}] is empty; {fix}', param='prompt')
+    _check_text(p, f'prompt[{i}]', 'prompt')
   return tuple(v)
 
 
@@ -98,6 +110,8 @@ def _stops(v: Any) -> tuple[str, ...]:
     raise RequestError(f'stop lists {len(stops)} strings; give at most {MAX_STOPS}', param='stop')
   if not all(stops):
     raise RequestError('stop holds an empty string; remove it', param='stop')
+  for i, stop in enumerate(stops):
+    _check_text(stop, f'stop[{i}]' if isinstance(v, list) else 'stop', 'stop')
   return tuple(stops)
 
 
@@ -129,6 +143,35 @@ def _number_field(body: dict, name: str, ok, bounds: str) -> float | None:
   return number
 
 
+def _deep_field(body: bytes, limit: int = 64) -> str | None:
+  """The top-level field of a JSON object body whose value nests deeper than `limit`."""
+  text = body.decode('utf-8', 'replace')
+  depth, key, i, n = 0, None, 0, len(text)
+  expect_key = False
+  while i < n:
+    c = text[i]
+    if c == '"':
+      j = i + 1
+      while j < n and text[j] != '"':
+        j += 2 if text[j] == '\\' else 1
+      if depth == 1 and expect_key:
+        key, expect_key = text[i + 1:j], False
+      i = j + 1
+      continue
+    if c in '[{':
+      depth += 1
+      if depth == 1 and c == '{':
+        expect_key = True
+      if depth > limit:
+        return key if text.lstrip().startswith('{') else None
+    elif c in ']}':
+      depth -= 1
+    elif c == ',' and depth == 1:
+      expect_key = True
+    i += 1
+  return None
+
+
 def parse_completion_request(body: bytes) -> CompletionRequest:
   """The validated request of a POST /v1/completions body; RequestError on any problem.
 
@@ -141,6 +184,11 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise RequestError(f'the request body is not valid JSON ({e}); send a JSON object such '
                        f'as {EXAMPLE}') from None
+  except RecursionError:  # json's parser recurses once per nested array or object
+    field = _deep_field(body)
+    where = f'field {field!r}' if field else 'the request body'
+    raise RequestError(f'{where} nests arrays or objects too deeply to parse; send a flat '
+                       f'JSON object such as {EXAMPLE}', param=field) from None
   if not isinstance(data, dict):
     raise RequestError(f'the request body must be a JSON object such as {EXAMPLE}, got '
                        f'{_type_name(data)}')
@@ -160,6 +208,8 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
   for name in ('model', 'user'):
     if data.get(name) is not None and not isinstance(data[name], str):
       raise RequestError(f'{name} must be a string, got {_type_name(data[name])}', param=name)
+    if data.get(name) is not None:
+      _check_text(data[name], name, name)
   n = _int_field(data, 'n', 1, 1, 'this server returns one choice per prompt; send the '
                  'request again, with another seed, for more')
   del n

@@ -1,0 +1,105 @@
+"""`python -m lm serve --workdir=DIR [--port=8000]`: serve a trained run over HTTP.
+
+Loads the workdir's latest (or --step) checkpoint and tokenizer with lm.run.load_run, then
+serves an OpenAI-style POST /v1/completions (batched across concurrent requests),
+GET /v1/models, GET /healthz and GET /metrics with uvicorn until Ctrl-C.
+docs/serving.md has the details; the library half is lm/serve/server.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+from lm import cli
+from lm.errors import UserError
+from lm.run import load_run
+from lm.serve import server
+from lm.workdir import check_trained
+
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Training workdir (holds config.json and checkpoints/) to serve; required.')
+_HOST = flags.DEFINE_string(
+    'host', '127.0.0.1', 'Address to listen on; 0.0.0.0 listens on every interface.')
+_PORT = flags.DEFINE_integer(
+    'port', 8000, 'TCP port to listen on; 0 = any free port (the URL printed at start-up '
+    'names it).')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to load; default: the latest.')
+_CACHE_LEN = flags.DEFINE_integer(
+    'cache_len', 0, "Context in tokens (prompt + completion) of every request, the KV cache "
+    "length; 0 = the model's max_len.")
+_QUANTIZE = flags.DEFINE_enum(
+    'quantize', 'none', ['none', 'int8'], 'Weight quantization: int8 keeps matmul weights as '
+    'int8 with a float scale per output channel (about 4x less weight memory; '
+    'docs/deployment.md).')
+_MAX_BATCH = flags.DEFINE_integer('max_batch', 8, 'Most prompts run together in one device batch.')
+_BATCH_WAIT_MS = flags.DEFINE_float(
+    'batch_wait_ms', 10.0, 'How long the oldest waiting prompt waits for others to share its '
+    'batch (milliseconds); 0 = run whatever is waiting at once.')
+_WARMUP = flags.DEFINE_boolean(
+    'warmup', True, 'Compile every batch shape (prompts up to 16 tokens) before serving, so '
+    'that the first requests of each do not wait for it; --nowarmup (or --no-warmup) skips it.')
+_API_KEY = flags.DEFINE_string(
+    'api_key', None, 'Require "Authorization: Bearer KEY" on every request except /healthz; '
+    'default: the LM_API_KEY environment variable, else no key.')
+_MODEL_NAME = flags.DEFINE_string(
+    'model_name', None, "The model name responses carry; default: the workdir's directory name.")
+_LOG_LEVEL = flags.DEFINE_enum(
+    'log_level', 'warning', ['critical', 'error', 'warning', 'info', 'debug'],
+    'Server log level (info logs every request).')
+
+
+def _check_flags() -> None:
+  if not _WORKDIR.value:
+    raise UserError('--workdir is required: the training workdir to serve')
+  if not 0 <= _PORT.value <= 65535:
+    raise UserError(f'--port={_PORT.value} is not a TCP port; give 0..65535 (0 = any free port)')
+  if _MAX_BATCH.value < 1:
+    raise UserError(f'--max_batch={_MAX_BATCH.value} must be >= 1')
+  if not _BATCH_WAIT_MS.value >= 0:
+    raise UserError(f'--batch_wait_ms={_BATCH_WAIT_MS.value} must be >= 0')
+  if _CACHE_LEN.value < 0:
+    raise UserError(f'--cache_len={_CACHE_LEN.value} must be >= 0 (0 = the model max_len)')
+  if _STEP.value is not None and _STEP.value < 0:
+    raise UserError(f'--step={_STEP.value} must be a checkpoint step (>= 0)')
+
+
+def main(argv: list[str]) -> None:
+  cli.no_arguments(argv)
+  _check_flags()
+  check_trained(_WORKDIR.value)
+  sock = server.bind(_HOST.value, _PORT.value)  # a taken port fails now, not after loading
+  try:
+    run = load_run(_WORKDIR.value, _STEP.value, quantize=_QUANTIZE.value)
+    api_key = _API_KEY.value if _API_KEY.value is not None else os.environ.get('LM_API_KEY')
+    app_, batcher = server.build(
+        run, cache_len=_CACHE_LEN.value, max_batch=_MAX_BATCH.value,
+        batch_wait_s=_BATCH_WAIT_MS.value / 1000, api_key=api_key or None,
+        model_name=_MODEL_NAME.value, warmup=_WARMUP.value,
+        log=lambda s: print(s, flush=True))
+  except BaseException:
+    sock.close()
+    raise
+  sock.listen(1024)  # connections were refused until the model was ready
+  print(f'lm.serve: {run.workdir} (checkpoint step {run.step}) at {server.url(sock)} '
+        '(POST /v1/completions; Ctrl-C stops)', flush=True)
+  server.serve(app_, batcher, sock, log_level=_LOG_LEVEL.value)
+  print('lm.serve: stopped', flush=True)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, also taking argparse's --no-warmup (the spelling lm.serve had)."""
+  return app.parse_flags_with_usage(['--nowarmup' if a == '--no-warmup' else a for a in argv])
+
+
+def run() -> None:
+  quiet = logging.ERROR  # orbax: a read-only manager is read-only
+  if '--log_level=debug' in sys.argv:
+    quiet = logging.INFO
+  cli.run(main, flags_parser=_parse_flags, quiet_logs=quiet)
+
+
+if __name__ == '__main__':
+  run()
