@@ -143,8 +143,9 @@ def write_run(workdir: str | os.PathLike, config: ConfigDict, params: dict,
   expected = jax.eval_shape(model_def.init_params, jax.random.key(0))
   check_shapes(params, expected)
   config = ConfigDict(config.to_dict())
-  if not config.model.vocab_size:
-    config.model.vocab_size = model_def.cfg.vocab_size - (0 if config.model.causal else 1)
+  # Recorded as training records it: the model's whole vocabulary (an encoder's [MASK] id
+  # included), which model_config then takes as it is.
+  config.model.vocab_size = model_def.cfg.vocab_size
   _, train_key = jax.random.split(jax.random.key(config.seed))  # as a fresh state splits it
   state = {'params': params, 'step': jnp.asarray(step, jnp.int32),
            'rng': jax.random.key_data(train_key)}
