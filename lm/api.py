@@ -29,11 +29,12 @@ from flax import nnx
 from lm import parallel, runtime
 from lm import workdir as workdir_lib
 from lm.config import ConfigDict
-from lm.data import mixture, supervised
 from lm.errors import ConfigError, DataError
 from lm.model import ModelConfig, ModelDef, Transformer
 from lm.run import load_run
 from lm.tools import inspect
+from lm.tools.overrides import override
+from lm.tools.run_data import run_data
 from lm.train import tasks
 from lm.train import train as train_run
 from lm.train.sample import sample_tokens
@@ -61,30 +62,6 @@ def load_config(path_or_name: str | os.PathLike = 'configs/default.py',
   config = module.get_config()
   return override(config, {**(overrides or {}),
                            **{k.replace('__', '.'): v for k, v in kwargs.items()}})
-
-
-def override(config: ConfigDict, values: Mapping[str, Any]) -> ConfigDict:
-  """Sets dotted keys of `config` in place (and returns it); an unknown key or a value of the
-  wrong type is a ConfigError naming the key."""
-  problems = []
-  for key, value in values.items():
-    *parents, leaf = key.split('.')
-    node = config
-    try:
-      for p in parents:
-        node = node[p]
-      if not isinstance(node, ConfigDict) or leaf not in node:
-        raise KeyError(key)
-    except (KeyError, TypeError):
-      problems.append(f'{key}: no such config key (configs/default.py lists every key)')
-      continue
-    try:
-      node[leaf] = value
-    except (TypeError, ValueError) as e:
-      problems.append(f'{key}={value!r}: {e}')
-  if problems:
-    raise ConfigError(problems)
-  return config
 
 
 def _config_path(path_or_name: str | os.PathLike) -> Path:
@@ -122,18 +99,6 @@ def build_model(config: ConfigDict, *, vocab_size: int | None = None, seed: int 
 # ---- a trained run -----------------------------------------------------------------------
 
 
-def eval_data(config: ConfigDict, tokenizer, log: Log = print, where: str = 'the run'):
-  """The run's data for evaluation, with the run's own tokenizer: sft/classify records are
-  tokenized with it; packed text (which lm.data tokenizes as it prepares it) must have been
-  tokenized by the same tokenizer (else a DataError names the run)."""
-  if config.data.format != 'text':
-    return supervised.prepare(config.data, seq_len=config.data.seq_len, tokenizer=tokenizer,
-                              log=log)
-  data = mixture.prepare_data(config.data, seq_len=config.data.seq_len, log=log)
-  workdir_lib.check_same_tokenizer(tokenizer, data.tokenizer, data.val_text_sample(4000), where)
-  return data
-
-
 class Run:
   """A trained run: `.config`, `.model` (NNX Transformer), `.params`, `.tokenizer`, `.step`;
   `evaluate()`, `generate()` and `attention_maps()`. `.data` (the run's data, prepared on
@@ -160,7 +125,7 @@ class Run:
     """The run's data (lm.data.PreparedData, a mixture's or sft/classify records), prepared
     from its config with its tokenizer on first use."""
     if self._data is None:
-      self._data = eval_data(self.config, self.tokenizer, self._log, where=str(self.workdir))
+      self._data = run_data(self.config, self.tokenizer, self._log, where=str(self.workdir))
     return self._data
 
   @property
