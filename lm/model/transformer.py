@@ -10,11 +10,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lm.model import lora
 from lm.model.attention import Attention, attention_mask, cache_attention_mask
 from lm.model.config import ModelConfig
 from lm.model.heads import ClassifierHead
 from lm.model.layers import Norm, dropout, param
+from lm.model.lora import add_adapters, bind_dropout
 from lm.model.mlp import MLP
 from lm.model.moe import MoE
 from lm.parallel.rules import constrain
@@ -39,7 +39,7 @@ class Block(nnx.Module):
     self.is_moe = moe
     self.mlp = MoE(cfg, rngs=rngs) if moe else MLP(cfg, rngs=rngs)
     if cfg.lora_rank:
-      lora.add_adapters(self, cfg, rngs)
+      add_adapters(self, cfg, rngs)
 
   def __call__(self, x_BTD, positions_BT, mask_B1TS, dropout_key=None, *, kv=None,
                domains_BT=None):
@@ -47,7 +47,7 @@ class Block(nnx.Module):
     (training, scoring); with kv=(k [B, S, K, H], v) a KV cache, this call's keys and values
     are written at slots `positions_BT` and the tokens attend to the cache (decoding). aux:
     the MoE layer's statistics ({} for a dense block)."""
-    lora.bind_dropout(self, dropout_key)
+    bind_dropout(self, dropout_key)
     k_attn, k_mlp = (None, None) if dropout_key is None else jax.random.split(dropout_key)
     h_BTD = self.attn_norm(x_BTD)
     if kv is None:
