@@ -9,6 +9,7 @@ and our random models exported with to-hf must give transformers the logits we c
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -362,3 +363,23 @@ def test_export_refuses_a_lora_run_before_reading_weights(tmp_path, base_config)
   with pytest.raises(ConversionError, match='no LoRA adapters.*lora_merge'):
     convert.export_hf(workdir, tmp_path / 'hf', log=lambda _: None)
   assert not (tmp_path / 'hf').exists()
+
+
+def test_round_trip_with_tokenizer_needs_neither_the_hf_dir_nor_its_copy(tmp_path, base_config):
+  """from-hf with a tokenizer.json, then the HF directory and the run's hf_tokenizer/ copy
+  deleted: to-hf still writes a tokenizer transformers loads (from the run's own tokenizer/)
+  and the same logits."""
+  model = hf_model('llama_gqa')
+  model.save_pretrained(tmp_path / 'hf')
+  write_hf_tokenizer(tmp_path / 'hf', VOCAB)
+  convert.import_hf(tmp_path / 'hf', tmp_path / 'work', base_config, log=lambda _: None)
+  shutil.rmtree(tmp_path / 'hf')
+  shutil.rmtree(tmp_path / 'work' / 'hf_tokenizer')
+  convert.export_hf(tmp_path / 'work', tmp_path / 'out', log=lambda _: None)
+  loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'out').eval()
+  np.testing.assert_allclose(torch_logits(loaded, IDS_BT), torch_logits(model, IDS_BT),
+                             atol=TOL, rtol=0)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / 'out')
+  text = 'a stitch in time'
+  assert tokenizer.decode(tokenizer(text)['input_ids'], skip_special_tokens=True) == text
+  assert tokenizer.eos_token == '</s>' and tokenizer.pad_token == '<pad>'
