@@ -1,1 +1,1 @@
-"""Other ecosystems\x27 formats: Hugging Face models in and out (hf, hf_mapping)."""
+"""Other ecosystems' formats: Hugging Face models in and out (hf_mapping, hf)."""
