@@ -40,6 +40,10 @@ class WorkdirError(UserError):
   """A workdir that does not hold what a command needs (config, tokenizer, checkpoints)."""
 
 
+class ConversionError(UserError):
+  """A Hugging Face config or checkpoint lm cannot map (lm.compat.hf); names file and fix."""
+
+
 class DistributedError(UserError):
   """Flags or environment that do not describe a multi-process run."""
 

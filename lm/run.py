@@ -155,8 +155,10 @@ def write_run(workdir: str | os.PathLike, config: ConfigDict, params: dict,
     workdir_lib.save_tokenizer(workdir, tokenizer)
     with Checkpointer(workdir_lib.checkpoint_dir(workdir), async_save=False) as checkpoints:
       checkpoints.save(step, state, data_state={}, config_json=config_lib.to_json(config))
-    for name, text in (files or {}).items():
-      (workdir_lib.path(workdir) / name).write_text(text)
+    for name, text in (files or {}).items():  # a name may hold a subdirectory: 'a/b.json'
+      target = workdir_lib.path(workdir) / name
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_text(text)
     workdir_lib.write_config(workdir, config)  # last: a workdir with config.json is complete
   except BaseException:
     if not existed:

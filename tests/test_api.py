@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from lm import api
-from lm.checkpoint import Checkpointer, CheckpointError
+from lm.checkpoint import Checkpointer
 from lm.config import ConfigError
+from lm.errors import WorkdirError
 from lm.train.metrics import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -139,7 +140,7 @@ def test_a_run_saved_before_newer_config_keys_still_loads(tiny_run, tmp_path):
 
 
 def test_load_errors_name_the_path(tmp_path):
-  with pytest.raises(CheckpointError, match=str(tmp_path / 'config.json')):
+  with pytest.raises(WorkdirError, match=f'{tmp_path} has no config.json'):
     api.load(tmp_path)
 
 

@@ -1,4 +1,5 @@
-"""lm.convert: Hugging Face GPT-2 / LLaMA checkpoints in and out, checked against transformers.
+"""lm.compat.hf (python -m lm.convert): Hugging Face GPT-2 / LLaMA checkpoints in and out,
+checked against transformers.
 
 Small random transformers models (every parameter perturbed, so biases and norm scales
 count) are saved with save_pretrained; the imported workdir's logits must equal torch's,
@@ -8,6 +9,7 @@ and our random models exported with to-hf must give transformers the logits we c
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -19,15 +21,16 @@ import pytest
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
-from lm import api, convert  # noqa: E402
+from lm import api  # noqa: E402
 from lm import config as config_lib  # noqa: E402
-from lm.checkpoint import Checkpointer  # noqa: E402
+from lm import workdir as workdir_lib  # noqa: E402
+from lm.compat import hf as convert  # noqa: E402
+from lm.compat import hf_mapping  # noqa: E402
+from lm.data.tokenizers import ByteTokenizer  # noqa: E402
 from lm.data.tokenizers.hf import vocab_size_of  # noqa: E402
-from lm.generate import load as load_workdir  # noqa: E402
+from lm.errors import ConversionError, UserError  # noqa: E402
 from lm.model import ModelConfig, ModelDef  # noqa: E402
-from lm.model.hf import HFConversionError  # noqa: E402
-from lm.train.optimizer import build_optimizer  # noqa: E402
-from lm.train.state import fresh_state  # noqa: E402
+from lm.run import load_run, write_run  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 VOCAB = 300  # > the byte tokenizer's 259 ids, which the tiny base config uses
@@ -93,9 +96,10 @@ def test_from_hf_logits_equal_transformers(kind, tmp_path, base_config):
   assert (tmp_path / 'hf' / 'model.safetensors').is_file()
   convert.import_hf(tmp_path / 'hf', tmp_path / 'work', base_config, log=lambda _: None)
 
-  model_def, params, _, step = load_workdir(str(tmp_path / 'work'))
-  assert step == 0
-  ours = our_logits(model_def, params, IDS_BT)
+  run = load_run(tmp_path / 'work')
+  assert run.step == 0
+  model_def = run.model_def
+  ours = our_logits(model_def, run.params, IDS_BT)
   np.testing.assert_allclose(ours, torch_logits(model, IDS_BT), atol=TOL, rtol=0)
   m = model_def.cfg
   assert (m.num_kv_heads, m.tie_embeddings) == {
@@ -105,7 +109,7 @@ def test_from_hf_logits_equal_transformers(kind, tmp_path, base_config):
 
 
 def random_workdir(root: pathlib.Path, base_config, family: str, **model) -> tuple:
-  """A workdir holding checkpoint 0 of one of our models with random (perturbed) weights."""
+  """A run (lm.run.write_run) of one of our models with random (perturbed) weights."""
   arch = (dict(norm='layernorm', mlp='gelu', position='learned', use_bias=True,
                tie_embeddings=True, num_kv_heads=4) if family == 'gpt2' else
           dict(norm='rmsnorm', mlp='swiglu', position='rope', use_bias=False))
@@ -115,20 +119,15 @@ def random_workdir(root: pathlib.Path, base_config, family: str, **model) -> tup
                        **arch, **model})
   config = config_lib.resolve(config, num_devices=jax.device_count())
   model_def = ModelDef.create(ModelConfig.from_config(config.model))
-  optimizer, _ = build_optimizer(config.optimizer, config.train.steps)
   # Random weights from numpy: a jit'd jax.random init of every parameter compiles for ~8 s.
   rng = np.random.default_rng(7)
-  state = jax.eval_shape(lambda: fresh_state(model_def, optimizer, config.seed))
+  shapes = jax.eval_shape(model_def.init_params, jax.random.key(0))
   params = jax.tree_util.tree_map_with_path(
       lambda path, s: jnp.asarray((path[-1].key == 'scale') + 0.2 * rng.standard_normal(s.shape),
-                                  s.dtype), state['params'])
-  state = {'params': params, 'opt_state': jax.jit(optimizer.init)(params),
-           'step': jnp.zeros((), jnp.int32), 'rng': jax.random.key_data(jax.random.key(0))}
+                                  s.dtype), shapes)
   workdir = root / 'work'
-  with Checkpointer(workdir / 'checkpoints', async_save=False) as checkpoints:
-    checkpoints.save(0, state, data_state={}, config_json=config_lib.to_json(config))
-  (workdir / 'config.json').write_text(config_lib.to_json(config))
-  return workdir, model_def, state['params']
+  write_run(workdir, config, params, ByteTokenizer())
+  return workdir, model_def, params
 
 
 @pytest.mark.parametrize('family,model', [
@@ -173,8 +172,10 @@ def test_import_with_tokenizer_then_train_generate_and_export(tmp_path, base_con
   subprocess.run([sys.executable, '-m', 'lm.convert', 'from-hf', f'--hf_dir={tmp_path / "hf"}',
                   f'--workdir={work}', *overrides], check=True, cwd=REPO, env=env,
                  capture_output=True, text=True)
-  assert {'config.json', 'config.py', 'checkpoints', 'tokenizer'} <= set(os.listdir(work))
-  assert (work / 'tokenizer' / 'tokenizer.json').is_file()
+  assert {'config.json', 'config.py', 'checkpoints', 'tokenizer', 'hf_tokenizer'} <= set(
+      os.listdir(work))
+  assert (work / 'hf_tokenizer' / 'tokenizer.json').is_file()
+  assert workdir_lib.load_tokenizer(work).kind == 'hf'  # the run's own copy
 
   imported = api.load(work, log=lambda _: None)
   assert imported.tokenizer.kind == 'hf'
@@ -227,34 +228,34 @@ def edit_config(hf_dir: pathlib.Path, **changes) -> None:
 def test_unsupported_model_type_and_features_are_named(tmp_path, base_config):
   hf_dir = saved(tmp_path)
   edit_config(hf_dir, model_type='mixtral')
-  with pytest.raises(HFConversionError, match="model_type='mixtral'.*gpt2, llama"):
+  with pytest.raises(ConversionError, match="model_type='mixtral'.*gpt2, llama"):
     convert.import_hf(hf_dir, tmp_path / 'w1', base_config, log=lambda _: None)
   edit_config(hf_dir, model_type='llama', hidden_act='gelu',
               rope_parameters={'rope_type': 'yarn', 'rope_theta': 1e4, 'factor': 4.0})
-  with pytest.raises(HFConversionError, match='hidden_act'):
+  with pytest.raises(ConversionError, match='hidden_act'):
     convert.import_hf(hf_dir, tmp_path / 'w2', base_config, log=lambda _: None)
   edit_config(hf_dir, hidden_act='silu')
-  with pytest.raises(HFConversionError, match="RoPE type 'yarn'"):
+  with pytest.raises(ConversionError, match="RoPE type 'yarn'"):
     convert.import_hf(hf_dir, tmp_path / 'w3', base_config, log=lambda _: None)
   assert not (tmp_path / 'w3').exists()  # nothing written for a model it refused
 
 
 def test_missing_files_are_named(tmp_path, base_config):
-  with pytest.raises(convert.UserError, match='not a directory'):
+  with pytest.raises(ConversionError, match='not a directory'):
     convert.import_hf(tmp_path / 'nope', tmp_path / 'w', base_config, log=lambda _: None)
   (tmp_path / 'empty').mkdir()
-  with pytest.raises(convert.UserError, match='empty/config.json not found'):
+  with pytest.raises(ConversionError, match='empty/config.json not found'):
     convert.import_hf(tmp_path / 'empty', tmp_path / 'w', base_config, log=lambda _: None)
   hf_dir = saved(tmp_path)
   (hf_dir / 'model.safetensors').rename(hf_dir / 'pytorch_model.bin')
-  with pytest.raises(convert.UserError, match=r'no model.safetensors.*pytorch_model.bin'):
+  with pytest.raises(ConversionError, match=r'no model.safetensors.*pytorch_model.bin'):
     convert.import_hf(hf_dir, tmp_path / 'w', base_config, log=lambda _: None)
 
 
 def test_shape_mismatch_names_the_tensor_and_both_shapes(tmp_path, base_config):
   hf_dir = saved(tmp_path)
   edit_config(hf_dir, intermediate_size=64)
-  with pytest.raises(HFConversionError,
+  with pytest.raises(ConversionError,
                      match=r"'model.layers.0.mlp.gate_proj.weight'.*\(48, 32\).*\(64, 32\)"):
     convert.import_hf(hf_dir, tmp_path / 'w', base_config, log=lambda _: None)
 
@@ -264,18 +265,18 @@ def test_vocab_mismatch_is_an_error(tmp_path, base_config):
   write_hf_tokenizer(hf_dir, VOCAB + 40)  # more ids than the model's embedding rows
   n = vocab_size_of(hf_dir)
   assert n > VOCAB
-  with pytest.raises(convert.UserError,
+  with pytest.raises(ConversionError,
                      match=rf'vocabulary mismatch.*tokenizer.json has {n} ids.*vocab_size=300'):
     convert.import_hf(hf_dir, tmp_path / 'w', base_config, log=lambda _: None)
   small = saved(tmp_path / 'small')
   edit_config(small, vocab_size=200)  # the byte tokenizer of the base config needs 259
-  with pytest.raises(convert.UserError, match=r'vocabulary mismatch.*\(byte\) has 259 ids'):
+  with pytest.raises(ConversionError, match=r'vocabulary mismatch.*\(byte\) has 259 ids'):
     convert.import_hf(small, tmp_path / 'w', base_config, log=lambda _: None)
 
 
 def test_export_refuses_a_model_no_hf_family_expresses(tmp_path, base_config):
   workdir, _, _ = random_workdir(tmp_path, base_config, 'llama', mlp='gelu')
-  with pytest.raises(HFConversionError, match=r"LLaMA needs model.mlp='swiglu'"):
+  with pytest.raises(ConversionError, match=r"LLaMA needs model.mlp='swiglu'"):
     convert.export_hf(workdir, tmp_path / 'hf', log=lambda _: None)
   assert not (tmp_path / 'hf').exists()
 
@@ -283,37 +284,38 @@ def test_export_refuses_a_model_no_hf_family_expresses(tmp_path, base_config):
 def test_import_refuses_an_existing_run_and_cli_errors_are_one_line(tmp_path, base_config):
   hf_dir = saved(tmp_path)
   (tmp_path / 'run' / 'checkpoints').mkdir(parents=True)
-  with pytest.raises(convert.UserError, match='already holds checkpoints'):
+  with pytest.raises(UserError, match='--workdir=.*run already exists and is not empty'):
     convert.import_hf(hf_dir, tmp_path / 'run', base_config, log=lambda _: None)
+  assert os.listdir(tmp_path / 'run') == ['checkpoints']
   env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu'}
   proc = subprocess.run([sys.executable, '-m', 'lm.convert', 'to-hf', f'--workdir={tmp_path}',
                          f'--hf_dir={tmp_path / "out"}'], cwd=REPO, env=env,
                         capture_output=True, text=True)
   assert proc.returncode == 1 and 'Traceback' not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == (
-      f'error: {tmp_path}/config.json not found; is --workdir={tmp_path} a training workdir '
-      '(python -m lm.main or lm.convert from-hf)?')
+      f'error: workdir {tmp_path} has no config.json; is it a training workdir '
+      '(python -m lm.main --workdir=...)?')
 
 
 def test_model_config_round_trips_through_hf_config():
   for hf_config in (hf_model('gpt2').config.to_dict(), hf_model('llama_gqa').config.to_dict()):
-    cfg = ModelConfig.from_hf(hf_config)
-    assert ModelConfig.from_hf(cfg.to_hf()) == cfg
-  assert ModelConfig.from_hf(hf_model('llama_gqa').config.to_dict()).rope_theta == 500.0
+    cfg = hf_mapping.config_from_hf(hf_config)
+    assert hf_mapping.config_from_hf(hf_mapping.config_to_hf(cfg)) == cfg
+  assert hf_mapping.config_from_hf(hf_model('llama_gqa').config.to_dict()).rope_theta == 500.0
 
 
 def test_gpt2_hub_names_and_mask_buffers_are_accepted_unknown_tensors_are_not():
   """Hub GPT-2 files lack the 'transformer.' prefix and carry attention-mask buffers."""
-  from lm.model import hf
+  hf = hf_mapping
   model = hf_model('gpt2')
   tensors = {k: v.numpy() for k, v in model.state_dict().items()}
-  cfg = ModelConfig.from_hf(model.config.to_dict())
+  cfg = hf.config_from_hf(model.config.to_dict())
   want = hf.params_from_hf(cfg, tensors)
   hub = {k.removeprefix('transformer.'): v for k, v in tensors.items() if k != 'lm_head.weight'}
   hub.update({f'h.{i}.attn.bias': np.tril(np.ones((1, 1, 32, 32))) for i in range(2)})
   jax.tree.map(np.testing.assert_array_equal, hf.params_from_hf(cfg, hub), want)
   hub['h.1.mlp.c_gate.weight'] = np.zeros((32, 128))
-  with pytest.raises(HFConversionError, match='no place for: h.1.mlp.c_gate.weight'):
+  with pytest.raises(ConversionError, match='no place for: h.1.mlp.c_gate.weight'):
     hf.params_from_hf(cfg, hub)
 
 
@@ -331,5 +333,53 @@ def test_sharded_safetensors_are_read_through_their_index(tmp_path):
   shards = sorted(set(index['weight_map'].values()))
   assert len(shards) > 1
   (tmp_path / 'sharded' / shards[-1]).unlink()
-  with pytest.raises(convert.UserError, match=f'{shards[-1]}, named in'):
+  with pytest.raises(ConversionError, match=f'{shards[-1]}, named in'):
     convert.read_hf_tensors(tmp_path / 'sharded')
+
+
+def test_truncated_safetensors_is_one_line_naming_the_file_and_nothing_is_written(tmp_path):
+  hf_dir = saved(tmp_path)
+  weights = hf_dir / 'model.safetensors'
+  weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])  # a cut-off download
+  with pytest.raises(ConversionError, match=rf'{weights} is not a complete safetensors file'):
+    convert.read_hf_tensors(hf_dir)
+  env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.run([sys.executable, '-m', 'lm', 'convert', 'from-hf', f'--hf_dir={hf_dir}',
+                         f'--workdir={tmp_path / "work"}', '--config.data.tokenizer.kind=byte'],
+                        cwd=REPO, env=env,
+                        capture_output=True, text=True)
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'error: {weights} is not a complete safetensors file')
+  assert 'save_pretrained it again' in last
+  assert not (tmp_path / 'work').exists()
+
+
+def test_export_refuses_a_lora_run_before_reading_weights(tmp_path, base_config):
+  workdir, _, _ = random_workdir(tmp_path, base_config, 'llama')
+  config = workdir_lib.read_config(workdir)
+  config.lora.rank = 2
+  workdir_lib.write_config(workdir, config)
+  with pytest.raises(ConversionError, match='no LoRA adapters.*lora_merge'):
+    convert.export_hf(workdir, tmp_path / 'hf', log=lambda _: None)
+  assert not (tmp_path / 'hf').exists()
+
+
+def test_round_trip_with_tokenizer_needs_neither_the_hf_dir_nor_its_copy(tmp_path, base_config):
+  """from-hf with a tokenizer.json, then the HF directory and the run's hf_tokenizer/ copy
+  deleted: to-hf still writes a tokenizer transformers loads (from the run's own tokenizer/)
+  and the same logits."""
+  model = hf_model('llama_gqa')
+  model.save_pretrained(tmp_path / 'hf')
+  write_hf_tokenizer(tmp_path / 'hf', VOCAB)
+  convert.import_hf(tmp_path / 'hf', tmp_path / 'work', base_config, log=lambda _: None)
+  shutil.rmtree(tmp_path / 'hf')
+  shutil.rmtree(tmp_path / 'work' / 'hf_tokenizer')
+  convert.export_hf(tmp_path / 'work', tmp_path / 'out', log=lambda _: None)
+  loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'out').eval()
+  np.testing.assert_allclose(torch_logits(loaded, IDS_BT), torch_logits(model, IDS_BT),
+                             atol=TOL, rtol=0)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / 'out')
+  text = 'a stitch in time'
+  assert tokenizer.decode(tokenizer(text)['input_ids'], skip_special_tokens=True) == text
+  assert tokenizer.eos_token == '</s>' and tokenizer.pad_token == '<pad>'

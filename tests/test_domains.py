@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from configs.default import get_config
-from lm import btm
 from lm import config as config_lib
 from lm.data import domains
 from lm.data.mixture import prepare_mixture
+from lm.tools import btm
 from lm.train import Trainer
 from lm.train.metrics import read_metrics
 

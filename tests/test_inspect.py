@@ -1,20 +1,26 @@
-"""lm.inspect: attention maps match the model's own attention, per-token losses match its
-logits, and the CLI writes heatmaps and report.json for a tiny trained run."""
+"""lm.tools.inspect (python -m lm.inspect): attention maps match the model's own attention,
+per-token losses match its logits, the CLI writes heatmaps and report.json for a tiny
+trained run, and an MoE run inspects too."""
 
 import json
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 from test_api import REPO, tiny_config  # noqa: E402  (tests/ is on sys.path under pytest)
 
-from lm import api, inspect
+from lm import api
+from lm import config as config_lib
 from lm.data.tokenizers.byte import ByteTokenizer
-from lm.model import ModelConfig, Transformer
+from lm.model import ModelConfig, ModelDef, Transformer
 from lm.model.attention import attention_mask
+from lm.model.config import MoEConfig
+from lm.run import write_run
+from lm.tools import inspect
 
 CFG = ModelConfig(vocab_size=260, num_layers=2, width=64, num_heads=4, num_kv_heads=2,
                   mlp_dim=96, max_len=32)
@@ -49,7 +55,7 @@ def test_layerwise_run_is_the_model(model, tokens_T):
   t = len(tokens_T)
   positions = jnp.arange(t)[None]
   mask = attention_mask(jnp.ones((1, t), jnp.int32))
-  for i, block in enumerate(inspect._blocks(model)):
+  for i, block in enumerate(model.layer_blocks()):
     h_1TD = block.attn_norm(jnp.asarray(tr.resid_LTD[i])[None])
     _, _, v_1TKH = block.attn._project(h_1TD, positions)
     v_1TNH = jnp.repeat(v_1TKH, CFG.num_heads // CFG.num_kv_heads, axis=2)
@@ -57,9 +63,8 @@ def test_layerwise_run_is_the_model(model, tokens_T):
     np.testing.assert_allclose(block.attn.out(o_1TNH), block.attn(h_1TD, positions, mask),
                                atol=1e-5)
   # Layer 1's maps depend on layer 0's output: a stream that skipped blocks would differ.
-  x_1TD = model._embed(jnp.asarray(tokens_T)[None], positions)
-  skipped = inspect.head_probs(inspect._blocks(model)[1].attn,
-                               inspect._blocks(model)[1].attn_norm(x_1TD), positions, mask)
+  x_1TD = model.embed_tokens(jnp.asarray(tokens_T)[None], positions)
+  skipped = model.layer_blocks()[1].attention_probs(x_1TD, positions, mask)
   assert not np.allclose(skipped[0], tr.maps_LNTT[1], atol=1e-4)
 
 
@@ -128,3 +133,38 @@ def test_cli(tmp_path):
                            capture_output=True, text=True, timeout=120)
   assert missing.returncode == 1
   assert missing.stderr.strip().count('\n') == 0 and 'nope' in missing.stderr
+
+
+MOE_CFG = ModelConfig(vocab_size=260, num_layers=4, width=32, num_heads=2, num_kv_heads=2,
+                      mlp_dim=48, max_len=16,
+                      moe=MoEConfig(num_experts=4, top_k=2, every=2, capacity_factor=0.0))
+
+
+def test_moe_model_layerwise_run_is_the_model():
+  """Experts every other layer: layer_blocks() flattens the groups, and running them one by
+  one still gives the model's own logits."""
+  model = Transformer(MOE_CFG, rngs=nnx.Rngs(1))
+  assert len(model.layer_blocks()) == MOE_CFG.num_layers
+  assert [b.is_moe for b in model.layer_blocks()] == [False, True, False, True]
+  tokens_T = np.random.default_rng(1).integers(0, 260, 10)
+  tr = inspect.trace(model, tokens_T)
+  assert tr.maps_LNTT.shape == (4, 2, 10, 10)
+  np.testing.assert_allclose(tr.logits_TV, model(jnp.asarray(tokens_T)[None])[0], atol=1e-5)
+
+
+def test_inspect_run_on_an_moe_run(tmp_path):
+  config = config_lib.default_config()
+  config.data.tokenizer.kind = 'byte'
+  config.data.seq_len = 16
+  config.model.update(num_layers=4, width=32, num_heads=2, num_kv_heads=2, mlp_dim=48)
+  config.model.moe.update(num_experts=4, top_k=2, every=2)
+  config = config_lib.resolve(config, num_devices=8)
+  tok = ByteTokenizer()
+  model_def = ModelDef.create(ModelConfig.from_config(config.model, vocab_size=tok.vocab_size,
+                                                      seq_len=16))
+  write_run(tmp_path / 'moe', config, model_def.init_params(jax.random.key(0)), tok)
+  rows, pngs, out, note = inspect.inspect_run(tmp_path / 'moe', 'to be or not', top_k=2,
+                                              layers='1,3')
+  assert [p.name for p in pngs] == ['attention_layer01.png', 'attention_layer03.png']
+  assert note is None and len(rows) == len('to be or not') and out == tmp_path / 'moe' / 'inspect'
+  assert all(p.read_bytes()[:8] == PNG_SIGNATURE for p in pngs)

@@ -1,14 +1,21 @@
-"""LoRA: a zero-initialised B changes nothing, only adapters train, merging is exact."""
+"""LoRA: a zero-initialised B changes nothing, only adapters train, merging is exact (in
+memory and as a run written by lm.tools.lora_merge)."""
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from configs.default import get_config
+from lm import config as config_lib
 from lm import parallel
+from lm.data.tokenizers import ByteTokenizer
+from lm.errors import UserError
 from lm.model import ModelConfig, ModelDef, lora
+from lm.run import load_run, write_run
+from lm.tools.lora_merge import merge_workdir
 from lm.train import finetune
 from lm.train.step import make_train_step
 
@@ -139,3 +146,31 @@ def test_optax_sanity_train_only_gives_zero_updates_to_frozen_leaves():
   updates, _ = opt.update(jax.tree.map(jnp.ones_like, params), opt.init(params), params)
   np.testing.assert_array_equal(updates['a'], -np.ones(2))
   np.testing.assert_array_equal(updates['b']['c'], np.zeros(3))
+
+
+def test_lora_merge_writes_a_run_without_adapters_that_computes_the_same(tmp_path):
+  """lm.tools.lora_merge: load_run of a LoRA run -> write_run of the merged model; the merged
+  run loads through the one loader with lora.rank=0 and gives the adapted model's logits."""
+  c = _cfg()
+  c.model.vocab_size = 260  # the byte tokenizer's 259 ids fit
+  c.data.tokenizer.kind = 'byte'
+  c = config_lib.resolve(c, num_devices=jax.device_count())
+  adapted = _model_def(c)
+  params = jax.jit(adapted.init_params)(jax.random.key(2))
+  params = jax.tree_util.tree_map_with_path(  # non-zero B: the adapters change the outputs
+      lambda p, x: x + 0.05 if 'lora_b' in jax.tree_util.keystr(p) else x, params)
+  write_run(tmp_path / 'lora', c, params, ByteTokenizer(), step=3)
+  path = merge_workdir(tmp_path / 'lora', tmp_path / 'merged', log=lambda _: None)
+  assert path.endswith('/merged/checkpoints/3')
+  merged = load_run(tmp_path / 'merged')
+  assert merged.config.lora.rank == 0 and merged.step == 3
+  assert not any(lora.is_lora(p) for p, _ in jax.tree_util.tree_flatten_with_path(
+      merged.params)[0])
+  tokens = _tokens()
+  np.testing.assert_allclose(_logits(merged.model_def, merged.params, tokens),
+                             _logits(adapted, params, tokens), rtol=1e-4, atol=1e-4)
+  with pytest.raises(UserError, match='--out=.*merged already exists'):
+    merge_workdir(tmp_path / 'lora', tmp_path / 'merged', log=lambda _: None)
+  with pytest.raises(UserError, match='trained without LoRA'):
+    merge_workdir(tmp_path / 'merged', tmp_path / 'again', log=lambda _: None)
+  assert not (tmp_path / 'again').exists()

@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from test_api import REPO, tiny_config  # noqa: E402  (tests/ is on sys.path under pytest)
 
-from lm import api, plot  # noqa: E402
+from lm import api  # noqa: E402
+from lm.tools import plot  # noqa: E402
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -60,13 +61,9 @@ def test_curves_and_token_axis(two_runs):
   assert plot.tokens_per_step(a) == 8 * 32  # train.batch_size * data.seq_len
 
 
-def test_figure_content(two_runs, tmp_path, monkeypatch):
+def test_figure_content(two_runs):
   """One colour per run, train solid, eval dashed with markers, x scaled to tokens."""
-  import matplotlib.pyplot as plt
-  seen = {}
-  monkeypatch.setattr(plt, 'close', lambda fig: seen.setdefault('fig', fig))
-  plot.plot_runs(two_runs, tmp_path / 'f.png', x='tokens')
-  ax = seen['fig'].axes[0]
+  ax = plot.figure(two_runs, x='tokens').axes[0]
   lines = {line.get_label(): line for line in ax.get_lines()}
   assert set(lines) == {'run_a train', 'run_a eval', 'run_b train', 'run_b eval'}
   assert lines['run_a train'].get_linestyle() == '-'

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lm import sweep
+from lm.tools import sweep
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [

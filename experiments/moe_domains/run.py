@@ -81,7 +81,7 @@ def run_all(args) -> dict:
 
 
 def write_results(args, results: dict, command: str) -> None:
-  from lm.plot import plot_runs
+  from lm.tools.plot import plot_runs
   from lm.train.metrics import read_metrics
   out = pathlib.Path(args.out)
   domains = ['code', 'prose', 'shakespeare']

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -81,6 +83,18 @@ class Attention(nnx.Module):
     out = self._attend(q_BTNH, k_BSKH.astype(q_BTNH.dtype), v_BSKH.astype(q_BTNH.dtype),
                        mask_B1TS, None, implementation)
     return out, k_BSKH, v_BSKH
+
+  def probs(self, x_BTD: jax.Array, positions_BT: jax.Array, mask_B1TS: jax.Array
+            ) -> jax.Array:
+    """The attention weights [B, N, T, S] (float32) of every query head: softmax(q k^T /
+    sqrt(H)) with the q and k (RoPE included) and the scale of __call__ (lm.tools.inspect)."""
+    q_BTNH, k_BTKH, _ = self._project(x_BTD, positions_BT)
+    k_BTNH = jnp.repeat(k_BTKH, self.groups, axis=2)  # query head n reads KV head n // groups
+    scale = 1.0 / math.sqrt(q_BTNH.shape[-1])
+    logits_BNTS = jnp.einsum('btnh,bsnh->bnts', q_BTNH.astype(jnp.float32),
+                             k_BTNH.astype(jnp.float32)) * scale
+    logits_BNTS = jnp.where(mask_B1TS, logits_BNTS, -jnp.inf)
+    return jax.nn.softmax(logits_BNTS, axis=-1)
 
   def _project(self, x_BTD: jax.Array, positions_BT: jax.Array):
     """q [B, T, N, H], k and v [B, T, K, H], with RoPE applied when configured."""

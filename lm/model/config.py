@@ -104,18 +104,6 @@ class ModelConfig:
       values['moe'] = MoEConfig(**values['moe'])
     return cls(**values)
 
-  @classmethod
-  def from_hf(cls, hf_config: dict, **overrides) -> ModelConfig:
-    """From a Hugging Face GPT-2 or LLaMA config.json dict; `overrides` sets training fields
-    (dtype, remat, ...). The mapping (and the weights') lives in lm/model/hf.py."""
-    from lm.model import hf
-    return hf.config_from_hf(hf_config, **overrides)
-
-  def to_hf(self) -> dict:
-    """The Hugging Face config.json dict of this model (GPT-2 or LLaMA, whichever fits)."""
-    from lm.model import hf
-    return hf.config_to_hf(self)
-
   def param_count(self) -> int:
     """Number of parameters, computed from the shapes (no arrays are built)."""
     d, h, k, dh, f, v = (self.width, self.num_heads, self.num_kv_heads, self.head_dim,

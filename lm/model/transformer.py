@@ -10,11 +10,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lm.model import lora
 from lm.model.attention import Attention, attention_mask, cache_attention_mask
 from lm.model.config import ModelConfig
 from lm.model.heads import ClassifierHead
 from lm.model.layers import Norm, dropout, param
+from lm.model.lora import add_adapters, bind_dropout
 from lm.model.mlp import MLP
 from lm.model.moe import MoE
 from lm.parallel.rules import constrain
@@ -27,7 +27,8 @@ REMAT_POLICIES = {
 
 
 class Block(nnx.Module):
-  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)) (or a mixture of
+  experts)."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, moe: bool = False):
     norm = dict(kind=cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias,
@@ -35,25 +36,36 @@ class Block(nnx.Module):
     self.attn_norm = Norm(cfg.width, **norm)
     self.attn = Attention(cfg, rngs=rngs)
     self.mlp_norm = Norm(cfg.width, **norm)
+    self.is_moe = moe
     self.mlp = MoE(cfg, rngs=rngs) if moe else MLP(cfg, rngs=rngs)
     if cfg.lora_rank:
-      lora.add_adapters(self, cfg, rngs)
+      add_adapters(self, cfg, rngs)
 
-  def __call__(self, x_BTD, positions_BT, mask_B1TT, dropout_key=None):
-    lora.bind_dropout(self, dropout_key)
+  def __call__(self, x_BTD, positions_BT, mask_B1TS, dropout_key=None, *, kv=None,
+               domains_BT=None):
+    """(x, kv, aux). Without `kv` the tokens attend to each other under `mask_B1TT`
+    (training, scoring); with kv=(k [B, S, K, H], v) a KV cache, this call's keys and values
+    are written at slots `positions_BT` and the tokens attend to the cache (decoding). aux:
+    the MoE layer's statistics ({} for a dense block)."""
+    bind_dropout(self, dropout_key)
     k_attn, k_mlp = (None, None) if dropout_key is None else jax.random.split(dropout_key)
-    x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_BT, mask_B1TT, k_attn)
-    x_BTD = constrain(x_BTD, ACT_BTD)
-    x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD), k_mlp)
-    return constrain(x_BTD, ACT_BTD)
-
-  def decode(self, x_BTD, positions_BT, mask_B1TS, k_BSKH, v_BSKH):
-    """The block over a KV cache (no dropout): returns (x, k cache, v cache)."""
-    a_BTD, k_BSKH, v_BSKH = self.attn.decode(self.attn_norm(x_BTD), positions_BT, mask_B1TS,
-                                             k_BSKH, v_BSKH)
+    h_BTD = self.attn_norm(x_BTD)
+    if kv is None:
+      a_BTD = self.attn(h_BTD, positions_BT, mask_B1TS, k_attn)
+    else:
+      a_BTD, k_BSKH, v_BSKH = self.attn.decode(h_BTD, positions_BT, mask_B1TS, *kv)
+      kv = (k_BSKH, v_BSKH)
     x_BTD = constrain(x_BTD + a_BTD, ACT_BTD)
-    x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD))
-    return constrain(x_BTD, ACT_BTD), k_BSKH, v_BSKH
+    h_BTD = self.mlp_norm(x_BTD)
+    if self.is_moe:
+      y_BTD, aux = self.mlp(h_BTD, domains_BT, k_mlp)
+    else:
+      y_BTD, aux = self.mlp(h_BTD, k_mlp), {}
+    return constrain(x_BTD + y_BTD, ACT_BTD), kv, aux
+
+  def attention_probs(self, x_BTD, positions_BT, mask_B1TT):
+    """The attention weights [B, N, T, T] this block applies to its input `x_BTD`."""
+    return self.attn.probs(self.attn_norm(x_BTD), positions_BT, mask_B1TT)
 
 
 class LayerGroup(nnx.Module):
@@ -66,31 +78,25 @@ class LayerGroup(nnx.Module):
       setattr(self, f'dense_{i}', Block(cfg, rngs=rngs))
     self.moe = Block(cfg, rngs=rngs, moe=True)
 
-  def __call__(self, x_BTD, positions_BT, mask_B1TT, domains_BT, dropout_key=None):
-    keys = ([None] * (self.num_dense + 2) if dropout_key is None else
-            list(jax.random.split(dropout_key, self.num_dense + 2)))
-    for i in range(self.num_dense):
-      x_BTD = getattr(self, f'dense_{i}')(x_BTD, positions_BT, mask_B1TT, keys[i])
-    block = self.moe
-    x_BTD = x_BTD + block.attn(block.attn_norm(x_BTD), positions_BT, mask_B1TT, keys[-2])
-    x_BTD = constrain(x_BTD, ACT_BTD)
-    y_BTD, aux = block.mlp(block.mlp_norm(x_BTD), domains_BT, keys[-1])
-    return constrain(x_BTD + y_BTD, ACT_BTD), aux
+  def layer_blocks(self) -> list[Block]:
+    """The group's blocks in layer order (its dense ones, then the MoE one)."""
+    return [getattr(self, f'dense_{i}') for i in range(self.num_dense)] + [self.moe]
 
-  def decode(self, x_BTD, positions_BT, mask_B1TS, k_GBSKH, v_GBSKH, domains_BT=None):
-    """The group over its layers' KV caches [every, B, S, K, H]."""
-    ks, vs = [], []
-    for i in range(self.num_dense):
-      x_BTD, k, v = getattr(self, f'dense_{i}').decode(x_BTD, positions_BT, mask_B1TS,
-                                                       k_GBSKH[i], v_GBSKH[i])
-      ks.append(k)
-      vs.append(v)
-    block = self.moe
-    a_BTD, k, v = block.attn.decode(block.attn_norm(x_BTD), positions_BT, mask_B1TS,
-                                    k_GBSKH[-1], v_GBSKH[-1])
-    x_BTD = constrain(x_BTD + a_BTD, ACT_BTD)
-    y_BTD, _ = block.mlp(block.mlp_norm(x_BTD), domains_BT)
-    return constrain(x_BTD + y_BTD, ACT_BTD), jnp.stack(ks + [k]), jnp.stack(vs + [v])
+  def __call__(self, x_BTD, positions_BT, mask_B1TS, dropout_key=None, *, kv=None,
+               domains_BT=None):
+    """Block.__call__ over the group's layers; kv holds their caches [every, B, S, K, H]."""
+    blocks = self.layer_blocks()
+    keys = ([None] * len(blocks) if dropout_key is None else
+            list(jax.random.split(dropout_key, len(blocks))))
+    caches = []
+    for i, block in enumerate(blocks):
+      x_BTD, layer_kv, aux = block(x_BTD, positions_BT, mask_B1TS, keys[i],
+                                   kv=None if kv is None else (kv[0][i], kv[1][i]),
+                                   domains_BT=domains_BT)
+      caches.append(layer_kv)
+    if kv is not None:
+      kv = (jnp.stack([k for k, _ in caches]), jnp.stack([v for _, v in caches]))
+    return x_BTD, kv, aux
 
 
 def stacked_layer(cfg: ModelConfig) -> tuple[type[nnx.Module], int]:
@@ -140,8 +146,9 @@ class Transformer(nnx.Module):
     """Logits [B, T, V]; with `return_aux`, (logits, aux) where aux holds each MoE layer's
     statistics stacked on a leading layer axis ({} for a dense model). `domains_BT` are
     the tokens' domain ids, which domain routing needs (default: domain 0)."""
-    x_BTD, aux = self._hidden(tokens_BT, positions_BT, segment_ids_BT, dropout_key, domains_BT)
-    logits_BTV = self._logits(x_BTD)
+    x_BTD, aux = self.hidden(tokens_BT, positions_BT, segment_ids_BT, dropout_key=dropout_key,
+                             domains_BT=domains_BT)
+    logits_BTV = self.logits(x_BTD)
     return (logits_BTV, aux) if return_aux else logits_BTV
 
   def classify(self, tokens_BT: jax.Array, positions_BT: jax.Array,
@@ -150,34 +157,27 @@ class Transformer(nnx.Module):
     """Class logits [B, C] of one example per row (`lengths_B` real tokens, then padding)."""
     if self.classifier is None:
       raise ValueError('this model has no classification head; set model.num_classes > 0')
-    x_BTD, _ = self._hidden(tokens_BT, positions_BT, segment_ids_BT, dropout_key, None)
+    x_BTD, _ = self.hidden(tokens_BT, positions_BT, segment_ids_BT, dropout_key=dropout_key)
     return self.classifier(self.final_norm(x_BTD), lengths_B)
 
   def decode(self, tokens_BT: jax.Array, positions_BT: jax.Array,
-             cache: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+             cache: dict[str, jax.Array], *, domains_BT: jax.Array | None = None
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Logits of `tokens_BT` at `positions_BT`, reading and filling a KV cache.
 
     `cache` is {'k', 'v'}: [layers, B, S, K, H] where slot s of a row holds position s.
     One call can prefill a whole (right-padded) prompt or feed one token per row; a token
     at position p attends to slots 0..p. Returns (logits [B, T, V], updated cache).
     """
-    x_BTD = constrain(self._embed(tokens_BT, positions_BT), ACT_BTD)
+    x_BTD = constrain(self.embed_tokens(tokens_BT, positions_BT), ACT_BTD)
     mask_B1TS = cache_attention_mask(positions_BT, cache['k'].shape[2])
-    block_def, stacked = nnx.split(self.blocks)
-    if self.cfg.moe.enabled:
-      return self._decode_groups(x_BTD, positions_BT, mask_B1TS, cache)
+    x_BTD, (k_LBSKH, v_LBSKH), _ = self.layers(x_BTD, positions_BT, mask_B1TS,
+                                               kv=(cache['k'], cache['v']),
+                                               domains_BT=domains_BT)
+    return self.logits(x_BTD), {'k': k_LBSKH, 'v': v_LBSKH}
 
-    def body(x_BTD, layer):
-      layer_state, k_BSKH, v_BSKH = layer
-      block = nnx.merge(block_def, layer_state)
-      x_BTD, k_BSKH, v_BSKH = block.decode(x_BTD, positions_BT, mask_B1TS, k_BSKH, v_BSKH)
-      return x_BTD, (k_BSKH, v_BSKH)
-
-    x_BTD, (k_LBSKH, v_LBSKH) = jax.lax.scan(body, x_BTD, (stacked, cache['k'], cache['v']),
-                                             unroll=self.cfg.unroll_layers)
-    return self._logits(x_BTD), {'k': k_LBSKH, 'v': v_LBSKH}
-
-  def _hidden(self, tokens_BT, positions_BT, segment_ids_BT, dropout_key, domains_BT):
+  def hidden(self, tokens_BT, positions_BT=None, segment_ids_BT=None, *, dropout_key=None,
+             domains_BT=None):
     """The last block's output [B, T, D] (before the final norm) and the MoE statistics
     ({} for a dense model): what __call__ and classify share."""
     cfg = self.cfg
@@ -188,16 +188,18 @@ class Transformer(nnx.Module):
       segment_ids_BT = jnp.ones((b, t), jnp.int32)
     mask_B1TT = attention_mask(segment_ids_BT, causal=cfg.causal)
 
-    x_BTD = self._embed(tokens_BT, positions_BT)
+    x_BTD = self.embed_tokens(tokens_BT, positions_BT)
     if dropout_key is not None:
       dropout_key, k_embed = jax.random.split(dropout_key)
       x_BTD = dropout(x_BTD, cfg.dropout, k_embed)
     x_BTD = constrain(x_BTD, ACT_BTD)
-    if cfg.moe.enabled:
-      return self._apply_groups(x_BTD, positions_BT, mask_B1TT, domains_BT, dropout_key)
-    return self._apply_blocks(x_BTD, positions_BT, mask_B1TT, dropout_key), {}
+    x_BTD, _, aux = self.layers(x_BTD, positions_BT, mask_B1TT, dropout_key=dropout_key,
+                                domains_BT=domains_BT)
+    return x_BTD, aux
 
-  def _embed(self, tokens_BT, positions_BT):
+  def embed_tokens(self, tokens_BT, positions_BT):
+    """The residual stream entering the first block, [B, T, D]: token (+ position)
+    embeddings."""
     cfg = self.cfg
     x_BTD = jnp.take(self.embed[...], tokens_BT, axis=0).astype(cfg.jnp_dtype)
     if self.embed_scale is not None:
@@ -207,7 +209,8 @@ class Transformer(nnx.Module):
       x_BTD = x_BTD + jnp.take(self.pos_embed[...], positions_BT, axis=0).astype(cfg.jnp_dtype)
     return x_BTD
 
-  def _logits(self, x_BTD):
+  def logits(self, x_BTD):
+    """The LM head: final norm and unembedding of the last block's output, float32."""
     cfg = self.cfg
     b, t, _ = x_BTD.shape
     x_BTD = self.final_norm(x_BTD)
@@ -220,52 +223,45 @@ class Transformer(nnx.Module):
       logits_BTV = logits_BTV + self.unembed_bias[...].astype(cfg.jnp_dtype)
     return constrain(logits_BTV.astype(jnp.float32), ('batch', 'seq', 'act_vocab'))
 
-  def _apply_blocks(self, x_BTD, positions_BT, mask_B1TT, dropout_key):
-    block_def, stacked = nnx.split(self.blocks)
-    layer_keys = (None if dropout_key is None else
-                  jax.random.split(dropout_key, self.cfg.num_layers))
+  def layers(self, x_BTD, positions_BT, mask_B1TS, *, kv=None, dropout_key=None,
+             domains_BT=None):
+    """The one layer loop, for training, scoring and decoding alike: a scan over the
+    stacked layers (Blocks, or LayerGroups with experts), each called as Block.__call__.
+
+    `kv` (decoding) is (k, v) caches [layers, B, S, K, H]. Returns (x, kv or None, aux
+    stacked over the stacked layers)."""
+    cfg = self.cfg
+    layer_def, stacked = nnx.split(self.blocks)
+    _, num_stacked = stacked_layer(cfg)
+    keys = None if dropout_key is None else jax.random.split(dropout_key, num_stacked)
+    if kv is not None:  # [layers, ...] -> [stacked units, layers per unit, ...]
+      kv = tuple(c.reshape(num_stacked, -1, *c.shape[1:]) if cfg.moe.enabled else c
+                 for c in kv)
 
     def body(x_BTD, layer):
-      layer_state, key = layer
-      block = nnx.merge(block_def, layer_state)
-      return block(x_BTD, positions_BT, mask_B1TT, key), None
+      layer_state, key, layer_kv = layer
+      x_BTD, layer_kv, aux = nnx.merge(layer_def, layer_state)(
+          x_BTD, positions_BT, mask_B1TS, key, kv=layer_kv, domains_BT=domains_BT)
+      return x_BTD, (layer_kv, aux)
 
-    if self.cfg.remat != 'none':
-      body = jax.checkpoint(body, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
+    if cfg.remat != 'none' and kv is None:  # (decoding has no backward pass to save for)
+      body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
     # Unrolling keeps the stacked layout but lets XLA schedule the layers as straight-line
     # code: on CPU the rolled loop's backward pass costs ~1.5x more.
-    x_BTD, _ = jax.lax.scan(body, x_BTD, (stacked, layer_keys), unroll=self.cfg.unroll_layers)
-    return x_BTD
+    x_BTD, (kv, aux) = jax.lax.scan(body, x_BTD, (stacked, keys, kv), unroll=cfg.unroll_layers)
+    if kv is not None and cfg.moe.enabled:
+      kv = tuple(c.reshape(-1, *c.shape[2:]) for c in kv)
+    return x_BTD, kv, aux
 
-  def _apply_groups(self, x_BTD, positions_BT, mask_B1TT, domains_BT, dropout_key):
-    """The scanned MoE layer groups; returns (x, aux stacked over the MoE layers)."""
-    group_def, stacked = nnx.split(self.blocks)
-    num_groups = self.cfg.num_layers // self.cfg.moe.every
-    group_keys = None if dropout_key is None else jax.random.split(dropout_key, num_groups)
-
-    def body(x_BTD, layer):
-      group_state, key = layer
-      return nnx.merge(group_def, group_state)(x_BTD, positions_BT, mask_B1TT, domains_BT, key)
-
-    if self.cfg.remat != 'none':
-      body = jax.checkpoint(body, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
-    return jax.lax.scan(body, x_BTD, (stacked, group_keys), unroll=self.cfg.unroll_layers)
-
-  def _decode_groups(self, x_BTD, positions_BT, mask_B1TS, cache):
-    every = self.cfg.moe.every
-    group_def, stacked = nnx.split(self.blocks)
-    k_GEBSKH, v_GEBSKH = (c.reshape(-1, every, *c.shape[1:]) for c in (cache['k'], cache['v']))
-
-    def body(x_BTD, layer):
-      group_state, k_EBSKH, v_EBSKH = layer
-      x_BTD, k_EBSKH, v_EBSKH = nnx.merge(group_def, group_state).decode(
-          x_BTD, positions_BT, mask_B1TS, k_EBSKH, v_EBSKH)
-      return x_BTD, (k_EBSKH, v_EBSKH)
-
-    x_BTD, (k_GEBSKH, v_GEBSKH) = jax.lax.scan(body, x_BTD, (stacked, k_GEBSKH, v_GEBSKH),
-                                               unroll=self.cfg.unroll_layers)
-    return self._logits(x_BTD), {'k': k_GEBSKH.reshape(cache['k'].shape),
-                                 'v': v_GEBSKH.reshape(cache['v'].shape)}
+  def layer_blocks(self) -> list[Block]:
+    """Every layer as its own Block module, in order (sliced from the stacked parameters):
+    calling them one by one on `embed_tokens`' output and `logits` at the end computes
+    what __call__ does, with each layer's input at hand (lm.tools.inspect)."""
+    layer_def, stacked = nnx.split(self.blocks)
+    _, num_stacked = stacked_layer(self.cfg)
+    units = [nnx.merge(layer_def, jax.tree.map(lambda a, i=i: a[i], stacked))
+             for i in range(num_stacked)]
+    return [b for u in units for b in (u.layer_blocks() if isinstance(u, LayerGroup) else [u])]
 
   def logical_axes(self) -> nnx.State:
     """A State shaped like the parameters whose leaves are logical-axis tuples."""

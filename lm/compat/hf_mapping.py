@@ -1,6 +1,6 @@
 """Hugging Face GPT-2 and LLaMA checkpoints <-> ModelConfig and our parameter tree.
 
-Config: `ModelConfig.from_hf` / `ModelConfig.to_hf` call `config_from_hf` / `config_to_hf`.
+Config: `config_from_hf` / `config_to_hf` (kept out of lm.model, which knows nothing of HF).
 Weights: one function per family and direction between HF's flat {name: array} dict and
 our nested params (layers stacked on a leading axis), in numpy only (no torch). HF stores
 a Linear weight as [out, in] (GPT-2's Conv1D as [in, out]); our QKV kernel is fused per KV
@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from lm.errors import ConversionError
 from lm.model.config import ModelConfig
 
 FAMILIES = ('gpt2', 'llama')
@@ -34,8 +35,7 @@ GPT2_ACTIVATIONS = ('gelu_new', 'gelu_pytorch_tanh')  # tanh-approximated GELU, 
 _IGNORED_SUFFIXES = ('.attn.bias', '.attn.masked_bias', '.rotary_emb.inv_freq')
 
 
-class HFConversionError(ValueError):
-  """An HF config or checkpoint this converter cannot map; the message says why."""
+HFConversionError = ConversionError  # the name this module's errors had before lm.errors
 
 
 # ---- configs ------------------------------------------------------------------------------
@@ -45,19 +45,19 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
   """The ModelConfig of an HF config.json dict; `overrides` sets non-architecture fields."""
   model_type = hf.get('model_type')
   if model_type not in FAMILIES:
-    raise HFConversionError(f'config.json model_type={model_type!r} is not supported; '
-                            f'lm converts {", ".join(FAMILIES)} models.')
+    raise ConversionError(f'config.json model_type={model_type!r} is not supported; '
+                          f'lm converts {", ".join(FAMILIES)} models.')
   fields = _gpt2_config_from_hf(hf) if model_type == 'gpt2' else _llama_config_from_hf(hf)
   bad = sorted(set(overrides) & set(ARCHITECTURE_FIELDS))
   if bad:
-    raise HFConversionError(f'{", ".join(bad)} come from config.json; they cannot be overridden.')
+    raise ConversionError(f'{", ".join(bad)} come from config.json; they cannot be overridden.')
   return ModelConfig(**fields, **overrides)
 
 
 def _get(hf: Mapping[str, Any], key: str, default: Any = None) -> Any:
   value = hf.get(key, default)
   if value is None:
-    raise HFConversionError(f'config.json has no {key!r}; it is needed to build the model.')
+    raise ConversionError(f'config.json has no {key!r}; it is needed to build the model.')
   return value
 
 
@@ -77,8 +77,8 @@ def _gpt2_config_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
   if not hf.get('tie_word_embeddings', True):
     problems.append('tie_word_embeddings=false (lm\'s GPT-2 ties its LM head to the embedding)')
   if problems:
-    raise HFConversionError(f'config.json (gpt2) uses what lm does not implement: '
-                            f'{"; ".join(problems)}.')
+    raise ConversionError(f'config.json (gpt2) uses what lm does not implement: '
+                          f'{"; ".join(problems)}.')
   return dict(vocab_size=_get(hf, 'vocab_size'), num_layers=_get(hf, 'n_layer'), width=width,
               num_heads=_get(hf, 'n_head'), num_kv_heads=_get(hf, 'n_head'),
               mlp_dim=hf.get('n_inner') or 4 * width, max_len=_get(hf, 'n_positions'),
@@ -91,8 +91,8 @@ def _rope_theta(hf: Mapping[str, Any]) -> float:
   rope = hf.get('rope_parameters') or hf.get('rope_scaling') or {}
   kind = rope.get('rope_type', rope.get('type', 'default'))
   if kind != 'default':
-    raise HFConversionError(f'config.json RoPE type {kind!r} is not supported (lm implements '
-                            "plain RoPE, rope_type 'default').")
+    raise ConversionError(f'config.json RoPE type {kind!r} is not supported (lm implements '
+                          "plain RoPE, rope_type 'default').")
   return float(rope.get('rope_theta', hf.get('rope_theta', 10_000.0)))
 
 
@@ -110,8 +110,8 @@ def _llama_config_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
     problems.append(f'head_dim={hf["head_dim"]} != hidden_size/num_attention_heads = '
                     f'{width // heads}')
   if problems:
-    raise HFConversionError(f'config.json (llama) uses what lm does not implement: '
-                            f'{"; ".join(problems)}.')
+    raise ConversionError(f'config.json (llama) uses what lm does not implement: '
+                          f'{"; ".join(problems)}.')
   return dict(vocab_size=_get(hf, 'vocab_size'), num_layers=_get(hf, 'num_hidden_layers'),
               width=width, num_heads=heads,
               num_kv_heads=hf.get('num_key_value_heads') or heads,
@@ -123,16 +123,26 @@ def _llama_config_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def family(cfg: ModelConfig) -> str:
-  """The HF family `cfg` is expressible in ('gpt2' or 'llama'), else HFConversionError."""
+  """The HF family `cfg` is expressible in ('gpt2' or 'llama'), else ConversionError."""
   misses = {}
   for name, needs in FAMILY_NEEDS.items():
     misses[name] = [f'model.{k}={v!r}' for k, v in needs.items() if getattr(cfg, k) != v]
   if cfg.num_kv_heads != cfg.num_heads:
     misses['gpt2'].append('model.num_kv_heads = model.num_heads')
+  # What neither family has: a run with these is refused whatever its other fields.
+  neither = [msg for bad, msg in (
+      (cfg.moe.enabled, 'a dense MLP (model.moe.num_experts=0)'),
+      (cfg.lora_rank > 0, 'no LoRA adapters (fold them in first: python -m lm.lora_merge)'),
+      (cfg.num_classes > 0, 'a language-model head (model.num_classes=0)'),
+      (not cfg.causal, 'a causal decoder (model.causal=True)'),
+      (cfg.quantized, 'float weights (not model.weight_quant)')) if bad]
+  if neither:
+    raise ConversionError('the model has no Hugging Face family lm exports: GPT-2 and LLaMA '
+                          f'need {", ".join(neither)}.')
   for name, missing in misses.items():
     if not missing:
       return name
-  raise HFConversionError(
+  raise ConversionError(
       'the model matches no Hugging Face family lm exports: LLaMA needs '
       f'{", ".join(misses["llama"])}; GPT-2 needs {", ".join(misses["gpt2"])}.')
 
@@ -173,12 +183,12 @@ class _Tensors:
 
   def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
     if name not in self.tensors:
-      raise HFConversionError(f'{self.source} has no tensor {name!r} (shape {shape}), which '
-                              'config.json implies; is it a checkpoint of this model?')
+      raise ConversionError(f'{self.source} has no tensor {name!r} (shape {shape}), which '
+                            'config.json implies; is it a checkpoint of this model?')
     x = self.tensors[name]
     if tuple(x.shape) != tuple(shape):
-      raise HFConversionError(f'tensor {name!r} in {self.source} has shape {tuple(x.shape)}, '
-                              f'but config.json implies {tuple(shape)}.')
+      raise ConversionError(f'tensor {name!r} in {self.source} has shape {tuple(x.shape)}, '
+                            f'but config.json implies {tuple(shape)}.')
     self.used.add(name)
     return np.asarray(x).astype(self.dtype, copy=False)
 
@@ -187,8 +197,8 @@ class _Tensors:
                    and not n.endswith(_IGNORED_SUFFIXES))
     if extra:
       shown = ', '.join(extra[:5]) + (f' and {len(extra) - 5} more' if len(extra) > 5 else '')
-      raise HFConversionError(f'{self.source} holds tensors the model has no place for: '
-                              f'{shown}; does config.json describe this checkpoint?')
+      raise ConversionError(f'{self.source} holds tensors the model has no place for: '
+                            f'{shown}; does config.json describe this checkpoint?')
 
 
 def _stack(layers: list[dict]) -> dict:

@@ -1,0 +1,1 @@
+"""Other ecosystems' formats: Hugging Face models in and out (hf_mapping, hf)."""
