@@ -28,12 +28,11 @@ from flax import nnx
 
 from lm import parallel, runtime
 from lm import workdir as workdir_lib
-from lm.config import ConfigDict
+from lm.config import ConfigDict, override
 from lm.errors import ConfigError, DataError
 from lm.model import ModelConfig, ModelDef, Transformer
 from lm.run import load_run
 from lm.tools import inspect
-from lm.tools.overrides import override
 from lm.tools.run_data import run_data
 from lm.train import tasks
 from lm.train import train as train_run

@@ -12,6 +12,7 @@ problem names the dotted key and what would fix it, and all are reported at once
   fields.py    field types and rules, and the generic checks they drive
   sections.py  the typed sections, each with its own checks
   checks.py    checks between sections; typed, validate, resolve
+  overrides.py dotted-key overrides ({'train.steps': 100}) of a ConfigDict
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from lm.config.load import (
                             load_file,
                             to_json,
 )
+from lm.config.overrides import override
 from lm.config.sections import (
                                 LORA_TARGETS,
                                 MIN_SENTENCEPIECE_VOCAB,
@@ -66,6 +68,6 @@ __all__ = [
     'TASK_FORMATS', 'WEIGHT_DECAY_KINDS', 'Checkpoint', 'Config', 'ConfigDict', 'ConfigError',
     'Data', 'Lora', 'Mesh', 'MoE', 'Model', 'Optimizer', 'Runtime', 'Tokenizer', 'Train',
     'check_known_keys',
-    'default_config', 'define_config_flag', 'fill_new_keys', 'from_flag', 'from_json',
+    'default_config', 'define_config_flag', 'override', 'fill_new_keys', 'from_flag', 'from_json',
     'load_file', 'resolve', 'to_json', 'typed', 'validate',
 ]

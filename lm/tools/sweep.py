@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from lm import workdir as workdir_lib
-from lm.config import ConfigDict
+from lm.config import ConfigDict, override
 from lm.errors import ConfigError, UserError
 from lm.model import ModelConfig
-from lm.tools.overrides import override
 from lm.tools.plot import plot_runs
 from lm.train.metrics import read_metrics
 

@@ -1,12 +1,12 @@
 """Dotted-key overrides of a ConfigDict ({'train.steps': 100}) with every problem named:
-what lm.api.load_config and lm.tools.sweep's grid check share."""
+what lm.api.load_config and lm.tools.sweep share."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from lm.config import ConfigDict
+from lm.config.load import ConfigDict
 from lm.errors import ConfigError
 
 
