@@ -36,9 +36,11 @@ _ROOT_MARKER = {'format': 'lm-checkpoint', 'version': 1}
 # Files every complete lm checkpoint holds (orbax reports the rest when it reads them).
 _REQUIRED = ('_CHECKPOINT_METADATA', f'{STATE}/_METADATA', f'{CONFIG}/{CONFIG_FILE}', DATA_STATE)
 
+# Small JSON files orbax parses when it opens a directory: one that is damaged would make
+# every step unopenable, so such a step is set aside (not deleted) and the others open.
+_JSON_READ_AT_OPEN = ('_CHECKPOINT_METADATA', 'metrics/metrics')
+
 log = logging.getLogger(__name__)
-
-
 
 
 # ---- per-process data-iterator state ----------------------------------------------------
@@ -164,6 +166,7 @@ class Checkpointer:
     self._read_only = read_only
     self._closed = False
     _check_contents(self.directory)
+    self.damaged = _damaged_steps(self.directory)  # step -> why; orbax never sees them
 
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     registry.add(STATE, ocp.args.StandardSave)
@@ -185,11 +188,14 @@ class Checkpointer:
         cleanup_tmp_directories=not read_only,  # debris of a save that crashed
         create=not read_only,
         read_only=read_only,
+        step_name_format=_SkipSteps(ocp.path.step.standard_name_format(), set(self.damaged)),
     )
     try:
       self._manager = ocp.CheckpointManager(
           self.directory, options=options, handler_registry=registry,
-          metadata=None if read_only else _ROOT_MARKER)
+          # Orbax checks that its metadata/ directory exists after making it, which an
+          # object store (gs:// through fsspec) has not until a file is in it: no marker there.
+          metadata=None if read_only or '://' in str(self.directory) else _ROOT_MARKER)
     except Exception as e:  # orbax raises many kinds
       raise CheckpointError(f'cannot open checkpoint directory {self.directory}: {e}. '
                             'Delete it or pick another --workdir.') from e
@@ -239,6 +245,10 @@ class Checkpointer:
       raise CheckpointError(f'data_state is not JSON-serializable ({e}); the data iterator '
                             'state must hold only dicts, lists, strings, numbers and bools.') from e
 
+    if step in self.damaged:
+      raise CheckpointError(
+          f'cannot save step {step}: {self.step_path(step)} holds a damaged checkpoint '
+          f'({self.damaged[step]}), left as it was. Delete it to let this run save step {step}.')
     self.wait()  # one save in flight at a time; reports a failed previous one as such
     steps = self.all_steps()
     if step in steps:
@@ -339,6 +349,10 @@ class Checkpointer:
           f'damaged or truncated. {_what_to_do(path, step, steps)}') from e
     return restored[STATE]['params'], step
 
+  def saved_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+    """Dotted key -> shape of every array of the state saved at `step`."""
+    return _flat_shapes(self._manager.item_metadata(step)[STATE])
+
   def saved_keys(self, step: int) -> set[str]:
     """The top-level keys of the state saved at `step` ('params', 'opt_state', ...)."""
     return set(self._manager.item_metadata(step)[STATE].keys())
@@ -406,6 +420,47 @@ def _what_to_do(path: epath.Path, step: int, steps: list[int]) -> str:
   older = [s for s in steps if s < step]
   then = (f'resume from step {older[-1]}' if older else 'start from scratch')
   return f'Delete {path} to {then}, or pick another --workdir.'
+
+
+def _damaged_steps(directory: epath.Path) -> dict[int, str]:
+  """Step -> what is wrong, for the step directories whose small JSON files (the ones orbax
+  reads when it opens the directory) do not parse: truncated by a full disk or a copy."""
+  damaged: dict[int, str] = {}
+  if not directory.is_dir():
+    return damaged
+  for p in directory.iterdir():
+    if not (p.name.isdigit() and p.is_dir()):
+      continue
+    for name in _JSON_READ_AT_OPEN:
+      f = p / name
+      if not f.exists():
+        continue
+      try:
+        json.loads(f.read_text())
+      except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        damaged[int(p.name)] = f'{f} is truncated or damaged: {e}'
+        break
+  for step, why in sorted(damaged.items()):
+    log.warning('checkpoint step %d is set aside: %s', step, why)
+  return damaged
+
+
+class _SkipSteps(ocp.path.step.NameFormat):
+  """Orbax's step naming, blind to the `skip` steps (damaged ones, left on disk)."""
+
+  def __init__(self, inner: ocp.path.step.NameFormat, skip: set[int]):
+    self._inner, self._skip = inner, skip
+
+  def build_name(self, step: int) -> str:
+    return self._inner.build_name(step)
+
+  def find_all(self, base_path):
+    return (m for m in self._inner.find_all(base_path) if m.step not in self._skip)
+
+  def find_step(self, base_path, step: int):
+    if step in self._skip:
+      raise ValueError(f'step {step} is damaged and set aside')
+    return self._inner.find_step(base_path, step)
 
 
 def _check_contents(directory: epath.Path) -> None:
