@@ -29,7 +29,9 @@ from lm import config as config_lib
 from lm import parallel
 from lm.checkpoint import Checkpointer, CheckpointError
 from lm.data import prepare
+from lm.errors import DataError
 from lm.model import ModelConfig, ModelDef
+from lm.run import write_run
 from lm.train import Trainer, TrainingDiverged
 from lm.train.metrics import read_metrics
 from lm.train.optimizer import build_optimizer
@@ -482,3 +484,86 @@ def test_truncated_checkpoint_is_reported_and_left_alone(reference, data_dirs, t
   assert str(step_dir) in str(err.value), str(err.value)
   assert victim.stat().st_size == size // 2  # still there, not deleted or "repaired"
   assert _checkpoint_steps(workdir) == [20, 40]
+
+
+def test_nan_then_ctrl_c_at_a_non_log_step_saves_nothing(reference, data_dirs, tmp_path):
+  config = _config(data_dirs)
+  config.train.log_every = 10  # the dispatch ending at step 25 is read back by no log row
+
+  def poison_then_interrupt(n, batch):
+    if n == 23:
+      batch = dict(batch, weights=np.full_like(batch['weights'], np.nan))
+    if n == 28:  # steps 21-25 ran (NaN at 23); the dispatch of 26-30 was being assembled
+      raise KeyboardInterrupt
+    return batch
+
+  trainer = _trainer(config, tmp_path)
+  _hook_data(trainer, poison_then_interrupt)
+  with pytest.raises(TrainingDiverged, match=r'interrupted, and not saved: .* at step 23') as e:
+    trainer.run()
+  assert '(20)' in str(e.value)
+  assert _checkpoint_steps(tmp_path) == [20]  # the NaN state of step 25 is not the latest
+  state, _, _ = _restore(trainer)
+  reference_20, _, _ = _restore(reference['trainer'], 20)
+  _assert_trees_equal(state, reference_20, rtol=1e-6)
+
+
+def test_truncated_checkpoint_metrics_set_that_step_aside(reference, data_dirs, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(reference['workdir'], workdir)
+  metrics = workdir / 'checkpoints' / '40' / 'metrics' / 'metrics'
+  text = metrics.read_text()
+  metrics.write_text(text[:len(text) // 2])
+
+  logs: list[str] = []
+  trainer = _trainer(_config(data_dirs), workdir, logs)
+  try:
+    state, _ = trainer._initial_state()
+    with pytest.raises(CheckpointError, match='cannot save step 40: .*damaged'):
+      trainer.checkpoints.save(40, state, data_state={}, config_json=trainer.config_json)
+  finally:
+    trainer.checkpoints.close()
+  assert any('checkpoint step 40 is damaged' in line and 'metrics' in line for line in logs)
+  assert any('resumed from' in line and '(step 20)' in line for line in logs), logs
+  reference_20, _, _ = _restore(reference['trainer'], 20)
+  _assert_trees_equal(jax.device_get(state), reference_20, rtol=1e-6)
+  assert metrics.read_text() == text[:len(text) // 2]  # left as it was, not deleted
+  assert (workdir / 'checkpoints' / '40' / 'state').is_dir()
+
+
+def test_a_params_only_run_resumes_with_a_fresh_optimizer(reference, data_dirs, tmp_path):
+  # What `python -m lm.main --workdir=OUT` does with a run lm.convert/lm.lora_merge wrote.
+  ref = reference['trainer']
+  workdir = tmp_path / 'run'
+  write_run(workdir, ref.config, reference['state']['params'], ref.tokenizer, step=20)
+  logs: list[str] = []
+  trainer = _trainer(_config(data_dirs), workdir, logs)
+  try:
+    state, _ = trainer._initial_state()
+  finally:
+    trainer.checkpoints.close()
+  assert int(state['step']) == 20
+  _assert_trees_equal(jax.device_get(state['params']), reference['state']['params'])
+  assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(state['opt_state'])
+             if x.dtype == jnp.float32)  # fresh moments
+  assert any('holds no optimizer state' in line for line in logs), logs
+
+  trainer = _trainer(_config(data_dirs), workdir, logs)
+  final = trainer.run()
+  rows = read_metrics(workdir / 'metrics.jsonl')
+  assert [r['step'] for r in rows] == [25, 30, 35, 40]
+  assert math.isfinite(final['eval/loss'])
+  with Checkpointer(workdir / 'checkpoints', read_only=True) as ckpt:
+    assert ckpt.all_steps() == [20, 40] and 'opt_state' in ckpt.saved_keys(40)
+
+
+def test_resuming_with_another_tokenizer_is_refused(reference, data_dirs, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(reference['workdir'], workdir)
+  before = {p: p.read_bytes() for p in workdir.rglob('*') if p.is_file()}
+  config = _config(data_dirs)
+  config.data.tokenizer.kind = 'char'
+  trainer = _trainer(config, workdir)
+  with pytest.raises(DataError, match=r'tokenizer.*holds another tokenizer \(byte, vocabulary 259'):
+    trainer.run()
+  assert {p: p.read_bytes() for p in workdir.rglob('*') if p.is_file()} == before
