@@ -15,6 +15,7 @@ import math
 import os
 import pathlib
 import shutil
+import socket
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +28,14 @@ from jax.experimental.compilation_cache import compilation_cache
 from configs.default import get_config
 from lm import config as config_lib
 from lm import parallel
+from lm import workdir as workdir_lib
 from lm.checkpoint import Checkpointer, CheckpointError
 from lm.data import prepare
 from lm.errors import DataError
 from lm.model import ModelConfig, ModelDef
-from lm.run import write_run
+from lm.run import load_run, write_run
 from lm.train import Trainer, TrainingDiverged
+from lm.train import metrics as metrics_lib
 from lm.train.metrics import read_metrics
 from lm.train.optimizer import build_optimizer
 from lm.train.state import abstract_state, fresh_state, init_state, state_shardings
@@ -567,3 +570,66 @@ def test_resuming_with_another_tokenizer_is_refused(reference, data_dirs, tmp_pa
   with pytest.raises(DataError, match=r'tokenizer.*holds another tokenizer \(byte, vocabulary 259'):
     trainer.run()
   assert {p: p.read_bytes() for p in workdir.rglob('*') if p.is_file()} == before
+
+
+# ---- a gs:// workdir -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gcs_emulator():
+  """A local stand-in for Google Cloud Storage (gcp-storage-emulator, in memory) that both
+  clients of a gs:// workdir talk to: gcsfs (etils.epath: config, tokenizer, metrics,
+  Orbax's step directories) and tensorstore (Orbax's arrays)."""
+  pytest.importorskip('gcsfs')
+  server_lib = pytest.importorskip('gcp_storage_emulator.server')
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  server = server_lib.create_server('127.0.0.1', port, in_memory=True, default_bucket='bucket')
+  server.start()
+  env = {'STORAGE_EMULATOR_HOST': f'http://127.0.0.1:{port}',
+         'TENSORSTORE_GCS_HTTP_URL': f'http://127.0.0.1:{port}',
+         'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'test'}
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  try:
+    yield 'gs://bucket'
+  finally:
+    server.stop()
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+
+
+def test_a_gs_workdir_trains_resumes_and_loads(gcs_emulator, data_dirs, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # a URL taken for a local path would appear here as gs:/
+  # No TensorBoard events: tensorboardX's own gs:// writer uploads again whenever Python
+  # collects it, long after this server has stopped.
+  monkeypatch.setattr(metrics_lib, '_TB_URL_SCHEMES', ())
+  workdir = f'{gcs_emulator}/runs/tiny'
+  config = _config(data_dirs)
+  config.model.num_layers = 1
+  config.train.steps, config.train.steps_per_dispatch, config.train.log_every = 2, 1, 1
+  config.train.eval_every = config.checkpoint.every = 2
+  config.train.sample_tokens = 0
+  config.checkpoint.async_save = False
+  first = _trainer(config, workdir)
+  first.run()
+  assert load_run(workdir).step == 2
+  assert not any(tmp_path.iterdir())
+
+  config.train.steps = 4
+  logs: list[str] = []
+  trainer = _trainer(config, workdir, logs)
+  final = trainer.run()
+  assert any(f'resumed from {workdir}/checkpoints/2 (step 2)' in line for line in logs), logs
+  assert [r['step'] for r in read_metrics(f'{workdir}/metrics.jsonl')] == [1, 2, 3, 4]
+  assert workdir_lib.read_config(workdir).to_dict() == trainer.config.to_dict()
+  assert workdir_lib.checkpoint_steps(workdir) == [2, 4]
+  run = load_run(workdir, mesh=trainer.mesh)
+  assert run.step == 4 and run.workdir == workdir and run.tokenizer.vocab_size == 259
+  assert trainer.evaluate(run.params)['eval/loss'] == pytest.approx(final['eval/loss'],
+                                                                     rel=1e-6)
+  assert not any(tmp_path.iterdir())
