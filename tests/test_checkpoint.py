@@ -387,3 +387,32 @@ def test_two_processes_save_and_restore(tmp_path):
                                           sharding=NamedSharding(_mesh((8,), ('x',)), P('x')))}
     with pytest.raises(CheckpointError, match='saved by 2 processes'):
       ck.restore(abstract)
+
+
+@pytest.mark.parametrize('damaged_file', ['metrics/metrics', '_CHECKPOINT_METADATA'])
+def test_damaged_step_metadata_sets_only_that_step_aside(tmp_path, mesh8, damaged_file):
+  # Orbax parses these small files when it opens the directory: one torn file used to make
+  # every step unopenable. Now that step is named, left on disk, and the others open.
+  states = {s: _state(s, mesh8) for s in (1, 2, 3)}
+  with Checkpointer(tmp_path, keep=3, async_save=False) as ck:
+    for step, state in states.items():
+      ck.save(step, state, data_state={'pos': step}, config_json=CONFIG_JSON,
+              eval_loss=1.0 / step)
+  victim = tmp_path / '3' / damaged_file
+  _truncate(victim)
+  torn = victim.read_bytes()
+
+  abstract = _abstract(states[1], lambda x: x.sharding)
+  for read_only in (True, False):
+    with Checkpointer(tmp_path, keep=3, async_save=False, read_only=read_only) as ck:
+      assert ck.all_steps() == [1, 2] and ck.latest_step() == 2
+      assert list(ck.damaged) == [3] and str(victim) in ck.damaged[3]
+      restored, data_state, _ = ck.restore(abstract)  # the previous good step
+      _assert_same(restored, states[2])
+      assert data_state == {'pos': 2}
+      if not read_only:
+        with pytest.raises(CheckpointError, match=r'cannot save step 3: .*damaged.*Delete it'):
+          ck.save(3, states[3], data_state={}, config_json=CONFIG_JSON)
+        ck.save(4, states[3], data_state={'pos': 4}, config_json=CONFIG_JSON)
+  assert victim.read_bytes() == torn and (tmp_path / '3' / 'state').is_dir()  # left alone
+  assert _step_dirs(tmp_path) == [1, 2, 3, 4]
