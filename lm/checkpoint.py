@@ -27,9 +27,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from lm.errors import CheckpointError
+from lm.workdir import CONFIG_FILE  # each step keeps the run's config under the same name
 
 STATE, DATA_STATE, CONFIG = 'state', 'data_state', 'config'
-CONFIG_FILE = 'config.json'
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'  # orbax's in-progress step directories
 _ROOT_METADATA = 'metadata'  # orbax CheckpointManager's root metadata directory
 _ROOT_MARKER = {'format': 'lm-checkpoint', 'version': 1}
