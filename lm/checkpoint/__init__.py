@@ -14,7 +14,6 @@ All processes call every method; orbax picks the host that writes shared files.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from lm.checkpoint import handlers
 from lm.errors import CheckpointError
 from lm.workdir import CONFIG_FILE  # each step keeps the run's config under the same name
 
@@ -36,99 +36,7 @@ _ROOT_MARKER = {'format': 'lm-checkpoint', 'version': 1}
 # Files every complete lm checkpoint holds (orbax reports the rest when it reads them).
 _REQUIRED = ('_CHECKPOINT_METADATA', f'{STATE}/_METADATA', f'{CONFIG}/{CONFIG_FILE}', DATA_STATE)
 
-# Small JSON files orbax parses when it opens a directory: one that is damaged would make
-# every step unopenable, so such a step is set aside (not deleted) and the others open.
-_JSON_READ_AT_OPEN = ('_CHECKPOINT_METADATA', 'metrics/metrics')
-
 log = logging.getLogger(__name__)
-
-
-# ---- per-process data-iterator state ----------------------------------------------------
-
-
-def _data_state_file(index: int, count: int) -> str:
-  return f'process_{index}-of-{count}.json'
-
-
-class _DataStateHandler(ocp.handlers.AsyncCheckpointHandler):
-  """Every process writes (and reads back) its own data-iterator state as JSON."""
-
-  @staticmethod
-  def _write(directory: epath.Path, text: str) -> None:
-    (directory / _data_state_file(jax.process_index(), jax.process_count())).write_text(text)
-
-  async def async_save(self, directory: epath.Path, args: _DataStateSave) -> list[Any]:
-    text = json.dumps(args.item)  # now, so a caller mutating the dict later cannot race us
-
-    async def write() -> None:
-      self._write(directory, text)
-
-    return [ocp.future.CommitFutureAwaitingContractedSignals(write(), name='lm_data_state')]
-
-  def save(self, directory: epath.Path, args: _DataStateSave) -> None:
-    self._write(directory, json.dumps(args.item))
-
-  def restore(self, directory: epath.Path, args: _DataStateRestore | None = None) -> dict:
-    del args
-    mine = directory / _data_state_file(jax.process_index(), jax.process_count())
-    if mine.exists():
-      return json.loads(mine.read_text())
-    files = sorted(directory.glob('process_*-of-*.json'))
-    if not files:
-      raise FileNotFoundError(f'{directory} holds no process_*-of-*.json data-iterator state')
-    texts = {f.read_text() for f in files}
-    if len(texts) == 1:  # every process saved the same state: any process count can resume it
-      return json.loads(texts.pop())
-    saved_by = files[0].stem.rpartition('-of-')[2]
-    raise CheckpointError(
-        f'{directory}: the data-iterator state was saved by {saved_by} processes, each at its '
-        f'own position, but this run has {jax.process_count()}; resume with {saved_by} '
-        'processes.')
-
-  def metadata(self, directory: epath.Path) -> None:
-    return None
-
-  def finalize(self, directory: epath.Path) -> None:
-    pass
-
-  def close(self) -> None:
-    pass
-
-
-@ocp.args.register_with_handler(_DataStateHandler, for_save=True)
-@dataclasses.dataclass
-class _DataStateSave(ocp.args.CheckpointArgs):
-  item: dict
-
-
-@ocp.args.register_with_handler(_DataStateHandler, for_restore=True)
-@dataclasses.dataclass
-class _DataStateRestore(ocp.args.CheckpointArgs):
-  pass
-
-
-# ---- which checkpoints to keep ----------------------------------------------------------
-
-
-def _eval_loss(metrics: Any) -> float | None:
-  loss = metrics.get('eval_loss') if isinstance(metrics, dict) else None
-  return float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else None
-
-
-@dataclasses.dataclass
-class _LatestAndBest(ocp.checkpoint_managers.PreservationPolicy):
-  """Keeps the newest `keep` checkpoints and the one with the lowest finite eval loss."""
-
-  keep: int
-
-  def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
-    n = len(checkpoints)
-    out = [i >= n - self.keep for i in range(n)]
-    scored = [(loss, -i) for i, c in enumerate(checkpoints)
-              if (loss := _eval_loss(c.metrics)) is not None]
-    if scored:
-      out[-min(scored)[1]] = True  # ties go to the newer checkpoint
-    return out
 
 
 # ---- the checkpointer -------------------------------------------------------------------
@@ -166,29 +74,30 @@ class Checkpointer:
     self._read_only = read_only
     self._closed = False
     _check_contents(self.directory)
-    self.damaged = _damaged_steps(self.directory)  # step -> why; orbax never sees them
+    self.damaged = handlers.damaged_steps(self.directory)  # step -> why; orbax never sees them
 
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     registry.add(STATE, ocp.args.StandardSave)
     registry.add(STATE, ocp.args.StandardRestore)
     # params only (lm.run.load_run): a partial restore of the same files
     registry.add(STATE, ocp.args.PyTreeRestore, ocp.handlers.PyTreeCheckpointHandler())
-    data = _DataStateHandler()
-    registry.add(DATA_STATE, _DataStateSave, data)
-    registry.add(DATA_STATE, _DataStateRestore, data)
+    data = handlers.DataStateHandler()
+    registry.add(DATA_STATE, handlers.DataStateSave, data)
+    registry.add(DATA_STATE, handlers.DataStateRestore, data)
     config = ocp.handlers.JsonCheckpointHandler(filename=CONFIG_FILE)
     registry.add(CONFIG, ocp.args.JsonSave, config)
     registry.add(CONFIG, ocp.args.JsonRestore, config)
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=async_save,
-        preservation_policy=_LatestAndBest(keep),
+        preservation_policy=handlers.LatestAndBest(keep),
         # best_fn is what makes orbax write (and reload) each checkpoint's metrics.
-        best_fn=lambda m: _eval_loss(m) if _eval_loss(m) is not None else math.inf,
+        best_fn=lambda m: handlers.eval_loss(m) if handlers.eval_loss(m) is not None else math.inf,
         best_mode='min',
         cleanup_tmp_directories=not read_only,  # debris of a save that crashed
         create=not read_only,
         read_only=read_only,
-        step_name_format=_SkipSteps(ocp.path.step.standard_name_format(), set(self.damaged)),
+        step_name_format=handlers.SkipSteps(ocp.path.step.standard_name_format(),
+                                            set(self.damaged)),
     )
     try:
       self._manager = ocp.CheckpointManager(
@@ -213,7 +122,7 @@ class Checkpointer:
   def best_step(self) -> int | None:
     """The step with the lowest eval loss, or None if no checkpoint was saved with one."""
     scored = [(loss, -s) for s in self.all_steps()
-              if (loss := _eval_loss(self._manager.metrics(s))) is not None]
+              if (loss := handlers.eval_loss(self._manager.metrics(s))) is not None]
     return -min(scored)[1] if scored else None
 
   def step_path(self, step: int) -> epath.Path:
@@ -266,7 +175,7 @@ class Checkpointer:
     metrics = {} if eval_loss is None else {'eval_loss': float(eval_loss)}
     args = ocp.args.Composite(**{
         STATE: ocp.args.StandardSave(state),
-        DATA_STATE: _DataStateSave(data_state),
+        DATA_STATE: handlers.DataStateSave(data_state),
         CONFIG: ocp.args.JsonSave(config),
     })
     try:
@@ -307,7 +216,7 @@ class Checkpointer:
     self._check_abstract_state(step, steps, abstract_state)
     args = ocp.args.Composite(**{
         STATE: ocp.args.StandardRestore(abstract_state),
-        DATA_STATE: _DataStateRestore(),
+        DATA_STATE: handlers.DataStateRestore(),
         CONFIG: ocp.args.JsonRestore(),
     })
     try:
@@ -420,47 +329,6 @@ def _what_to_do(path: epath.Path, step: int, steps: list[int]) -> str:
   older = [s for s in steps if s < step]
   then = (f'resume from step {older[-1]}' if older else 'start from scratch')
   return f'Delete {path} to {then}, or pick another --workdir.'
-
-
-def _damaged_steps(directory: epath.Path) -> dict[int, str]:
-  """Step -> what is wrong, for the step directories whose small JSON files (the ones orbax
-  reads when it opens the directory) do not parse: truncated by a full disk or a copy."""
-  damaged: dict[int, str] = {}
-  if not directory.is_dir():
-    return damaged
-  for p in directory.iterdir():
-    if not (p.name.isdigit() and p.is_dir()):
-      continue
-    for name in _JSON_READ_AT_OPEN:
-      f = p / name
-      if not f.exists():
-        continue
-      try:
-        json.loads(f.read_text())
-      except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        damaged[int(p.name)] = f'{f} is truncated or damaged: {e}'
-        break
-  for step, why in sorted(damaged.items()):
-    log.warning('checkpoint step %d is set aside: %s', step, why)
-  return damaged
-
-
-class _SkipSteps(ocp.path.step.NameFormat):
-  """Orbax's step naming, blind to the `skip` steps (damaged ones, left on disk)."""
-
-  def __init__(self, inner: ocp.path.step.NameFormat, skip: set[int]):
-    self._inner, self._skip = inner, skip
-
-  def build_name(self, step: int) -> str:
-    return self._inner.build_name(step)
-
-  def find_all(self, base_path):
-    return (m for m in self._inner.find_all(base_path) if m.step not in self._skip)
-
-  def find_step(self, base_path, step: int):
-    if step in self._skip:
-      raise ValueError(f'step {step} is damaged and set aside')
-    return self._inner.find_step(base_path, step)
 
 
 def _check_contents(directory: epath.Path) -> None:
