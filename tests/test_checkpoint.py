@@ -15,9 +15,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lm import checkpoint as ckpt_lib
 from lm import config as config_lib
-from lm.checkpoint import Checkpointer, CheckpointError
+from lm.checkpoint import Checkpointer, CheckpointError, handlers
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_JSON = config_lib.to_json(config_lib.default_config())
@@ -123,13 +122,13 @@ def test_no_eval_loss_keeps_only_the_last_k(tmp_path, mesh8):
 
 def test_async_save_writes_in_the_background(tmp_path, mesh8, monkeypatch):
   release = threading.Event()
-  write = ckpt_lib._DataStateHandler._write
+  write = handlers.DataStateHandler._write
 
   def blocked_write(directory, text):
     release.wait(timeout=10)  # holds the background commit until the test lets it go
     write(directory, text)
 
-  monkeypatch.setattr(ckpt_lib._DataStateHandler, '_write', staticmethod(blocked_write))
+  monkeypatch.setattr(handlers.DataStateHandler, '_write', staticmethod(blocked_write))
   state = _state(3, mesh8)
   saved = jax.tree.map(np.asarray, state)
   abstract = _abstract(state, lambda x: x.sharding)
@@ -162,7 +161,7 @@ def test_crash_mid_save_leaves_previous_checkpoint_intact(tmp_path):
       ck = C.Checkpointer(d, keep=2, async_save=True)
       ck.save(1, {{'w': jnp.full((512,), 1.0)}}, data_state={{'pos': 1}}, config_json='{{}}')
       ck.wait()
-      C._DataStateHandler._write = staticmethod(lambda *a: threading.Event().wait())
+      C.handlers.DataStateHandler._write = staticmethod(lambda *a: threading.Event().wait())
       ck.save(2, {{'w': jnp.full((512,), 2.0)}}, data_state={{'pos': 2}}, config_json='{{}}')
       while not os.path.isdir(os.path.join(d, '2.orbax-checkpoint-tmp')):
         time.sleep(0.01)
@@ -204,7 +203,7 @@ def test_failed_background_save_is_reported_and_harmless(tmp_path, mesh8, monkey
     def disk_full(directory, text):
       raise OSError('No space left on device')
 
-    monkeypatch.setattr(ckpt_lib._DataStateHandler, '_write', staticmethod(disk_full))
+    monkeypatch.setattr(handlers.DataStateHandler, '_write', staticmethod(disk_full))
     ck.save(2, _state(2, mesh8), data_state={'pos': 2}, config_json='{}')
     with pytest.raises(CheckpointError, match='No space left on device'):
       ck.wait()
@@ -387,3 +386,32 @@ def test_two_processes_save_and_restore(tmp_path):
                                           sharding=NamedSharding(_mesh((8,), ('x',)), P('x')))}
     with pytest.raises(CheckpointError, match='saved by 2 processes'):
       ck.restore(abstract)
+
+
+@pytest.mark.parametrize('damaged_file', ['metrics/metrics', '_CHECKPOINT_METADATA'])
+def test_damaged_step_metadata_sets_only_that_step_aside(tmp_path, mesh8, damaged_file):
+  # Orbax parses these small files when it opens the directory: one torn file used to make
+  # every step unopenable. Now that step is named, left on disk, and the others open.
+  states = {s: _state(s, mesh8) for s in (1, 2, 3)}
+  with Checkpointer(tmp_path, keep=3, async_save=False) as ck:
+    for step, state in states.items():
+      ck.save(step, state, data_state={'pos': step}, config_json=CONFIG_JSON,
+              eval_loss=1.0 / step)
+  victim = tmp_path / '3' / damaged_file
+  _truncate(victim)
+  torn = victim.read_bytes()
+
+  abstract = _abstract(states[1], lambda x: x.sharding)
+  for read_only in (True, False):
+    with Checkpointer(tmp_path, keep=3, async_save=False, read_only=read_only) as ck:
+      assert ck.all_steps() == [1, 2] and ck.latest_step() == 2
+      assert list(ck.damaged) == [3] and str(victim) in ck.damaged[3]
+      restored, data_state, _ = ck.restore(abstract)  # the previous good step
+      _assert_same(restored, states[2])
+      assert data_state == {'pos': 2}
+      if not read_only:
+        with pytest.raises(CheckpointError, match=r'cannot save step 3: .*damaged.*Delete it'):
+          ck.save(3, states[3], data_state={}, config_json=CONFIG_JSON)
+        ck.save(4, states[3], data_state={'pos': 4}, config_json=CONFIG_JSON)
+  assert victim.read_bytes() == torn and (tmp_path / '3' / 'state').is_dir()  # left alone
+  assert _step_dirs(tmp_path) == [1, 2, 3, 4]

@@ -11,8 +11,9 @@ import pytest
 
 from configs import default, gpt2_124m, llama_1b, llama_8b
 from lm import config as config_lib
-from lm import plan as plan_lib
+from lm import parallel
 from lm.model import ModelDef
+from lm.tools import plan as plan_lib
 from lm.train.optimizer import build_optimizer
 from lm.train.state import init_state, state_shardings
 
@@ -51,7 +52,6 @@ def test_parameter_and_optimizer_bytes_equal_the_allocated_state():
   cfg = plan.config
   model_def = ModelDef.create(plan.model_cfg)
   optimizer, _ = build_optimizer(cfg.optimizer, cfg.train.steps)
-  from lm import parallel
   mesh = parallel.build_mesh(cfg.mesh)
   state = init_state(model_def, optimizer, cfg.seed,
                      state_shardings(model_def, optimizer, mesh, parallel.rules_for(cfg.mesh)))
@@ -154,3 +154,29 @@ def test_cli_plans_presets_without_allocating_them(preset, devices, count):
 def test_cli_rejects_a_bad_device_count():
   r = _plan_cli('--config=configs/default.py', '--devices=-2')
   assert r.returncode != 0 and '--devices=-2 must be >= 1' in r.stderr
+
+
+def test_a_lora_plan_holds_only_the_adapters_moments_and_compiles_that_step():
+  c = _tiny()
+  c.lora.rank = 4
+  plan = plan_lib.make_plan(c, num_devices=8)
+  state = plan.setup.init_state()  # the state training would allocate (lm.train.build)
+  for name, tree in (('parameters', state['params']), ('optimizer state', state['opt_state'])):
+    assert plan.memory[name][0] == sum(x.nbytes for x in jax.tree.leaves(tree)), name
+  assert plan.memory['optimizer state'][0] < 0.2 * plan.memory['parameters'][0]
+  plan.xla = plan_lib.compile_memory(plan)
+  assert plan.xla['argument'] == (plan.per_device('parameters') + plan.other_state_bytes
+                                  + plan.per_device('optimizer state')
+                                  + plan.batch_bytes_per_device)
+
+
+def test_a_classifier_plan_compiles_the_classification_batch(tmp_path):
+  c = _tiny()
+  c.train.task, c.data.format, c.model.num_classes = 'classify', 'classify', 3
+  c.data.path = str(tmp_path / 'train.jsonl')
+  (tmp_path / 'train.jsonl').write_text('{"text": "a", "label": "x"}\n')
+  plan = plan_lib.make_plan(c, num_devices=8)
+  assert set(plan.setup.batch_shapes()) == {'inputs', 'positions', 'segment_ids', 'lengths',
+                                            'labels'}
+  plan.xla = plan_lib.compile_memory(plan)
+  assert plan.xla['argument'] > plan.per_device('parameters')

@@ -15,6 +15,7 @@ import math
 import os
 import pathlib
 import shutil
+import socket
 
 import jax
 import jax.numpy as jnp
@@ -27,10 +28,14 @@ from jax.experimental.compilation_cache import compilation_cache
 from configs.default import get_config
 from lm import config as config_lib
 from lm import parallel
+from lm import workdir as workdir_lib
 from lm.checkpoint import Checkpointer, CheckpointError
 from lm.data import prepare
+from lm.errors import DataError
 from lm.model import ModelConfig, ModelDef
+from lm.run import load_run, write_run
 from lm.train import Trainer, TrainingDiverged
+from lm.train import metrics as metrics_lib
 from lm.train.metrics import read_metrics
 from lm.train.optimizer import build_optimizer
 from lm.train.state import abstract_state, fresh_state, init_state, state_shardings
@@ -482,3 +487,149 @@ def test_truncated_checkpoint_is_reported_and_left_alone(reference, data_dirs, t
   assert str(step_dir) in str(err.value), str(err.value)
   assert victim.stat().st_size == size // 2  # still there, not deleted or "repaired"
   assert _checkpoint_steps(workdir) == [20, 40]
+
+
+def test_nan_then_ctrl_c_at_a_non_log_step_saves_nothing(reference, data_dirs, tmp_path):
+  config = _config(data_dirs)
+  config.train.log_every = 10  # the dispatch ending at step 25 is read back by no log row
+
+  def poison_then_interrupt(n, batch):
+    if n == 23:
+      batch = dict(batch, weights=np.full_like(batch['weights'], np.nan))
+    if n == 28:  # steps 21-25 ran (NaN at 23); the dispatch of 26-30 was being assembled
+      raise KeyboardInterrupt
+    return batch
+
+  trainer = _trainer(config, tmp_path)
+  _hook_data(trainer, poison_then_interrupt)
+  with pytest.raises(TrainingDiverged, match=r'interrupted, and not saved: .* at step 23') as e:
+    trainer.run()
+  assert '(20)' in str(e.value)
+  assert _checkpoint_steps(tmp_path) == [20]  # the NaN state of step 25 is not the latest
+  state, _, _ = _restore(trainer)
+  reference_20, _, _ = _restore(reference['trainer'], 20)
+  _assert_trees_equal(state, reference_20, rtol=1e-6)
+
+
+def test_truncated_checkpoint_metrics_set_that_step_aside(reference, data_dirs, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(reference['workdir'], workdir)
+  metrics = workdir / 'checkpoints' / '40' / 'metrics' / 'metrics'
+  text = metrics.read_text()
+  metrics.write_text(text[:len(text) // 2])
+
+  logs: list[str] = []
+  trainer = _trainer(_config(data_dirs), workdir, logs)
+  try:
+    state, _ = trainer._initial_state()
+    with pytest.raises(CheckpointError, match='cannot save step 40: .*damaged'):
+      trainer.checkpoints.save(40, state, data_state={}, config_json=trainer.config_json)
+  finally:
+    trainer.checkpoints.close()
+  assert any('checkpoint step 40 is damaged' in line and 'metrics' in line for line in logs)
+  assert any('resumed from' in line and '(step 20)' in line for line in logs), logs
+  reference_20, _, _ = _restore(reference['trainer'], 20)
+  _assert_trees_equal(jax.device_get(state), reference_20, rtol=1e-6)
+  assert metrics.read_text() == text[:len(text) // 2]  # left as it was, not deleted
+  assert (workdir / 'checkpoints' / '40' / 'state').is_dir()
+
+
+def test_a_params_only_run_resumes_with_a_fresh_optimizer(reference, data_dirs, tmp_path):
+  # What `python -m lm.main --workdir=OUT` does with a run lm.convert/lm.lora_merge wrote.
+  ref = reference['trainer']
+  workdir = tmp_path / 'run'
+  write_run(workdir, ref.config, reference['state']['params'], ref.tokenizer, step=20)
+  logs: list[str] = []
+  trainer = _trainer(_config(data_dirs), workdir, logs)
+  try:
+    state, _ = trainer._initial_state()
+  finally:
+    trainer.checkpoints.close()
+  assert int(state['step']) == 20
+  _assert_trees_equal(jax.device_get(state['params']), reference['state']['params'])
+  assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(state['opt_state'])
+             if x.dtype == jnp.float32)  # fresh moments
+  assert any('holds no optimizer state' in line for line in logs), logs
+
+  trainer = _trainer(_config(data_dirs), workdir, logs)
+  final = trainer.run()
+  rows = read_metrics(workdir / 'metrics.jsonl')
+  assert [r['step'] for r in rows] == [25, 30, 35, 40]
+  assert math.isfinite(final['eval/loss'])
+  with Checkpointer(workdir / 'checkpoints', read_only=True) as ckpt:
+    assert ckpt.all_steps() == [20, 40] and 'opt_state' in ckpt.saved_keys(40)
+
+
+def test_resuming_with_another_tokenizer_is_refused(reference, data_dirs, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(reference['workdir'], workdir)
+  before = {p: p.read_bytes() for p in workdir.rglob('*') if p.is_file()}
+  config = _config(data_dirs)
+  config.data.tokenizer.kind = 'char'
+  trainer = _trainer(config, workdir)
+  with pytest.raises(DataError, match=r'tokenizer.*holds another tokenizer \(byte, vocabulary 259'):
+    trainer.run()
+  assert {p: p.read_bytes() for p in workdir.rglob('*') if p.is_file()} == before
+
+
+# ---- a gs:// workdir -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gcs_emulator():
+  """A local stand-in for Google Cloud Storage (gcp-storage-emulator, in memory) that both
+  clients of a gs:// workdir talk to: gcsfs (etils.epath: config, tokenizer, metrics,
+  Orbax's step directories) and tensorstore (Orbax's arrays)."""
+  pytest.importorskip('gcsfs')
+  server_lib = pytest.importorskip('gcp_storage_emulator.server')
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  server = server_lib.create_server('127.0.0.1', port, in_memory=True, default_bucket='bucket')
+  server.start()
+  env = {'STORAGE_EMULATOR_HOST': f'http://127.0.0.1:{port}',
+         'TENSORSTORE_GCS_HTTP_URL': f'http://127.0.0.1:{port}',
+         'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'test'}
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  try:
+    yield 'gs://bucket'
+  finally:
+    server.stop()
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+
+
+def test_a_gs_workdir_trains_resumes_and_loads(gcs_emulator, data_dirs, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # a URL taken for a local path would appear here as gs:/
+  # No TensorBoard events: tensorboardX's own gs:// writer uploads again whenever Python
+  # collects it, long after this server has stopped.
+  monkeypatch.setattr(metrics_lib, '_TB_URL_SCHEMES', ())
+  workdir = f'{gcs_emulator}/runs/tiny'
+  config = _config(data_dirs)
+  config.model.num_layers = 1
+  config.train.steps, config.train.steps_per_dispatch, config.train.log_every = 2, 1, 1
+  config.train.eval_every = config.checkpoint.every = 2
+  config.train.sample_tokens = 0
+  config.checkpoint.async_save = False
+  first = _trainer(config, workdir)
+  first.run()
+  assert load_run(workdir).step == 2
+  assert not any(tmp_path.iterdir())
+
+  config.train.steps = 4
+  logs: list[str] = []
+  trainer = _trainer(config, workdir, logs)
+  final = trainer.run()
+  assert any(f'resumed from {workdir}/checkpoints/2 (step 2)' in line for line in logs), logs
+  assert [r['step'] for r in read_metrics(f'{workdir}/metrics.jsonl')] == [1, 2, 3, 4]
+  assert workdir_lib.read_config(workdir).to_dict() == trainer.config.to_dict()
+  assert workdir_lib.checkpoint_steps(workdir) == [2, 4]
+  run = load_run(workdir, mesh=trainer.mesh)
+  assert run.step == 4 and run.workdir == workdir and run.tokenizer.vocab_size == 259
+  assert trainer.evaluate(run.params)['eval/loss'] == pytest.approx(final['eval/loss'],
+                                                                     rel=1e-6)
+  assert not any(tmp_path.iterdir())

@@ -6,7 +6,6 @@ and notebooks call it directly (no absl flags needed).
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -20,18 +19,10 @@ from lm import parallel
 from lm import workdir as workdir_lib
 from lm.checkpoint import Checkpointer
 from lm.errors import TrainingDiverged
-from lm.model import ModelDef
-from lm.train import finetune, tasks
+from lm.train import build, finetune
 from lm.train.metrics import MetricsWriter
 from lm.train.sample import sample_tokens
-from lm.train.state import abstract_state, init_state
-from lm.train.step import byte_lengths, make_eval_step, make_train_step, summarize_eval
-
-CONFIG_FILE = 'config.json'
-SAMPLE_FILE = 'sample.txt'
-SHARDING_FILE = 'sharding.txt'
-
-
+from lm.train.step import summarize_domains, summarize_eval
 
 
 def _stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -39,47 +30,31 @@ def _stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 class Trainer:
-  """Holds one run's pieces; `run()` trains to `config.train.steps` (resuming if possible)."""
+  """Holds one run's pieces; `run()` trains to `config.train.steps` (resuming if possible).
+
+  `workdir` is a local path or a URL (gs://...); every file goes through lm.workdir.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, log=None):
-    self.config = cfg = config_lib.resolve(config, num_devices=jax.device_count(),
-                                               num_granules=parallel.num_granules())
-    self.workdir = os.path.abspath(workdir)
-    self.mesh = parallel.build_mesh(cfg.mesh)
-    self.rules = parallel.rules_for(cfg.mesh)  # the preset with mesh.rules on top
+    cfg = build.resolve(config)
+    self.workdir = workdir_lib.name(workdir)  # a URL stays a URL
     self.writer = MetricsWriter(self.workdir, total_steps=cfg.train.steps, enabled=False)
     self._log = log or print
-    self.data = finetune.prepare_data(cfg, log=self.log)  # documents or sft/classify records
+    self.data = build.prepare_data(cfg, base_tokenizer=finetune.base_tokenizer(cfg),
+                                   log=self.log)  # documents or sft/classify records
     self.domain_names = [entry[0] for entry in cfg.data.mixture]
     self.tokenizer = self.data.tokenizer
-    model_cfg = finetune.model_config(cfg, self.tokenizer)  # + [MASK] id, head, LoRA
-    cfg.model.vocab_size = model_cfg.vocab_size  # the resolved config records it
-    self.model_def = ModelDef.create(model_cfg)
-    self.optimizer, self.schedule = finetune.build_optimizer(cfg)
-    self.shardings = finetune.state_shardings(self.model_def, self.optimizer, self.mesh,
-                                              self.rules, cfg)
+    self.setup = setup = build.build(cfg, vocab_size=self.tokenizer.vocab_size)
+    self.config = cfg = setup.config  # model.vocab_size filled in
+    self.mesh, self.rules, self.model_def = setup.mesh, setup.rules, setup.model_def
+    self.optimizer, self.schedule = setup.optimizer, setup.schedule
+    self.shardings, self.train_step = setup.shardings, setup.train_step
+    self.eval_step = setup.eval_step(self.tokenizer)
     self.config_json = config_lib.to_json(cfg)
-    self.checkpoints = Checkpointer(os.path.join(self.workdir, 'checkpoints'),
+    self.checkpoints = Checkpointer(workdir_lib.checkpoint_dir(self.workdir),
                                     keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
-    nproc = jax.process_count()
-    self.local_batch = cfg.train.batch_size // nproc
+    self.local_batch = cfg.train.batch_size // jax.process_count()
     self.steps_per_dispatch = cfg.train.steps_per_dispatch
-    self.train_step = make_train_step(
-        self.model_def, self.optimizer, self.schedule, grad_accum=cfg.train.grad_accum,
-        mesh=self.mesh, rules=self.rules, shardings=self.shardings,
-        batch_sharding=parallel.batch_sharding(self.mesh, leading_dims=1, rules=self.rules),
-        task=cfg.train.task, mlm_rate=cfg.train.mlm_rate)
-    self.eval_step = make_eval_step(
-        self.model_def, mesh=self.mesh, rules=self.rules,
-        param_shardings=self.shardings['params'],
-        batch_sharding=parallel.batch_sharding(self.mesh, rules=self.rules),
-        byte_lengths_V=jnp.asarray(byte_lengths(self.tokenizer, model_cfg.vocab_size)),
-        num_domains=len(self.domain_names), task=cfg.train.task, mlm_rate=cfg.train.mlm_rate)
-    if cfg.train.task == 'classify':
-      self.eval_step = tasks.make_classify_eval_step(
-          self.model_def, mesh=self.mesh, rules=self.rules,
-          param_shardings=self.shardings['params'],
-          batch_sharding=parallel.batch_sharding(self.mesh, rules=self.rules))
     self._eval_batches: list[dict] | None = None
     self.sharding_table, self.param_bytes = parallel.sharding_report(
         self.model_def.logical_axes(), jax.eval_shape(self.model_def.init_params,
@@ -96,27 +71,51 @@ class Trainer:
   # ---- state ------------------------------------------------------------------------------
 
   def _initial_state(self) -> tuple[dict, Any]:
-    """A restored state and data iterator when the workdir has a checkpoint, else fresh."""
+    """A restored state and data iterator when the workdir has a checkpoint, else fresh.
+
+    A checkpoint without optimizer state (lm.run.write_run: an imported or merged run)
+    gives its parameters, its step and a fresh optimizer."""
     cfg = self.config
     it = self.data.train_iterator(batch_size=self.local_batch, seed=cfg.seed,
                                   process_index=jax.process_index(),
                                   process_count=jax.process_count())
+    for step, why in sorted(self.checkpoints.damaged.items()):
+      self.log(f'warning: checkpoint step {step} is damaged and left as it was ({why}); '
+               'resuming from the newest good one (delete it to let this run save that step '
+               'again).')
     step = self.checkpoints.latest_step()
     if step is None:
-      state = init_state(self.model_def, self.optimizer, cfg.seed, self.shardings)
+      state = self.setup.init_state()
       if cfg.init_from:  # a fine-tune: the base run's parameters, at step 0
-        params, opt_state = finetune.load_init(cfg, state['params'], self.mesh, self.rules,
-                                               self.shardings, log=self.log)
+        params, opt_state = finetune.load_init(cfg, state['params'], self.mesh, self.shardings,
+                                               self.optimizer, log=self.log)
         state['params'] = params
         if opt_state is not None:
           state['opt_state'] = opt_state
       return state, it
-    target = abstract_state(self.model_def, self.optimizer, cfg.seed, self.shardings)
+    self._check_tokenizer()
+    target = self.setup.abstract_state()
+    if 'opt_state' not in self.checkpoints.saved_keys(step):
+      params, _ = self.checkpoints.restore_params(target['params'], step)
+      state = self.setup.init_state()
+      state['params'] = params
+      state['step'] = jax.device_put(jnp.asarray(step, jnp.int32), self.shardings['step'])
+      self.log(f'started from the parameters of {self.checkpoints.step_path(step)} (step '
+               f'{step}; it holds no optimizer state, so the optimizer starts fresh)')
+      return state, it
     state, data_state, _ = self.checkpoints.restore(target, step)
-    if data_state:  # an imported checkpoint (lm.convert from-hf) has no data position yet
+    if data_state:  # an imported checkpoint has no data position yet
       it.set_state(data_state)
     self.log(f'resumed from {self.checkpoints.step_path(step)} (step {step})')
     return state, it
+
+  def _check_tokenizer(self) -> None:
+    """On resume, the data's tokenizer must be the one the workdir saved (same ids)."""
+    if workdir_lib.has_tokenizer(self.workdir):
+      workdir_lib.check_same_tokenizer(
+          workdir_lib.load_tokenizer(self.workdir), self.tokenizer,
+          self.data.val_text_sample(4000),
+          where=f'the workdir ({workdir_lib.name(workdir_lib.tokenizer_dir(self.workdir))})')
 
   def summary(self) -> str:
     cfg, m = self.config, self.model_def.cfg
@@ -131,11 +130,11 @@ class Trainer:
         f'{jax.process_count()} process(es); mesh {dict(self.mesh.shape)}; parameters '
         f'{self.param_bytes["bytes"] / 2**20:.1f} MiB, '
         f'{self.param_bytes["bytes_per_device"] / 2**20:.1f} MiB per device '
-        f'({SHARDING_FILE} has every parameter)',
+        f'({workdir_lib.SHARDING_FILE} has every parameter)',
         f'batch: {cfg.train.batch_size} x {cfg.data.seq_len} = {tokens_per_step:,} tokens/step; '
         f'{cfg.train.steps} steps = {tokens_per_step * cfg.train.steps:,} tokens',
         f'workdir: {self.workdir}',
-    ] + finetune.summary_lines(self.model_def, self.optimizer, cfg))
+    ] + build.summary_lines(self.model_def, self.optimizer, cfg))
 
   # ---- the loop ---------------------------------------------------------------------------
 
@@ -146,16 +145,15 @@ class Trainer:
                                      num_batches=cfg.train.eval_batches,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count())
-      sharding = parallel.batch_sharding(self.mesh, rules=self.rules)
+      sharding = self.setup.eval_batch_sharding
       self._eval_batches = [parallel.global_batch(b, sharding) for b in local]
-    from lm.train.step import summarize_domains
     sums = [self.eval_step(params, b) for b in self._eval_batches]
     return {**summarize_eval(sums), **summarize_domains(sums, self.domain_names)}
 
   def run(self) -> dict[str, Any]:
     """Trains to the configured step count; returns the final metrics."""
     cfg = self.config
-    os.makedirs(self.workdir, exist_ok=True)
+    workdir_lib.path(self.workdir).mkdir(parents=True, exist_ok=True)
     # Restore before writing config.json: a checkpoint this config cannot resume leaves the
     # workdir's config.json as it was.
     try:
@@ -164,16 +162,14 @@ class Trainer:
       self.checkpoints.close()
       raise
     if jax.process_index() == 0:
-      with open(os.path.join(self.workdir, CONFIG_FILE), 'w', encoding='utf-8') as f:
-        f.write(self.config_json)
+      workdir_lib.write_config(self.workdir, cfg)
       workdir_lib.save_tokenizer(self.workdir, self.tokenizer)
-      with open(os.path.join(self.workdir, SHARDING_FILE), 'w', encoding='utf-8') as f:
-        f.write(self.sharding_table + '\n')
+      workdir_lib.sharding_path(self.workdir).write_text(self.sharding_table + '\n')
     start = int(state['step'])
     self.log(self.summary())
     self.writer = MetricsWriter(self.workdir, total_steps=cfg.train.steps, start_step=start)
     k = self.steps_per_dispatch
-    batch_sharding = parallel.batch_sharding(self.mesh, leading_dims=1, rules=self.rules)
+    batch_sharding = self.setup.batch_sharding
     final: dict[str, Any] = {}
     # (last step of a dispatch, its device metrics), not yet read back. A plain log step's
     # row is read only after the next dispatch is queued, so the device never waits for
@@ -217,6 +213,12 @@ class Trainer:
     except KeyboardInterrupt:
       # `state` and `data_state` always belong together: both are from the last dispatch.
       jax.block_until_ready(state)
+      try:  # a NaN since the last read-back must not become the latest checkpoint
+        self._check_finite(pending, step, interrupted=True)
+      except TrainingDiverged:
+        self.checkpoints.close()
+        self.writer.close()
+        raise
       for log_step in sorted({deferred, step if step % cfg.train.log_every == 0 else None}
                              - {None}):
         if any(end <= log_step for end, _ in pending):  # rows the resumed run will not redo
@@ -240,17 +242,8 @@ class Trainer:
     """Reads back the metrics of the dispatches ending at or before `upto` (and removes
     them from `pending`); raises TrainingDiverged on a NaN/inf loss or gradient."""
     done = [m for end, m in pending if end <= upto]
+    losses, norms = self._check_finite(pending, upto)
     del pending[:len(done)]
-    losses = np.concatenate([np.asarray(m['train/loss']) for m in done])
-    norms = np.concatenate([np.asarray(m['train/grad_norm']) for m in done])
-    bad = ~(np.isfinite(losses) & np.isfinite(norms))
-    if bad.any():
-      first = int(np.argmax(bad))
-      raise TrainingDiverged(
-          f'loss {losses[first]}, gradient norm {norms[first]} at step '
-          f'{upto - len(losses) + first + 1}; stopping. The last good checkpoint '
-          f'({self.checkpoints.latest_step()}) is intact in {self.checkpoints.directory}. '
-          'Lower optimizer.lr or raise optimizer.warmup_steps.')
     now = time.perf_counter()
     row = {'train/loss': float(losses.mean()), 'train/grad_norm': float(norms[-1]),
            'train/lr': float(np.asarray(done[-1]['train/lr'])[-1])}
@@ -262,6 +255,27 @@ class Trainer:
         row[key] = float(np.mean(np.concatenate([np.asarray(m[key]) for m in done])))
     self._t_last, self._step_last = now, upto
     return row
+
+  def _check_finite(self, pending: list[tuple[int, dict]], upto: int, *,
+                    interrupted: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(losses, gradient norms) of the dispatches in `pending` ending at or before `upto`;
+    raises TrainingDiverged on a NaN/inf among them (nothing is saved then)."""
+    done = [m for end, m in pending if end <= upto]
+    if not done:
+      return np.zeros(0), np.zeros(0)
+    losses = np.concatenate([np.asarray(m['train/loss']) for m in done])
+    norms = np.concatenate([np.asarray(m['train/grad_norm']) for m in done])
+    bad = ~(np.isfinite(losses) & np.isfinite(norms))
+    if bad.any():
+      first = int(np.argmax(bad))
+      what = ('interrupted, and not saved: ' if interrupted else '') + (
+          f'loss {losses[first]}, gradient norm {norms[first]} at step '
+          f'{upto - len(losses) + first + 1}')
+      raise TrainingDiverged(
+          f'{what}; stopping. The last good checkpoint ({self.checkpoints.latest_step()}) is '
+          f'intact in {self.checkpoints.directory}. Lower optimizer.lr or raise '
+          'optimizer.warmup_steps.')
+    return losses, norms
 
   def _report(self, step: int, row: dict[str, float]) -> dict[str, float]:
     self.writer.write(step, row)
@@ -278,8 +292,7 @@ class Trainer:
                         window=cfg.data.seq_len)
     prompt, continuation = self.tokenizer.decode(prompt_ids), self.tokenizer.decode(ids)
     if jax.process_index() == 0:
-      with open(os.path.join(self.workdir, SAMPLE_FILE), 'w', encoding='utf-8') as f:
-        f.write(prompt + continuation)
+      workdir_lib.sample_path(self.workdir).write_text(prompt + continuation)
       self._log(f'---- sample (prompt from the validation split) ----\n{prompt}'
                 f'{continuation}\n----')
     return prompt + continuation

@@ -1,7 +1,10 @@
 """What the training loop reports: metrics.jsonl, TensorBoard scalars and a tqdm progress bar.
 
 Only process 0 writes; on the others every method is a no-op, so the loop calls them
-unconditionally. Keys the loop uses: 'train/loss', 'train/tokens_per_sec', 'train/lr',
+unconditionally. The workdir may be a URL (gs://...): metrics.jsonl goes through etils.epath
+(an object store cannot append, so a URL's file is rewritten whole, at most every few
+seconds and at close), TensorBoard events through tensorboardX (local, gs:// and s3://).
+Keys the loop uses: 'train/loss', 'train/tokens_per_sec', 'train/lr',
 'train/grad_norm', 'eval/loss', 'eval/perplexity', 'eval/bits_per_byte'.
 """
 
@@ -11,27 +14,33 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any, Self
 
 import jax
 import tqdm
+from etils import epath
+from tensorboardX import SummaryWriter
 
-METRICS_FILE = 'metrics.jsonl'
-TB_DIR = 'tb'
+from lm import workdir as workdir_lib
+
+METRICS_FILE = workdir_lib.METRICS_FILE
+TB_DIR = workdir_lib.TB_DIR
+_TB_URL_SCHEMES = ('gs://', 's3://')  # what tensorboardX writes besides local files
+_URL_FLUSH_SECS = 10.0
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
   """The complete JSON lines of a metrics.jsonl (a torn last line from a crash is skipped)."""
   rows = []
-  with open(path, encoding='utf-8') as f:
-    for line in f:
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      if isinstance(row, dict) and isinstance(row.get('step'), int):
-        rows.append(row)
+  for line in epath.Path(path).read_text(encoding='utf-8').splitlines():
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(row, dict) and isinstance(row.get('step'), int):
+      rows.append(row)
   return rows
 
 
@@ -50,21 +59,29 @@ class MetricsWriter:
 
   def __init__(self, workdir: str | os.PathLike, *, total_steps: int, start_step: int = 0,
                enabled: bool = True, tensorboard: bool = True):
-    self.workdir = os.fspath(workdir)
+    self.workdir = workdir_lib.name(workdir)
     self.active = enabled and jax.process_index() == 0
     self._file = self._tb = self._bar = None
+    self._lines: list[str] | None = None  # a URL workdir's whole file, rewritten
+    self._flushed = 0.0
     if not self.active:
       return
-    os.makedirs(self.workdir, exist_ok=True)
-    path = os.path.join(self.workdir, METRICS_FILE)
-    if os.path.exists(path):
-      _truncate_after(path, start_step)
-    self._file = open(path, 'a', encoding='utf-8')  # noqa: SIM115  (closed in close())
-    if tensorboard:
-      from tensorboardX import SummaryWriter  # imported lazily: it pulls in protobuf
-
-      self._tb = SummaryWriter(os.path.join(self.workdir, TB_DIR), purge_step=start_step + 1,
-                               flush_secs=10)
+    workdir_lib.path(workdir).mkdir(parents=True, exist_ok=True)
+    self._path = workdir_lib.metrics_path(workdir)
+    kept = _lines_upto(self._path, start_step) if self._path.exists() else []
+    if workdir_lib.is_url(self.workdir):
+      self._lines = kept
+      self._flush(force=True)
+    else:
+      if self._path.exists() and kept != self._path.read_text(encoding='utf-8').splitlines(True):
+        tmp = self._path.parent / f'.{METRICS_FILE}.tmp'
+        tmp.write_text(''.join(kept), encoding='utf-8')
+        os.replace(tmp, self._path)  # atomic: a crash here leaves the old file, never half
+      self._file = open(self._path, 'a', encoding='utf-8')  # noqa: SIM115  (closed in close())
+    url = workdir_lib.is_url(self.workdir)
+    if tensorboard and (not url or self.workdir.startswith(_TB_URL_SCHEMES)):
+      self._tb = SummaryWriter(workdir_lib.name(workdir_lib.tb_dir(workdir)),
+                               purge_step=start_step + 1, flush_secs=10)
     tty = sys.stderr.isatty()
     self._bar = tqdm.tqdm(
         total=total_steps, initial=start_step, unit='step', dynamic_ncols=True,
@@ -73,15 +90,27 @@ class MetricsWriter:
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Appends {"step": step, **metrics} as one JSON line and logs each scalar to TensorBoard."""
-    if not self.active or self._file is None:
+    if not self.active:
       return
     values = {k: float(v) for k, v in metrics.items()}
     row = {'step': int(step), **{k: _number(v) for k, v in values.items()}}
-    self._file.write(json.dumps(row, allow_nan=False) + '\n')
-    self._file.flush()  # a crash loses at most the line being written
+    line = json.dumps(row, allow_nan=False) + '\n'
+    if self._lines is not None:
+      self._lines.append(line)
+      self._flush()
+    elif self._file is not None:
+      self._file.write(line)
+      self._file.flush()  # a crash loses at most the line being written
     if self._tb is not None:
       for k, v in values.items():
         self._tb.add_scalar(k, v, int(step))
+
+  def _flush(self, force: bool = False) -> None:
+    """A URL workdir's metrics.jsonl, written whole (object stores have no append)."""
+    now = time.monotonic()
+    if self._lines is not None and (force or now - self._flushed >= _URL_FLUSH_SECS):
+      self._path.write_text(''.join(self._lines), encoding='utf-8')
+      self._flushed = now
 
   def progress(self, step: int, *, loss: float, tokens_per_sec: float) -> None:
     """Moves the bar to `step` and shows loss and tokens/s (redrawn at most every few seconds)."""
@@ -112,6 +141,9 @@ class MetricsWriter:
     if self._file is not None:
       self._file.close()
       self._file = None
+    if self._lines is not None:
+      self._flush(force=True)
+      self._lines = None
 
   def __enter__(self) -> Self:
     return self
@@ -120,24 +152,17 @@ class MetricsWriter:
     self.close()
 
 
-def _truncate_after(path: str, start_step: int) -> None:
-  """Rewrites `path` without lines for steps > start_step (and without a torn last line)."""
-  with open(path, encoding='utf-8') as f:
-    lines = f.readlines()
+def _lines_upto(path: epath.Path, start_step: int) -> list[str]:
+  """The complete lines of `path` for steps <= start_step (a torn last line is dropped)."""
   keep = []
-  for line in lines:
+  for line in path.read_text(encoding='utf-8').splitlines(True):
     try:
       row = json.loads(line)
     except json.JSONDecodeError:
       continue
     if isinstance(row, dict) and isinstance(row.get('step'), int) and row['step'] <= start_step:
       keep.append(line if line.endswith('\n') else line + '\n')
-  if len(keep) == len(lines) and all(line.endswith('\n') for line in lines):
-    return
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.writelines(keep)
-  os.replace(tmp, path)  # atomic: a crash here leaves the old file, never half of one
+  return keep
 
 
 def _si(x: float) -> str:

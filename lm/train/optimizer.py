@@ -1,10 +1,18 @@
-"""AdamW with warmup + decay, global-norm clipping and a weight-decay mask."""
+"""AdamW with warmup + decay, global-norm clipping and a weight-decay mask; `train_only`
+restricts an optimizer to some parameters (LoRA: the adapters and a classification head)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+
+from lm.model import lora
+
+HEAD = 'classifier'  # the classification head's parameter subtree
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -56,3 +64,42 @@ def build_optimizer(opt: ml_collections.ConfigDict, total_steps: int
   chain.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                            weight_decay=opt.weight_decay, mask=mask))
   return optax.chain(*chain), schedule
+
+
+def lora_trainable(path) -> bool:
+  """With LoRA, what the optimizer updates: the adapters and a classification head."""
+  return lora.is_lora(path) or any(str(getattr(p, 'key', p)) == HEAD for p in path)
+
+
+def _prune(tree: dict, keep: Callable, path: tuple = ()) -> dict:
+  """The nested dict `tree` with only the leaves `keep(path)` selects (empty dicts dropped)."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      sub = _prune(v, keep, path + (jax.tree_util.DictKey(k),))
+      if sub:
+        out[k] = sub
+    elif keep(path + (jax.tree_util.DictKey(k),)):
+      out[k] = v
+  return out
+
+
+def train_only(inner: optax.GradientTransformation, keep: Callable
+               ) -> optax.GradientTransformation:
+  """`inner` applied to the parameters `keep(path)` selects; the others get zero updates
+  and no optimizer state. (optax.multi_transform does the same, but its MaskedNode
+  placeholders do not map onto the parameter shardings; this state is a pruned copy of
+  the parameter tree, so the adapters' moments take the adapters' shardings' shape.)"""
+  def init(params):
+    return inner.init(_prune(params, keep))
+
+  def update(grads, state, params=None):
+    updates, state = inner.update(_prune(grads, keep), state,
+                                  None if params is None else _prune(params, keep))
+    flat = {jax.tree_util.keystr(p): u
+            for p, u in jax.tree_util.tree_flatten_with_path(updates)[0]}
+    full = jax.tree_util.tree_map_with_path(
+        lambda p, g: flat[jax.tree_util.keystr(p)] if keep(p) else jnp.zeros_like(g), grads)
+    return full, state
+
+  return optax.GradientTransformation(init, update)

@@ -14,7 +14,6 @@ All processes call every method; orbax picks the host that writes shared files.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -26,10 +25,11 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from lm.checkpoint import handlers
 from lm.errors import CheckpointError
+from lm.workdir import CONFIG_FILE  # each step keeps the run's config under the same name
 
 STATE, DATA_STATE, CONFIG = 'state', 'data_state', 'config'
-CONFIG_FILE = 'config.json'
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'  # orbax's in-progress step directories
 _ROOT_METADATA = 'metadata'  # orbax CheckpointManager's root metadata directory
 _ROOT_MARKER = {'format': 'lm-checkpoint', 'version': 1}
@@ -37,96 +37,6 @@ _ROOT_MARKER = {'format': 'lm-checkpoint', 'version': 1}
 _REQUIRED = ('_CHECKPOINT_METADATA', f'{STATE}/_METADATA', f'{CONFIG}/{CONFIG_FILE}', DATA_STATE)
 
 log = logging.getLogger(__name__)
-
-
-
-
-# ---- per-process data-iterator state ----------------------------------------------------
-
-
-def _data_state_file(index: int, count: int) -> str:
-  return f'process_{index}-of-{count}.json'
-
-
-class _DataStateHandler(ocp.handlers.AsyncCheckpointHandler):
-  """Every process writes (and reads back) its own data-iterator state as JSON."""
-
-  @staticmethod
-  def _write(directory: epath.Path, text: str) -> None:
-    (directory / _data_state_file(jax.process_index(), jax.process_count())).write_text(text)
-
-  async def async_save(self, directory: epath.Path, args: _DataStateSave) -> list[Any]:
-    text = json.dumps(args.item)  # now, so a caller mutating the dict later cannot race us
-
-    async def write() -> None:
-      self._write(directory, text)
-
-    return [ocp.future.CommitFutureAwaitingContractedSignals(write(), name='lm_data_state')]
-
-  def save(self, directory: epath.Path, args: _DataStateSave) -> None:
-    self._write(directory, json.dumps(args.item))
-
-  def restore(self, directory: epath.Path, args: _DataStateRestore | None = None) -> dict:
-    del args
-    mine = directory / _data_state_file(jax.process_index(), jax.process_count())
-    if mine.exists():
-      return json.loads(mine.read_text())
-    files = sorted(directory.glob('process_*-of-*.json'))
-    if not files:
-      raise FileNotFoundError(f'{directory} holds no process_*-of-*.json data-iterator state')
-    texts = {f.read_text() for f in files}
-    if len(texts) == 1:  # every process saved the same state: any process count can resume it
-      return json.loads(texts.pop())
-    saved_by = files[0].stem.rpartition('-of-')[2]
-    raise CheckpointError(
-        f'{directory}: the data-iterator state was saved by {saved_by} processes, each at its '
-        f'own position, but this run has {jax.process_count()}; resume with {saved_by} '
-        'processes.')
-
-  def metadata(self, directory: epath.Path) -> None:
-    return None
-
-  def finalize(self, directory: epath.Path) -> None:
-    pass
-
-  def close(self) -> None:
-    pass
-
-
-@ocp.args.register_with_handler(_DataStateHandler, for_save=True)
-@dataclasses.dataclass
-class _DataStateSave(ocp.args.CheckpointArgs):
-  item: dict
-
-
-@ocp.args.register_with_handler(_DataStateHandler, for_restore=True)
-@dataclasses.dataclass
-class _DataStateRestore(ocp.args.CheckpointArgs):
-  pass
-
-
-# ---- which checkpoints to keep ----------------------------------------------------------
-
-
-def _eval_loss(metrics: Any) -> float | None:
-  loss = metrics.get('eval_loss') if isinstance(metrics, dict) else None
-  return float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else None
-
-
-@dataclasses.dataclass
-class _LatestAndBest(ocp.checkpoint_managers.PreservationPolicy):
-  """Keeps the newest `keep` checkpoints and the one with the lowest finite eval loss."""
-
-  keep: int
-
-  def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
-    n = len(checkpoints)
-    out = [i >= n - self.keep for i in range(n)]
-    scored = [(loss, -i) for i, c in enumerate(checkpoints)
-              if (loss := _eval_loss(c.metrics)) is not None]
-    if scored:
-      out[-min(scored)[1]] = True  # ties go to the newer checkpoint
-    return out
 
 
 # ---- the checkpointer -------------------------------------------------------------------
@@ -164,32 +74,37 @@ class Checkpointer:
     self._read_only = read_only
     self._closed = False
     _check_contents(self.directory)
+    self.damaged = handlers.damaged_steps(self.directory)  # step -> why; orbax never sees them
 
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     registry.add(STATE, ocp.args.StandardSave)
     registry.add(STATE, ocp.args.StandardRestore)
     # params only (lm.run.load_run): a partial restore of the same files
     registry.add(STATE, ocp.args.PyTreeRestore, ocp.handlers.PyTreeCheckpointHandler())
-    data = _DataStateHandler()
-    registry.add(DATA_STATE, _DataStateSave, data)
-    registry.add(DATA_STATE, _DataStateRestore, data)
+    data = handlers.DataStateHandler()
+    registry.add(DATA_STATE, handlers.DataStateSave, data)
+    registry.add(DATA_STATE, handlers.DataStateRestore, data)
     config = ocp.handlers.JsonCheckpointHandler(filename=CONFIG_FILE)
     registry.add(CONFIG, ocp.args.JsonSave, config)
     registry.add(CONFIG, ocp.args.JsonRestore, config)
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=async_save,
-        preservation_policy=_LatestAndBest(keep),
+        preservation_policy=handlers.LatestAndBest(keep),
         # best_fn is what makes orbax write (and reload) each checkpoint's metrics.
-        best_fn=lambda m: _eval_loss(m) if _eval_loss(m) is not None else math.inf,
+        best_fn=lambda m: handlers.eval_loss(m) if handlers.eval_loss(m) is not None else math.inf,
         best_mode='min',
         cleanup_tmp_directories=not read_only,  # debris of a save that crashed
         create=not read_only,
         read_only=read_only,
+        step_name_format=handlers.SkipSteps(ocp.path.step.standard_name_format(),
+                                            set(self.damaged)),
     )
     try:
       self._manager = ocp.CheckpointManager(
           self.directory, options=options, handler_registry=registry,
-          metadata=None if read_only else _ROOT_MARKER)
+          # Orbax checks that its metadata/ directory exists after making it, which an
+          # object store (gs:// through fsspec) has not until a file is in it: no marker there.
+          metadata=None if read_only or '://' in str(self.directory) else _ROOT_MARKER)
     except Exception as e:  # orbax raises many kinds
       raise CheckpointError(f'cannot open checkpoint directory {self.directory}: {e}. '
                             'Delete it or pick another --workdir.') from e
@@ -207,7 +122,7 @@ class Checkpointer:
   def best_step(self) -> int | None:
     """The step with the lowest eval loss, or None if no checkpoint was saved with one."""
     scored = [(loss, -s) for s in self.all_steps()
-              if (loss := _eval_loss(self._manager.metrics(s))) is not None]
+              if (loss := handlers.eval_loss(self._manager.metrics(s))) is not None]
     return -min(scored)[1] if scored else None
 
   def step_path(self, step: int) -> epath.Path:
@@ -239,6 +154,10 @@ class Checkpointer:
       raise CheckpointError(f'data_state is not JSON-serializable ({e}); the data iterator '
                             'state must hold only dicts, lists, strings, numbers and bools.') from e
 
+    if step in self.damaged:
+      raise CheckpointError(
+          f'cannot save step {step}: {self.step_path(step)} holds a damaged checkpoint '
+          f'({self.damaged[step]}), left as it was. Delete it to let this run save step {step}.')
     self.wait()  # one save in flight at a time; reports a failed previous one as such
     steps = self.all_steps()
     if step in steps:
@@ -256,7 +175,7 @@ class Checkpointer:
     metrics = {} if eval_loss is None else {'eval_loss': float(eval_loss)}
     args = ocp.args.Composite(**{
         STATE: ocp.args.StandardSave(state),
-        DATA_STATE: _DataStateSave(data_state),
+        DATA_STATE: handlers.DataStateSave(data_state),
         CONFIG: ocp.args.JsonSave(config),
     })
     try:
@@ -297,7 +216,7 @@ class Checkpointer:
     self._check_abstract_state(step, steps, abstract_state)
     args = ocp.args.Composite(**{
         STATE: ocp.args.StandardRestore(abstract_state),
-        DATA_STATE: _DataStateRestore(),
+        DATA_STATE: handlers.DataStateRestore(),
         CONFIG: ocp.args.JsonRestore(),
     })
     try:
@@ -338,6 +257,10 @@ class Checkpointer:
           f'checkpoint {path} cannot be read ({type(e).__name__}: {first[:500]}); its files are '
           f'damaged or truncated. {_what_to_do(path, step, steps)}') from e
     return restored[STATE]['params'], step
+
+  def saved_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+    """Dotted key -> shape of every array of the state saved at `step`."""
+    return _flat_shapes(self._manager.item_metadata(step)[STATE])
 
   def saved_keys(self, step: int) -> set[str]:
     """The top-level keys of the state saved at `step` ('params', 'opt_state', ...)."""
