@@ -31,6 +31,7 @@ setup(
         'safetensors>=0.4.3',  # lm.convert: Hugging Face weights (numpy, bf16 via ml_dtypes)
         'tokenizers>=0.15',  # data.tokenizer.kind='hf'
         'flatbuffers>=24.3',  # jax.export serialization (python -m lm.export)
+        'gcsfs>=2024.2',  # gs:// workdirs (etils.epath reads and writes them through it)
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6',
@@ -40,6 +41,8 @@ setup(
                  'lm-eval>=0.4.13',
                  # tests/test_serve.py: FastAPI's TestClient
                  'httpx>=0.27',
+                 # tests/test_train.py: a gs:// workdir against a local in-memory GCS
+                 'gcp-storage-emulator>=2024.8',
                  # tests/test_convert.py checks lm.convert against transformers on torch
                  'transformers>=4.40', 'torch>=2.1'],
         'eval': ['lm-eval>=0.4.13'],

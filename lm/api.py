@@ -15,7 +15,6 @@ the notebook conveniences on top.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lm import config as config_lib
 from lm import parallel, runtime
 from lm import workdir as workdir_lib
 from lm.config import ConfigDict, override
@@ -48,17 +48,9 @@ def load_config(path_or_name: str | os.PathLike = 'configs/default.py',
   """The ConfigDict of a config file (or a name in configs/, e.g. 'shakespeare_char'), with
   overrides as dotted keys ({'train.steps': 100}) and/or kwargs with '__' for dots."""
   path = _config_path(path_or_name)
-  spec = importlib.util.spec_from_file_location(f'_lm_config_{path.stem}', path)
-  if spec is None or spec.loader is None:
-    raise ConfigError(f'{path}: cannot load it as a Python config file.')
   if str(REPO_ROOT) not in sys.path and (REPO_ROOT / 'configs').is_dir():
     sys.path.append(str(REPO_ROOT))  # config files import `from configs import default`
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
-    raise ConfigError(f'{path} has no get_config(); a config file defines get_config() '
-                      'returning a ConfigDict (see configs/default.py).')
-  config = module.get_config()
+  config = config_lib.load_file(path)
   return override(config, {**(overrides or {}),
                            **{k.replace('__', '.'): v for k, v in kwargs.items()}})
 

@@ -13,12 +13,12 @@ import json
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 
 from lm import cli
+from lm import config as config_lib
 from lm.tools import bench
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = config_lib.define_config_flag(
     'config', 'configs/default.py', 'Experiment config file; --config.<field>=<v> overrides.')
 _DISPATCHES = flags.DEFINE_integer('dispatches', 10, 'Timed dispatches (each runs '
                                    'train.steps_per_dispatch steps); the median is reported.')

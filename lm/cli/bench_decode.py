@@ -16,13 +16,13 @@ import json
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 
 from lm import cli
+from lm import config as config_lib
 from lm.errors import UserError
 from lm.infer.bench import run_benchmark
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = config_lib.define_config_flag(
     'config', 'configs/default.py', 'Experiment config file (its model is benchmarked); '
     '--config.<field>=<v> overrides.')
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '16'], 'Batch sizes (prompts decoded '

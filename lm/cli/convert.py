@@ -14,9 +14,9 @@ import re
 import sys
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from lm import cli
+from lm import config as config_lib
 from lm.compat import hf
 from lm.errors import UserError
 
@@ -34,7 +34,7 @@ _WORKDIR = flags.DEFINE_string(
     'training workdir to export.')
 _STEP = flags.DEFINE_integer('step', None, 'to-hf: the checkpoint step to export; default: '
                              'the latest.')
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = config_lib.define_config_flag(
     'config', _DEFAULT_CONFIG,
     'from-hf: the experiment config the workdir starts from (data, optimizer, training); '
     "its model architecture is replaced by the HF model's. Override fields with "

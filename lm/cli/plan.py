@@ -20,10 +20,11 @@ from absl import flags
 from ml_collections import config_flags
 
 from lm import cli
+from lm import config as config_lib
 from lm.errors import UserError
 from lm.tools import plan as plan_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = config_lib.define_config_flag(
     'config', 'configs/default.py',
     'Experiment config file to plan; override fields with --config.<field>=<value>.')
 _DEVICES = flags.DEFINE_integer(

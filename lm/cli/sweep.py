@@ -21,7 +21,7 @@ from lm import cli
 from lm import config as config_lib
 from lm.tools import sweep
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = config_lib.define_config_flag(
     'config', 'configs/default.py',
     'Base experiment config file; --config.<field>=<value> overrides apply to every run '
     '(before the swept values).')

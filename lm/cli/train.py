@@ -14,6 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lm import cli
+from lm import config as config_lib
 from lm.parallel import distributed
 from lm.train import train
 
@@ -25,7 +26,7 @@ if not any(_CONFIG_FLAG.match(a) for a in sys.argv[1:]):
   # _parse_flags reports a bad override in one line, not at import with a traceback.
   sys.argv.insert(1, f'--config={_DEFAULT_CONFIG}')
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = config_lib.define_config_flag(
     'config', _DEFAULT_CONFIG,
     'Experiment config file (a Python file with get_config()); override any field with '
     '--config.<field>=<value>, e.g. --config.train.steps=100.')

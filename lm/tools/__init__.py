@@ -1,1 +1,1 @@
-"""Library halves of the tools (plan, bench, sweep, plot, inspect, btm, lora_merge); commands: lm/cli."""
+"""Library halves of the tools: plan, bench, sweep, plot, inspect, btm, lora_merge."""
