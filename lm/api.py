@@ -31,13 +31,14 @@ from lm import workdir as workdir_lib
 from lm.config import ConfigDict, override
 from lm.errors import ConfigError, DataError
 from lm.model import ModelConfig, ModelDef, Transformer
+from lm.model.losses import byte_lengths
 from lm.run import load_run
 from lm.tools import inspect
 from lm.tools.run_data import run_data
 from lm.train import tasks
 from lm.train import train as train_run
 from lm.train.sample import sample_tokens
-from lm.train.step import byte_lengths, make_eval_step, summarize_domains, summarize_eval
+from lm.train.step import make_eval_step, summarize_domains, summarize_eval
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 Log = Callable[[str], None]

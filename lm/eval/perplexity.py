@@ -27,8 +27,8 @@ import numpy as np
 from lm import parallel
 from lm.data import mixture, packing, sources, split, supervised
 from lm.errors import DataError, InputError
-from lm.eval import losses
 from lm.eval.scoring import eval_mesh
+from lm.model import losses
 
 SPLITS = ('train', 'validation', 'all')
 _STEPS: dict[int, tuple] = {}  # id(run) -> (weakref to it, its compiled step, batch sharding)

@@ -28,10 +28,11 @@ from lm.data import mixture, supervised
 from lm.data.tokenizers import Tokenizer
 from lm.errors import DataError
 from lm.model import ModelDef
+from lm.model.losses import byte_lengths
 from lm.train import optimizer as optimizer_lib
 from lm.train import state as state_lib
 from lm.train import tasks
-from lm.train.step import byte_lengths, make_eval_step, make_train_step
+from lm.train.step import make_eval_step, make_train_step
 
 Log = Callable[[str], None]
 ConfigDict = ml_collections.ConfigDict

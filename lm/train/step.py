@@ -11,11 +11,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from lm import parallel
-from lm.model import ModelDef
+from lm.model import ModelDef, losses
 from lm.train import tasks
 
 Batch = dict[str, jax.Array]
@@ -126,14 +125,6 @@ def make_train_step(model_def: ModelDef, optimizer: optax.GradientTransformation
                  out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
 
 
-def byte_lengths(tokenizer, vocab_size: int) -> np.ndarray:
-  """[V] UTF-8 bytes each id decodes to, zero-padded to the model's vocabulary size."""
-  lengths_V = np.zeros(vocab_size, np.int32)
-  tok = tokenizer.byte_lengths()
-  lengths_V[:len(tok)] = tok
-  return lengths_V
-
-
 def make_eval_step(model_def: ModelDef, *, mesh, rules, param_shardings, batch_sharding,
                    byte_lengths_V: jax.Array, num_domains: int = 0, task: str = 'lm',
                    mlm_rate: float = 0.15):
@@ -147,10 +138,9 @@ def make_eval_step(model_def: ModelDef, *, mesh, rules, param_shardings, batch_s
                                 vocab_size=model_def.cfg.vocab_size)
     with parallel.use_rules(mesh, rules):
       ce_BT, w_BT = token_losses(model_def, params, batch, None)
-    bytes_BT = jnp.take(byte_lengths_V, batch['targets']).astype(jnp.float32)
-    sums = {'loss_sum': jnp.sum(ce_BT * w_BT), 'tokens': jnp.sum(w_BT),
-            'bytes': jnp.sum(bytes_BT * w_BT)}
+    sums = losses.weighted_sums(ce_BT, w_BT, batch['targets'], byte_lengths_V)
     if num_domains:
+      bytes_BT = losses.target_bytes(batch['targets'], byte_lengths_V)
       sums.update(domain_sums(batch['domains'], num_domains, ce_BT * w_BT, w_BT, bytes_BT * w_BT))
     return sums
 
@@ -183,12 +173,8 @@ def summarize_domains(sums: list[dict], names: list[str]) -> dict[str, float]:
 
 def summarize_eval(sums: list[dict]) -> dict[str, float]:
   """Validation loss (nats/token), perplexity and bits per byte from per-batch sums."""
-  loss_sum = sum(float(s['loss_sum']) for s in sums)
-  tokens = max(sum(float(s['tokens']) for s in sums), 1.0)
-  nbytes = max(sum(float(s['bytes']) for s in sums), 1.0)
-  loss = loss_sum / tokens
-  out = {'eval/loss': loss, 'eval/perplexity': math.exp(min(loss, 50.0)),
-         'eval/bits_per_byte': loss_sum / nbytes / math.log(2)}
+  total = losses.summarize(sums)
+  out = {f'eval/{k}': total[k] for k in ('loss', 'perplexity', 'bits_per_byte')}
   if sums and 'correct' in sums[0]:  # classification
     out['eval/accuracy'] = tasks.accuracy(sums)
   return out

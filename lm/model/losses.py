@@ -2,8 +2,8 @@
 
 `token_cross_entropy` is the per-token loss [B, T] with its weights, `loss_sums` what one
 batch adds up (loss, tokens, UTF-8 bytes) and `summarize` the loss, perplexity and bits per
-byte of a list of those sums. Training's eval step (lm/train/step.py) computes the same
-quantities; it may call these instead of its own copy.
+byte of a list of those sums. Training's eval step (lm/train/step.py) and perplexity
+evaluation (lm/eval/perplexity.py) both count with these.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lm.model import ModelDef
+from lm.model.definition import ModelDef
 
 Batch = dict[str, jax.Array]
 
@@ -43,7 +43,18 @@ def loss_sums(model_def: ModelDef, params: dict, batch: Batch,
               byte_lengths_V: jax.Array) -> dict[str, jax.Array]:
   """{'loss_sum', 'tokens', 'bytes'} of one batch: summed weighted loss, weight, bytes."""
   ce_BT, w_BT = token_cross_entropy(model_def, params, batch)
-  bytes_BT = jnp.take(byte_lengths_V, batch['targets']).astype(jnp.float32)
+  return weighted_sums(ce_BT, w_BT, batch['targets'], byte_lengths_V)
+
+
+def target_bytes(targets_BT: jax.Array, byte_lengths_V: jax.Array) -> jax.Array:
+  """[B, T] UTF-8 bytes of each target token."""
+  return jnp.take(byte_lengths_V, targets_BT).astype(jnp.float32)
+
+
+def weighted_sums(ce_BT: jax.Array, w_BT: jax.Array, targets_BT: jax.Array,
+                  byte_lengths_V: jax.Array) -> dict[str, jax.Array]:
+  """{'loss_sum', 'tokens', 'bytes'} of per-token losses with their weights."""
+  bytes_BT = target_bytes(targets_BT, byte_lengths_V)
   return {'loss_sum': jnp.sum(ce_BT * w_BT), 'tokens': jnp.sum(w_BT),
           'bytes': jnp.sum(bytes_BT * w_BT)}
 
