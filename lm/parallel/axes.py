@@ -17,8 +17,8 @@ from lm.errors import ConfigError
 MESH_AXES = ('data', 'fsdp', 'expert', 'tensor')  # mesh order; tensor innermost (fastest links)
 
 # Every logical axis name the model, its activations and the decode cache use (lm/model,
-# lm/infer/sharding.py); `mesh.rules` may only name these. tests/test_sharding_report.py
-# checks that the model uses no name outside this list.
+# lm/infer/sharding.py); `mesh.rules` may only name these.
+# tests/unit/parallel/test_sharding_report.py checks that the model uses no other name.
 LOGICAL_AXES = (
     # parameters
     'layers', 'embed', 'heads', 'kv_heads', 'head_dim', 'mlp', 'vocab', 'norm', 'expert',

@@ -17,7 +17,7 @@ from lm.tools import plan as plan_lib
 from lm.train.optimizer import build_optimizer
 from lm.train.state import init_state, state_shardings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = next(p for p in Path(__file__).resolve().parents if (p / 'setup.py').is_file())
 TINY_FLAGS = [
     '--config.data.tokenizer.kind=byte', '--config.data.seq_len=32',
     '--config.model.num_layers=2', '--config.model.width=64', '--config.model.num_heads=4',

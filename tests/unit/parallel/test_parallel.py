@@ -4,8 +4,8 @@ A tiny model (2 layers, width 32) trains 20 steps in one dispatch on several mes
 presets from the same host state and batches; the losses must agree with one device.
 The rest checks placements (ZeRO-3 splits every large array 8 ways, each preset gives
 its specs), mesh validation (a bad mesh is a ConfigError naming the key) and remat.
-(Gradient accumulation vs one big batch is in tests/test_train.py; multi-process runs
-are in tests/test_multihost.py.)
+(Gradient accumulation vs one big batch is in tests/unit/train/test_train.py; multi-process runs
+are in tests/integration/test_multihost.py.)
 """
 
 import functools

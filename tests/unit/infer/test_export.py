@@ -19,7 +19,7 @@ from lm.errors import InputError  # noqa: E402
 from lm.infer import Decoder, SamplingConfig  # noqa: E402
 from lm.infer.export import export_artifact  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = next(p for p in Path(__file__).resolve().parents if (p / 'setup.py').is_file())
 GREEDY = SamplingConfig(temperature=0.0)
 
 

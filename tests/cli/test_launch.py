@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = next(p for p in Path(__file__).resolve().parents if (p / 'setup.py').is_file())
 LAUNCH = REPO / 'launch'
 SCRIPTS = ['local.sh', 'tpu_vm.sh', 'slurm.sbatch']
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = next(p for p in Path(__file__).resolve().parents if (p / 'setup.py').is_file())
 PROBE = ('from lm import runtime; runtime.use_cpu_devices({n}); import jax; '
          'print(jax.device_count(), jax.default_backend())')
 

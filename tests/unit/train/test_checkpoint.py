@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 from lm import config as config_lib
 from lm.checkpoint import Checkpointer, CheckpointError, handlers
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = next(p for p in Path(__file__).resolve().parents if (p / 'setup.py').is_file())
 CONFIG_JSON = config_lib.to_json(config_lib.default_config())
 
 

@@ -1,6 +1,6 @@
 """lm.plot: loss curves of several real runs as a PNG, by step or by tokens; clear errors.
 
-The run is the tiny 20-step one of tests/test_api.py, copied to a second workdir so the
+The run is the tiny 20-step one of tests/unit/tools/test_api.py, copied to a second workdir so the
 figure holds two runs.
 """
 

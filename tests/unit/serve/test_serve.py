@@ -20,7 +20,7 @@ from lm.infer.sampling import RowSampling
 from lm.serve import protocol
 from lm.serve.batcher import Batcher, Failed, Finished, Row, Text, batch_bucket
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = next(p for p in Path(__file__).resolve().parents if (p / 'setup.py').is_file())
 API_KEY = 'test-key-123'
 CONTEXT = 48  # the tiny model's max_len: prompt + completion
 

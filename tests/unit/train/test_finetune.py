@@ -249,7 +249,7 @@ def test_lora_sft_from_init_from_trains_only_adapters_and_merges(base_run, tmp_p
 def test_classification_pools_the_last_real_token_of_a_causal_model():
   """Causal pooling reads each row's last real token: padding after it changes nothing,
   the last token itself changes the logits (classification is trained end to end in
-  tests/test_encoder.py)."""
+  tests/unit/model/test_encoder.py)."""
   model_def = ModelDef.create(ModelConfig(vocab_size=259, num_layers=1, width=32, num_heads=2,
                                           num_kv_heads=2, mlp_dim=64, max_len=8, num_classes=3))
   params = jax.jit(model_def.init_params)(jax.random.key(0))

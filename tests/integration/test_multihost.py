@@ -24,7 +24,7 @@ from lm.data import prepare
 from lm.train import Trainer
 from lm.train.metrics import read_metrics
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = next(p for p in pathlib.Path(__file__).resolve().parents if (p / 'setup.py').is_file())
 STEPS = 20
 SENTENCES = ['the quick brown fox jumps over the lazy dog.', 'a stitch in time saves nine.',
              'all that glitters is not gold.', 'to be or not to be, that is the question.']

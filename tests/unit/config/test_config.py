@@ -20,7 +20,7 @@ from lm.model import lora
 from lm.parallel import axes
 from lm.train import optimizer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = next(p for p in pathlib.Path(__file__).resolve().parents if (p / 'setup.py').is_file())
 _DELETE = object()
 
 

@@ -32,7 +32,7 @@ from lm.errors import ConversionError, UserError  # noqa: E402
 from lm.model import ModelConfig, ModelDef  # noqa: E402
 from lm.run import load_run, write_run  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = next(p for p in pathlib.Path(__file__).resolve().parents if (p / 'setup.py').is_file())
 VOCAB = 300  # > the byte tokenizer's 259 ids, which the tiny base config uses
 TOL = 1e-4
 SENTENCES = ['the quick brown fox jumps over the lazy dog.', 'a stitch in time saves nine.',

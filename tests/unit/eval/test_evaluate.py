@@ -26,7 +26,7 @@ from lm.eval.perplexity import perplexity, text_parts
 from lm.run import load_run
 from lm.train.metrics import read_metrics
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = next(p for p in pathlib.Path(__file__).resolve().parents if (p / 'setup.py').is_file())
 SENTENCES = ['the quick brown fox jumps over the lazy dog.', 'a stitch in time saves nine.',
              'all that glitters is not gold.', 'to be or not to be, that is the question.']
 REVIEWS = [('what a good film, great fun', 'pos'), ('a dull and bad film', 'neg'),

@@ -1,7 +1,7 @@
 """lm.api: configs with overrides, a tiny run trained and loaded back, no absl flags needed.
 
 One 20-step run (2 layers, width 32, byte tokens) is trained once per module by
-`tiny_run` (tests/test_plot.py trains its own from `tiny_config`); loading it must
+`tiny_run` (tests/unit/tools/test_plot.py trains its own from `tiny_config`); loading it must
 reproduce the eval loss the run logged at its last step.
 """
 
@@ -20,7 +20,7 @@ from lm.config import ConfigError
 from lm.errors import WorkdirError
 from lm.train.metrics import read_metrics
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = next(p for p in pathlib.Path(__file__).resolve().parents if (p / 'setup.py').is_file())
 SENTENCES = ['the quick brown fox jumps over the lazy dog.', 'a stitch in time saves nine.',
              'all that glitters is not gold.', 'to be or not to be, that is the question.']
 

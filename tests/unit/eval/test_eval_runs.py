@@ -29,7 +29,7 @@ from lm.infer import SamplingConfig
 from lm.model import ModelDef
 from lm.run import load_run, model_config, write_run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = next(p for p in Path(__file__).resolve().parents if (p / 'setup.py').is_file())
 TEXT = 'the quick brown fox jumps over the lazy dog. a stitch in time saves nine. '
 
 

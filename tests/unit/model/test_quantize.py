@@ -18,7 +18,7 @@ from lm.infer import init_cache
 from lm.model import ModelConfig, ModelDef
 from lm.model.quantize import quantize, quantize_array, weight_bytes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = next(p for p in Path(__file__).resolve().parents if (p / 'setup.py').is_file())
 LLAMA = ModelConfig(vocab_size=97, num_layers=2, width=64, num_heads=4, num_kv_heads=2,
                     mlp_dim=96, max_len=48)
 GPT2 = dataclasses.replace(LLAMA, num_kv_heads=4, norm='layernorm', mlp='gelu',

@@ -7,7 +7,7 @@ import pathlib
 import nbclient
 import nbformat
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = next(p for p in pathlib.Path(__file__).resolve().parents if (p / 'setup.py').is_file())
 NOTEBOOK = REPO / 'experiments' / 'quickstart.ipynb'
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from lm.tools import sweep
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = next(p for p in Path(__file__).resolve().parents if (p / 'setup.py').is_file())
 TINY = [
     '--config.data.source=text', '--config.data.split=tail', '--config.data.val_fraction=0.2',
     '--config.data.tokenizer.kind=char', '--config.data.seq_len=16',
