@@ -106,6 +106,9 @@ def define_config_flag(name: str = 'config', default: str | None = None,
   holder = config_flags.DEFINE_config_file(name, default, help_string, flag_values=flag_values,
                                            **kwargs)
   flag_values[name].parser = _FileParser(name, lock_config=kwargs.get('lock_config', True))
+  # A key flag of the command that called us, so its --help lists --config.
+  flag_values.register_key_flag_for_module(sys._getframe(1).f_globals['__name__'],
+                                           flag_values[name])
   return holder
 
 

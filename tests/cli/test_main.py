@@ -179,5 +179,5 @@ def test_empty_text_file_is_named(env, tmp_path):
 def test_a_config_file_that_does_not_exist_is_named(env, tmp_path):
   workdir = tmp_path / 'run'
   result = _main(env, '--config=configs/no_such_experiment.py', f'--workdir={workdir}')
-  _assert_user_error(result, 'configs/no_such_experiment.py', 'No such file')
+  _assert_user_error(result, 'configs/no_such_experiment.py', 'does not exist')
   assert not workdir.exists()
