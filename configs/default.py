@@ -2,7 +2,7 @@
 
 Every other config in this folder starts from `get_config()` here and overrides
 fields; `lm.config.validate` checks the result once at start-up. Each section here has its
-typed twin in lm/config/sections.py (the field's type, choices and checks): a new key is
+typed twin in lm/config/sections/ (the field's type, choices and checks): a new key is
 added in both places (tests/test_config.py checks they match).
 """
 

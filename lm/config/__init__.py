@@ -3,14 +3,14 @@ typed sections, derived values filled in, and (de)serialized.
 
 The ConfigDict (configs/default.py, `--config.x=...` flags, a workdir's config.json) is the
 format users write; `typed(config)` is its typed view, one frozen dataclass per section
-(lm/config/sections.py), and the checks run on it: unknown or missing keys, wrong types,
+(lm/config/sections/), and the checks run on it: unknown or missing keys, wrong types,
 values out of range, fields that disagree with each other or with the device count. Every
 problem names the dotted key and what would fix it, and all are reported at once.
 
   load.py      files, the --config flag, JSON, the upgrade of older runs' configs
   keys.py      unknown and missing keys
   fields.py    field types and rules, and the generic checks they drive
-  sections.py  the typed sections, each with its own checks
+  sections/    the typed sections (a file per group), each with its own checks
   checks.py    checks between sections; typed, validate, resolve
   overrides.py dotted-key overrides ({'train.steps': 100}) of a ConfigDict
 """

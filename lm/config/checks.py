@@ -2,7 +2,7 @@
 
 `validate` checks keys (against configs/default.py) and types (against the typed sections)
 first; then every field's choices and rules and each section's own checks
-(lm/config/sections.py); then the checks here, which relate sections to each other and
+(lm/config/sections/); then the checks here, which relate sections to each other and
 to the device count. All problems of a stage are reported at once.
 """
 

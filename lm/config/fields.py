@@ -1,7 +1,7 @@
 """What a typed config section is made of: its fields' types, their value rules, and the
 generic checks both drive (types before a section is built, choices and rules after).
 
-A section is a frozen dataclass (lm/config/sections.py). A field's annotation is its type
+A section is a frozen dataclass (lm/config/sections/). A field's annotation is its type
 (`int`, `float`, `bool`, `str`, a `tuple[...]`, or a `Literal[...]` of its choices, or
 another section); `positive()`, `non_negative()` and `in_range()` attach a value rule; a
 section's `problems()` holds the checks between its own fields.

@@ -62,7 +62,7 @@ def key_problems(config: ConfigDict, base: ConfigDict) -> list[str]:
         f"known keys here: {', '.join(k.rpartition('.')[2] for k in siblings)}.")
     problems.append(f"unknown key '{key}' (not in configs/default.py); {hint} "
                     'New settings must be added to configs/default.py (and '
-                    'lm/config/sections.py) first.')
+                    'lm/config/sections/) first.')
   for key in known:
     parent = key.rpartition('.')[0]
     if key not in have_set and (not parent or parent in have_sections):

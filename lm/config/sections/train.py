@@ -1,0 +1,102 @@
+"""The sections of how a run trains: lora, optimizer, train, checkpoint, runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+from lm.config.fields import Section, in_range, non_negative, positive
+from lm.config.sections.base import frozen
+
+LoraTarget = Literal['qkv', 'out', 'mlp_in', 'mlp_out']
+WeightDecayKind = Literal['norm', 'bias', 'embed']  # lm/train/optimizer.WEIGHT_DECAY_KINDS
+WEIGHT_DECAY_KINDS: tuple[str, ...] = WeightDecayKind.__args__
+
+
+@frozen
+class Lora(Section):
+  rank: int = non_negative()
+  alpha: float = positive()
+  dropout: float = in_range(0.0, 1.0, lo_inclusive=True)
+  targets: tuple[LoraTarget, ...]
+
+  def problems(self) -> Iterator[str]:
+    bad = [t for t in self.targets if t not in LORA_TARGETS]
+    if bad:
+      yield f'lora.targets has unknown projections {bad}; choose from {LORA_TARGETS}.'
+    if self.rank > 0 and not self.targets:
+      yield ('lora.rank > 0 but lora.targets is empty; name the projections that get adapters, '
+             f'e.g. {LORA_TARGETS[:2]}.')
+
+
+LORA_TARGETS: tuple[str, ...] = LoraTarget.__args__
+
+
+@frozen
+class Optimizer(Section):
+  lr: float = positive()
+  schedule: Literal['cosine', 'linear', 'constant']
+  warmup_steps: int = non_negative()
+  min_lr: float = non_negative()
+  b1: float = in_range(0.0, 1.0, lo_inclusive=True)
+  b2: float = in_range(0.0, 1.0, lo_inclusive=True)
+  eps: float = positive()
+  weight_decay: float = non_negative()
+  weight_decay_exclude: tuple[WeightDecayKind, ...]
+  grad_clip: float = non_negative(' (0 disables clipping)')
+
+  def problems(self) -> Iterator[str]:
+    kinds = WEIGHT_DECAY_KINDS
+    bad = [k for k in self.weight_decay_exclude if k not in kinds]
+    if bad:
+      yield (f'optimizer.weight_decay_exclude has unknown parameter kinds {bad}; choose from '
+             f'{kinds} (an unknown kind would be decayed after all).')
+    if self.min_lr > self.lr:
+      yield (f'optimizer.min_lr={self.min_lr} is above optimizer.lr={self.lr}; the schedule '
+             'decays from lr to min_lr.')
+
+
+@frozen
+class Train(Section):
+  steps: int = positive()
+  batch_size: int = positive()
+  grad_accum: int = positive()
+  steps_per_dispatch: int = positive()
+  log_every: int = positive()
+  eval_every: int = positive()
+  eval_batches: int = positive()
+  sample_tokens: int = non_negative()
+  sample_prompt_tokens: int = non_negative()
+  sample_temperature: float = non_negative()
+  task: Literal['lm', 'sft', 'mlm', 'classify']
+  mlm_rate: float = in_range(0.0, 1.0, lo_inclusive=False)
+
+  def problems(self) -> Iterator[str]:
+    if self.batch_size % self.grad_accum:
+      yield (f'train.batch_size={self.batch_size} is not divisible by train.grad_accum='
+             f'{self.grad_accum}; each microbatch must have the same number of rows.')
+    for key, v in (('train.log_every', self.log_every), ('train.eval_every', self.eval_every)):
+      yield from dispatch_multiple(key, v, self.steps_per_dispatch)
+
+
+def dispatch_multiple(key: str, v: int, k: int) -> Iterator[str]:
+  if v % k:
+    yield (f'{key}={v} is not a multiple of train.steps_per_dispatch={k}: the loop only sees '
+           f'the state between dispatches; use e.g. {key}={max(k, v // k * k)}.')
+
+
+@frozen
+class Checkpoint(Section):
+  every: int = positive()
+  keep: int = positive()
+  async_save: bool
+
+
+@frozen
+class Runtime(Section):
+  cpu_devices: int
+
+  def problems(self) -> Iterator[str]:
+    if self.cpu_devices < -1:
+      yield (f'runtime.cpu_devices={self.cpu_devices} must be >= -1 (0: one device, -1: one '
+             'per core, N: N devices).')
