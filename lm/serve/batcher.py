@@ -27,17 +27,36 @@ _FILLER = SamplingConfig(temperature=0.0)  # settings of the rows that pad a bat
 
 
 @dataclasses.dataclass(frozen=True)
+class Score:
+  """A token and its log-probability, with the most likely alternatives (id, logprob)
+  at its position (None for a prompt's first token, which nothing predicts)."""
+  token: int
+  logprob: float | None
+  top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Text:
-  """More text of a row (never retracted; the concatenation is the final text)."""
+  """More text of a row (never retracted; the concatenation is the final text), and the
+  scores of the tokens made since the last event (when the row asked for logprobs)."""
   text: str
+  scores: tuple[Score, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class Finished:
-  """A row's end: the last piece of text, why it ended ('stop' | 'length'), tokens made."""
+  """A row's end: the last piece of text, why it ended ('stop' | 'length'), tokens made,
+  and the scores of the tokens not yet sent (through the one that completed a stop)."""
   text: str
   finish_reason: str
   completion_tokens: int
+  scores: tuple[Score, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+  """The scores of a row's prompt tokens (sent first, when the row asked for echo)."""
+  scores: tuple[Score, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +65,7 @@ class Failed:
   message: str
 
 
-Event = Text | Finished | Failed
+Event = Text | Finished | Failed | Prompt
 
 
 @dataclasses.dataclass(eq=False)
@@ -60,6 +79,9 @@ class Row:
   stops: tuple[str, ...]
   on_event: Callable[[Event], None]
   cancelled: bool = False  # set by the HTTP side when the client has gone
+  logprobs: int | None = None  # alternatives per token to report (None = no scores)
+  echo: bool = False  # report the prompt's scores (the continuous engine only)
+  echo_from: int = 0  # prompt_ids[:echo_from] (a bos the server added) are not echoed
   arrival: float = dataclasses.field(default_factory=time.monotonic)
 
 
@@ -69,11 +91,15 @@ class _Progress:
   def __init__(self, row: Row, tokenizer, eos_id: int):
     self.row, self.tokenizer, self.eos_id = row, tokenizer, eos_id
     self.tokens: list[int] = []
+    self.scores: list[Score] = []
+    self.scores_sent = 0
     self.sent = ''
     self.done = False
 
-  def add(self, token: int) -> None:
+  def add(self, token: int, score: Score | None = None) -> None:
     self.tokens.append(token)
+    if score is not None and self.row.logprobs is not None:
+      self.scores.append(score)
     text = self.tokenizer.decode(self.tokens)
     cuts = [text.find(s) for s in self.row.stops if s in text]
     if cuts:
@@ -85,8 +111,13 @@ class _Progress:
     else:
       end = self._safe_end(text)
       if end > len(self.sent) and text.startswith(self.sent):
-        self._emit(Text(text[len(self.sent):end]))
+        self._emit(Text(text[len(self.sent):end], self._new_scores()))
         self.sent = text[:end]
+
+  def _new_scores(self) -> tuple[Score, ...]:
+    new = tuple(self.scores[self.scores_sent:])
+    self.scores_sent = len(self.scores)
+    return new
 
   def _safe_end(self, text: str) -> int:
     """How much of `text` can be sent: not a trailing partial UTF-8 character (decoded as
@@ -107,7 +138,7 @@ class _Progress:
     if not text.startswith(self.sent):  # a tokenizer whose decode of a prefix changed
       log.warning('streamed text %r is not a prefix of the final text %r', self.sent, text)
     rest = text[len(self.sent):] if text.startswith(self.sent) else ''
-    self._emit(Finished(rest, reason, len(self.tokens)))
+    self._emit(Finished(rest, reason, len(self.tokens), self._new_scores()))
 
   def fail(self, message: str) -> None:
     self.done = True

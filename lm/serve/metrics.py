@@ -13,6 +13,7 @@ from prometheus_client import (
 
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TOKEN_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class ServeMetrics:
@@ -42,6 +43,22 @@ class ServeMetrics:
                                 buckets=BATCH_BUCKETS, registry=r)
     self.queued_prompts = Gauge('lm_serve_queued_prompts', 'Prompts waiting for a batch',
                                 registry=r)
+
+    self.time_to_first_token = Histogram(
+        'lm_serve_time_to_first_token_seconds', 'Rows: arrival to their first generated token',
+        buckets=LATENCY_BUCKETS_S, registry=r)
+    self.inter_token_seconds = Histogram(
+        'lm_serve_inter_token_seconds', 'Time between consecutive tokens of a row (a dispatch '
+        'of k steps counts as k equal gaps)', buckets=TOKEN_BUCKETS_S, registry=r)
+    self.slots_busy = Gauge('lm_serve_slots_busy', 'Decode slots holding a row (continuous '
+                            'batching)', registry=r)
+    self.slots_total = Gauge('lm_serve_slots', 'Decode slots (continuous batching)', registry=r)
+    self.prefix_hits = Counter('lm_serve_prefix_cache_hit_tokens', 'Prompt tokens whose KV '
+                               'came from the prefix cache', registry=r)
+    self.prefix_misses = Counter('lm_serve_prefix_cache_miss_tokens', 'Prompt tokens '
+                                 'prefilled (not in the prefix cache)', registry=r)
+    self.rejected = Counter('lm_serve_rejected', 'Requests refused before queueing, by reason '
+                            '(queue_full 429, draining 503)', ['reason'], registry=r)
 
   def render(self) -> bytes:
     return generate_latest(self.registry)

@@ -1,0 +1,174 @@
+"""The continuous-batching engine in-process: each request of a mixed stream (different
+lengths and settings, some cancelled mid-way, some streamed) gets exactly the tokens it
+gets alone, and equal to Decoder.generate; a short request overtakes a long one."""
+
+import queue
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm.infer import Decoder, SamplingConfig
+from lm.infer.sampling import RowSampling
+from lm.infer.slots import SlotDecoder
+from lm.serve.batcher import Failed, Finished, Prompt, Row, Text
+from lm.serve.engine import Engine
+
+CONTEXT = 48
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  """(model_def, params, tokenizer): a 1-layer byte model, weights scaled away from ties."""
+  from configs.default import get_config
+  from lm import config as config_lib
+  from lm.data.tokenizers import ByteTokenizer
+  from lm.model import ModelDef
+  from lm.run import model_config
+
+  c = get_config()
+  c.data.seq_len, c.data.tokenizer.kind = CONTEXT, 'byte'
+  c.model.num_layers, c.model.width, c.model.mlp_dim = 1, 32, 64
+  c.model.num_heads = c.model.num_kv_heads = 2
+  c.model.position = 'learned'
+  c = config_lib.resolve(c, num_devices=jax.device_count())
+  tokenizer = ByteTokenizer()
+  model_def = ModelDef.create(model_config(c, tokenizer.vocab_size))
+  params = jax.tree.map(lambda x: x * 4.0, model_def.init_params(jax.random.key(0)))
+  return model_def, params, tokenizer
+
+
+class Collector:
+  """A row's events, in order, and when it finished."""
+
+  def __init__(self):
+    self.events, self.finished_at, self.done = [], None, threading.Event()
+    self.cancel_row = None  # a Row to cancel at its first piece of text
+
+  def __call__(self, event):
+    self.events.append(event)
+    if self.cancel_row is not None and isinstance(event, Text):
+      self.cancel_row.cancelled = True
+    if isinstance(event, Finished | Failed):
+      self.finished_at = time.monotonic()
+      self.done.set()
+
+  def text(self):
+    return ''.join(e.text for e in self.events if isinstance(e, Text | Finished))
+
+
+@pytest.fixture(scope='module')
+def slot_decoder(tiny):
+  """One SlotDecoder for every test: its jit'd functions compile once."""
+  model_def, _, tokenizer = tiny
+  return SlotDecoder(Decoder(model_def, cache_len=CONTEXT), slots=3, eos_id=tokenizer.eos_id,
+                     chunk=8)
+
+
+def _engine(tiny, slot_decoder, steps=4):
+  _, params, tokenizer = tiny
+  return Engine(slot_decoder, params, tokenizer, steps_per_call=steps)
+
+
+def _rows(tokenizer):
+  greedy, hot = SamplingConfig(temperature=0.0), SamplingConfig(temperature=1.0, top_k=20)
+  specs = [('the quick brown fox jumps over', 12, greedy, 0),
+           ('a', 30, hot, 11), ('lazy dog', 5, hot, 3),
+           ('over the lazy dog and the quick fox', 9, greedy, 0),
+           ('q', 25, greedy, 0), ('brown', 17, hot, 5)]
+  return [(tokenizer.encode(p), n, s, seed) for p, n, s, seed in specs]
+
+
+def _run(engine, specs, cancel=()):
+  """Submits rows (staggered); those in `cancel` are cancelled at their first text (from
+  the engine's thread, so mid-way for certain), the way a client that hangs up is."""
+  collectors = [Collector() for _ in specs]
+  rows = [Row(ids, n, s, seed, (), c) for (ids, n, s, seed), c in zip(specs, collectors,
+                                                                         strict=True)]
+  for i in cancel:
+    collectors[i].cancel_row = rows[i]
+  for i, row in enumerate(rows):
+    engine.submit([row])
+    if i % 2:
+      time.sleep(0.05)
+  for i, c in enumerate(collectors):
+    if i not in cancel:
+      assert c.done.wait(120), f'row {i} did not finish'
+  deadline = time.monotonic() + 30
+  while engine.busy() and time.monotonic() < deadline:
+    time.sleep(0.01)
+  return collectors
+
+
+def test_a_mixed_stream_gives_every_row_its_tokens_alone(tiny, slot_decoder):
+  model_def, params, tokenizer = tiny
+  specs = _rows(tokenizer)
+  engine = _engine(tiny, slot_decoder)
+  engine.warm_up()
+  engine.start()
+  try:
+    alone = [_run(engine, [spec])[0].text() for spec in specs]
+    mixed = _run(engine, specs, cancel=(1, 4))
+    # a cancelled row's slot is free again: everything still runs afterwards
+    again = _run(engine, specs[:2])
+  finally:
+    engine.stop()
+  decoder = Decoder(model_def, cache_len=CONTEXT)
+  for i, (ids, n, s, seed) in enumerate(specs):
+    ref = decoder.generate(params, [ids], max_new_tokens=n, sampling=RowSampling((s,), (seed,)),
+                           stop_tokens=[[tokenizer.eos_id]])[0]
+    assert alone[i] == tokenizer.decode(ref), i
+    if i in (1, 4):  # cancelled mid-way: what it got is a prefix, and it never finished
+      assert mixed[i].text() and alone[i].startswith(mixed[i].text()), i
+      assert mixed[i].finished_at is None and len(mixed[i].text()) < len(alone[i]), i
+    else:
+      assert mixed[i].text() == alone[i], i
+  assert [c.text() for c in again] == alone[:2]
+  assert engine.busy() == 0
+
+
+def test_a_short_request_finishes_before_a_long_one_started_earlier(tiny, slot_decoder):
+  _, _, tokenizer = tiny
+  engine = _engine(tiny, slot_decoder)
+  engine.warm_up()
+  engine.start()
+  try:
+    long_c, short_c = Collector(), Collector()
+    engine.submit([Row(tokenizer.encode('the'), 40, SamplingConfig(temperature=0.0), 0, (),
+                       long_c)])
+    while not long_c.events:
+      time.sleep(0.005)
+    engine.submit([Row(tokenizer.encode('fox'), 2, SamplingConfig(temperature=0.0), 0, (),
+                       short_c)])
+    assert short_c.done.wait(60) and long_c.done.wait(120)
+  finally:
+    engine.stop()
+  assert short_c.finished_at < long_c.finished_at
+  assert isinstance(long_c.events[-1], Finished) and long_c.events[-1].completion_tokens > 2
+
+
+def test_echo_scores_equal_a_full_forward_and_max_tokens_0(tiny, slot_decoder):
+  model_def, params, tokenizer = tiny
+  engine = _engine(tiny, slot_decoder)
+  engine.start()
+  ids = [tokenizer.bos_id] + tokenizer.encode('the quick brown fox jumps')
+  got = queue.Queue()
+  try:
+    engine.submit([Row(ids, 0, SamplingConfig(temperature=0.0), 0, (), got.put, logprobs=3,
+                       echo=True, echo_from=1)])
+    prompt, end = got.get(timeout=60), got.get(timeout=60)
+  finally:
+    engine.stop()
+  assert isinstance(prompt, Prompt) and isinstance(end, Finished)
+  assert end.completion_tokens == 0 and end.text == ''
+  logits = model_def.merge(params)(jnp.asarray([ids]))
+  logits = logits[0] if not isinstance(logits, tuple) else logits[0][0]
+  logp = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
+  assert [s.token for s in prompt.scores] == ids[1:]
+  want = [logp[j - 1, ids[j]] for j in range(1, len(ids))]
+  np.testing.assert_allclose([s.logprob for s in prompt.scores], want, atol=1e-5)
+  for j, s in enumerate(prompt.scores, start=1):
+    assert len(s.top) == 3 and s.top[0][0] == int(np.argmax(logp[j - 1]))
