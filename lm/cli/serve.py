@@ -1,8 +1,9 @@
 """`python -m lm serve --workdir=DIR [--port=8000]`: serve a trained run over HTTP.
 
 Loads the workdir's latest (or --step) checkpoint and tokenizer with lm.run.load_run, then
-serves an OpenAI-style POST /v1/completions (batched across concurrent requests),
-GET /v1/models, GET /healthz and GET /metrics with uvicorn until Ctrl-C.
+serves an OpenAI-style API (/v1/completions, /v1/chat/completions, /tokenize, ...; requests
+share decode slots by continuous batching) with uvicorn until Ctrl-C or SIGTERM (both
+drain the requests in flight).
 docs/serving.md has the details; the library half is lm/serve/server.py.
 """
 
@@ -34,10 +35,28 @@ _QUANTIZE = flags.DEFINE_enum(
     'quantize', 'none', ['none', 'int8'], 'Weight quantization: int8 keeps matmul weights as '
     'int8 with a float scale per output channel (about 4x less weight memory; '
     'docs/deployment.md).')
-_MAX_BATCH = flags.DEFINE_integer('max_batch', 8, 'Most prompts run together in one device batch.')
+_SCHEDULER = flags.DEFINE_enum(
+    'scheduler', 'continuous', ['continuous', 'static'], 'continuous: --max_batch decode slots '
+    'that requests join and leave one by one; static: batches that run until their longest '
+    'row ends (the old batcher, for comparison; no logprobs/echo).')
+_MAX_BATCH = flags.DEFINE_integer(
+    'max_batch', 8, 'Decode slots (continuous) or most prompts in one device batch (static).')
 _BATCH_WAIT_MS = flags.DEFINE_float(
-    'batch_wait_ms', 10.0, 'How long the oldest waiting prompt waits for others to share its '
-    'batch (milliseconds); 0 = run whatever is waiting at once.')
+    'batch_wait_ms', 10.0, 'Static scheduler: how long the oldest waiting prompt waits for '
+    'others to share its batch (milliseconds); 0 = run whatever is waiting at once.')
+_STEPS_PER_CALL = flags.DEFINE_integer(
+    'steps_per_call', 4, 'Continuous scheduler: decode steps per device dispatch when no '
+    'request waits to join (fewer host round trips).')
+_PREFILL_CHUNK = flags.DEFINE_integer(
+    'prefill_chunk', 32, 'Continuous scheduler: prompt tokens prefilled per dispatch, '
+    'between decode steps of the running requests.')
+_MAX_QUEUE = flags.DEFINE_integer(
+    'max_queue', 256, 'Prompts that may wait for the scheduler; a request beyond it gets a 429.')
+_TIMEOUT_S = flags.DEFINE_float(
+    'timeout_s', 600.0, 'A request still running after this many seconds is cancelled (504).')
+_DRAIN_S = flags.DEFINE_float(
+    'drain_s', 30.0, 'On SIGTERM or Ctrl-C, how long requests in flight may take to finish '
+    '(new ones get a 503 meanwhile).')
 _WARMUP = flags.DEFINE_boolean(
     'warmup', True, 'Compile every batch shape (prompts up to 16 tokens) before serving, so '
     'that the first requests of each do not wait for it; --nowarmup (or --no-warmup) skips it.')
@@ -58,6 +77,12 @@ def _check_flags() -> None:
     raise UserError(f'--port={_PORT.value} is not a TCP port; give 0..65535 (0 = any free port)')
   if _MAX_BATCH.value < 1:
     raise UserError(f'--max_batch={_MAX_BATCH.value} must be >= 1')
+  for flag in (_STEPS_PER_CALL, _PREFILL_CHUNK, _MAX_QUEUE):
+    if flag.value < 1:
+      raise UserError(f'--{flag.name}={flag.value} must be >= 1')
+  for flag in (_TIMEOUT_S, _DRAIN_S):
+    if not flag.value > 0:
+      raise UserError(f'--{flag.name}={flag.value} must be > 0 (seconds)')
   if not _BATCH_WAIT_MS.value >= 0:
     raise UserError(f'--batch_wait_ms={_BATCH_WAIT_MS.value} must be >= 0')
   if _CACHE_LEN.value < 0:
@@ -77,15 +102,18 @@ def main(argv: list[str]) -> None:
     app_, batcher = server.build(
         run, cache_len=_CACHE_LEN.value, max_batch=_MAX_BATCH.value,
         batch_wait_s=_BATCH_WAIT_MS.value / 1000, api_key=api_key or None,
-        model_name=_MODEL_NAME.value, warmup=_WARMUP.value,
+        model_name=_MODEL_NAME.value, warmup=_WARMUP.value, scheduler=_SCHEDULER.value,
+        steps_per_call=_STEPS_PER_CALL.value, prefill_chunk=_PREFILL_CHUNK.value,
+        max_queue=_MAX_QUEUE.value, timeout_s=_TIMEOUT_S.value,
         log=lambda s: print(s, flush=True))
   except BaseException:
     sock.close()
     raise
   sock.listen(1024)  # connections were refused until the model was ready
   print(f'lm.serve: {run.workdir} (checkpoint step {run.step}) at {server.url(sock)} '
-        '(POST /v1/completions; Ctrl-C stops)', flush=True)
-  server.serve(app_, batcher, sock, log_level=_LOG_LEVEL.value)
+        '(POST /v1/completions, /v1/chat/completions; Ctrl-C or SIGTERM drains and stops)',
+        flush=True)
+  server.serve(app_, batcher, sock, log_level=_LOG_LEVEL.value, drain_s=_DRAIN_S.value)
   print('lm.serve: stopped', flush=True)
 
 

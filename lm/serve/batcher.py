@@ -200,6 +200,10 @@ class Batcher:
         pass
     return sizes
 
+  def queued(self) -> int:
+    """Rows waiting for a batch."""
+    return len(self._queue)
+
   def submit(self, rows: Sequence[Row]) -> None:
     with self._cond:
       if self._stopping:

@@ -218,7 +218,7 @@ class Engine:
     progress._emit(Prompt(tuple(scores)))
 
   def _decode(self, k: int) -> None:
-    start = time.perf_counter()
+    start, rows = time.perf_counter(), int(self._state['active'].sum())
     (tokens_KB, lp_KB, top_lp_KBT, top_id_KBT), self._state, self._cache = self.slots.steps(
         self.params, self._cache, self._state, k)
     now, made = time.monotonic(), 0
@@ -249,7 +249,7 @@ class Engine:
       self.metrics.generation_seconds.inc(seconds)
       if made and seconds > 0:
         self.metrics.tokens_per_second.set(made / seconds)
-      self.metrics.batch_size.observe(sum(p is not None for p in self._running))
+      self.metrics.batch_size.observe(rows)
 
   def _free(self, slot: int) -> None:
     self._running[slot] = None
@@ -274,6 +274,7 @@ class Engine:
   def _observe_first(self, row: Row) -> None:
     if self.metrics:
       self.metrics.time_to_first_token.observe(time.monotonic() - row.arrival)
+      self.metrics.generated_tokens.inc()
 
   def _set_gauges(self) -> None:
     if self.metrics:

@@ -17,12 +17,14 @@ MAX_BODY_BYTES = 1 << 20  # a larger request body is refused (413) before it is 
 MAX_PROMPTS = 64  # prompts in one request (each becomes one choice and one batch row)
 MAX_STOPS = 4  # stop strings per request, as in the OpenAI API
 MAX_TEMPERATURE = 2.0  # the OpenAI API's bound
+MAX_N = 16  # choices per prompt
+MAX_LOGPROBS = 5  # alternatives per token (the OpenAI completions API's bound)
 DEFAULT_MAX_TOKENS = 16  # the OpenAI API's default
 EXAMPLE = '{"prompt": "Hello", "max_tokens": 16}'
 
 # Fields of the OpenAI completions API this server does not implement: named, not "unknown".
-UNSUPPORTED = ('best_of', 'echo', 'frequency_penalty', 'logit_bias', 'logprobs',
-               'presence_penalty', 'stream_options', 'suffix')
+UNSUPPORTED = ('best_of', 'frequency_penalty', 'logit_bias', 'presence_penalty',
+               'stream_options', 'suffix')
 
 
 class RequestError(Exception):
@@ -47,7 +49,7 @@ def error_json(message: str, *, kind: str, param: str | None = None,
 class CompletionRequest:
   """A validated POST /v1/completions body (defaults filled in)."""
 
-  prompts: tuple[str, ...]
+  prompts: tuple[str | tuple[int, ...], ...]  # text, or token ids
   max_tokens: int = DEFAULT_MAX_TOKENS
   temperature: float = 1.0
   top_p: float = 1.0
@@ -55,6 +57,9 @@ class CompletionRequest:
   seed: int | None = None
   stop: tuple[str, ...] = ()
   stream: bool = False
+  n: int = 1
+  logprobs: int | None = None  # alternatives per token; None = no logprobs
+  echo: bool = False
 
 
 def _is_int(v: Any) -> bool:
@@ -76,8 +81,26 @@ def _check_text(s: str, where: str, param: str) -> None:
                        'with its other half or remove it)', param=param) from None
 
 
-def _prompts(v: Any) -> tuple[str, ...]:
-  fix = 'give a non-empty string or a list of non-empty strings'
+def _token_ids(v: list, where: str) -> tuple[int, ...]:
+  if not v:
+    raise RequestError(f'{where} is an empty list of token ids; give at least one',
+                       param='prompt')
+  for i, t in enumerate(v):
+    if not _is_int(t) or t < 0:
+      raise RequestError(f'{where}[{i}] must be a token id (an integer >= 0), got '
+                         f'{_type_name(t)} {t!r}', param='prompt')
+  return tuple(v)
+
+
+def _prompts(v: Any) -> tuple[str | tuple[int, ...], ...]:
+  fix = 'give a non-empty string, a list of them, or token ids'
+  if isinstance(v, list) and v and _is_int(v[0]):
+    return (_token_ids(v, 'prompt'),)
+  if isinstance(v, list) and v and all(isinstance(p, list) for p in v):
+    if len(v) > MAX_PROMPTS:
+      raise RequestError(f'prompt lists {len(v)} prompts; send at most {MAX_PROMPTS} per '
+                         'request', param='prompt')
+    return tuple(_token_ids(p, f'prompt[{i}]') for i, p in enumerate(v))
   if isinstance(v, str):
     if not v:
       raise RequestError(f'prompt is empty; {fix}', param='prompt')
@@ -93,8 +116,8 @@ def _prompts(v: Any) -> tuple[str, ...]:
                        param='prompt')
   for i, p in enumerate(v):
     if not isinstance(p, str):
-      raise RequestError(f'prompt[{i}] must be a string, got {_type_name(p)} (token-id prompts '
-                         'are not supported; send text)', param='prompt')
+      raise RequestError(f'prompt[{i}] must be a string, got {_type_name(p)} (a list of token '
+                         'ids is a list of lists of integers)', param='prompt')
     if not p:
       raise RequestError(f'prompt[{i}] is empty; {fix}', param='prompt')
     _check_text(p, f'prompt[{i}]', 'prompt')
@@ -172,28 +195,68 @@ def _deep_field(body: bytes, limit: int = 64) -> str | None:
   return None
 
 
-def parse_completion_request(body: bytes) -> CompletionRequest:
-  """The validated request of a POST /v1/completions body; RequestError on any problem.
-
-  Fields: prompt (required), max_tokens, temperature, top_p, top_k, seed, stop, n (1),
-  stream, model and user (accepted, not used). JSON null means "the default"."""
+def parse_json_object(body: bytes, example: str = EXAMPLE) -> dict[str, Any]:
+  """The JSON object of a request body; RequestError naming the problem otherwise."""
   if not body.strip():
-    raise RequestError(f'the request body is empty; send a JSON object such as {EXAMPLE}')
+    raise RequestError(f'the request body is empty; send a JSON object such as {example}')
   try:
     data = json.loads(body)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise RequestError(f'the request body is not valid JSON ({e}); send a JSON object such '
-                       f'as {EXAMPLE}') from None
+                       f'as {example}') from None
   except RecursionError:  # json's parser recurses once per nested array or object
     field = _deep_field(body)
     where = f'field {field!r}' if field else 'the request body'
     raise RequestError(f'{where} nests arrays or objects too deeply to parse; send a flat '
-                       f'JSON object such as {EXAMPLE}', param=field) from None
+                       f'JSON object such as {example}', param=field) from None
   if not isinstance(data, dict):
-    raise RequestError(f'the request body must be a JSON object such as {EXAMPLE}, got '
+    raise RequestError(f'the request body must be a JSON object such as {example}, got '
                        f'{_type_name(data)}')
+  return data
+
+
+def check_fields(data: dict, known: Sequence[str], unsupported: Sequence[str]) -> None:
+  """RequestError naming the first field that is not supported or not known."""
+  for name in data:
+    if name in unsupported and data[name] is not None:
+      raise RequestError(f'field {name!r} is not supported by this server; remove it',
+                         param=name)
+    if name not in known and name not in unsupported:
+      raise RequestError(f'unknown field {name!r}; the accepted fields are '
+                         f'{", ".join(known)}', param=name)
+
+
+def sampling_fields(data: dict) -> dict[str, Any]:
+  """The sampling and length fields completions and chat share (None where not given)."""
+  stream = data.get('stream')
+  if stream is not None and not isinstance(stream, bool):
+    raise RequestError(f'stream must be true or false, got {_type_name(stream)} {stream!r}',
+                       param='stream')
+  for name in ('model', 'user'):
+    if data.get(name) is not None and not isinstance(data[name], str):
+      raise RequestError(f'{name} must be a string, got {_type_name(data[name])}', param=name)
+    if data.get(name) is not None:
+      _check_text(data[name], name, name)
+  return dict(
+      temperature=_number_field(data, 'temperature', lambda t: 0 <= t <= MAX_TEMPERATURE,
+                                f'in [0, {MAX_TEMPERATURE:g}] (0 = greedy)'),
+      top_p=_number_field(data, 'top_p', lambda p: 0 < p <= 1, 'in (0, 1] (1 = off)'),
+      top_k=_int_field(data, 'top_k', 0, (1 << 31) - 1, '0 = off'),
+      seed=_int_field(data, 'seed', 0, (1 << 32) - 1, 'the same seed gives the same text'),
+      stop=None if data.get('stop') is None else _stops(data['stop']),
+      n=_int_field(data, 'n', 1, MAX_N, 'choices per prompt'),
+      stream=stream)
+
+
+def parse_completion_request(body: bytes) -> CompletionRequest:
+  """The validated request of a POST /v1/completions body; RequestError on any problem.
+
+  Fields: prompt (required: text or token ids), max_tokens, temperature, top_p, top_k,
+  seed, stop, n, stream, logprobs, echo, model and user (accepted, not used). JSON null
+  means "the default"."""
+  data = parse_json_object(body)
   known = ('prompt', 'max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'n',
-           'stream', 'model', 'user')
+           'stream', 'logprobs', 'echo', 'model', 'user')
   for name in data:
     if name in UNSUPPORTED:
       raise RequestError(f'field {name!r} is not supported by this server; remove it',
@@ -205,37 +268,31 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
     raise RequestError(f'prompt is required: a string or a list of strings, e.g. {EXAMPLE}',
                        param='prompt')
   prompts = _prompts(data['prompt'])
-  for name in ('model', 'user'):
-    if data.get(name) is not None and not isinstance(data[name], str):
-      raise RequestError(f'{name} must be a string, got {_type_name(data[name])}', param=name)
-    if data.get(name) is not None:
-      _check_text(data[name], name, name)
-  n = _int_field(data, 'n', 1, 1, 'this server returns one choice per prompt; send the '
-                 'request again, with another seed, for more')
-  del n
-  stream = data.get('stream')
-  if stream is not None and not isinstance(stream, bool):
-    raise RequestError(f'stream must be true or false, got {_type_name(stream)} {stream!r}',
-                       param='stream')
-  fields = dict(
-      max_tokens=_int_field(data, 'max_tokens', 1, 1 << 20, 'tokens to generate per prompt'),
-      temperature=_number_field(data, 'temperature', lambda t: 0 <= t <= MAX_TEMPERATURE,
-                                f'in [0, {MAX_TEMPERATURE:g}] (0 = greedy)'),
-      top_p=_number_field(data, 'top_p', lambda p: 0 < p <= 1, 'in (0, 1] (1 = off)'),
-      top_k=_int_field(data, 'top_k', 0, (1 << 31) - 1, '0 = off'),
-      seed=_int_field(data, 'seed', 0, (1 << 32) - 1, 'the same seed gives the same text'),
-      stop=None if data.get('stop') is None else _stops(data['stop']),
-      stream=stream)
+  echo = data.get('echo')
+  if echo is not None and not isinstance(echo, bool):
+    raise RequestError(f'echo must be true or false, got {_type_name(echo)} {echo!r}',
+                       param='echo')
+  fields = sampling_fields(data)
+  fields.update(
+      max_tokens=_int_field(data, 'max_tokens', 0 if echo else 1, 1 << 20,
+                            'tokens to generate per prompt; 0 only with echo'),
+      logprobs=_int_field(data, 'logprobs', 0, MAX_LOGPROBS, 'alternatives per token'),
+      echo=echo)
   return CompletionRequest(prompts=prompts,
                            **{k: v for k, v in fields.items() if v is not None})
 
 
-def check_context(prompt_ids: Sequence[Sequence[int]], max_tokens: int, context: int) -> None:
-  """RequestError unless every prompt plus max_tokens fits in `context` tokens."""
+def check_context(prompt_ids: Sequence[Sequence[int]], max_tokens: int, context: int,
+                  vocab_size: int | None = None) -> None:
+  """RequestError unless every prompt plus max_tokens fits in `context` tokens (and its
+  token ids are below `vocab_size`)."""
   for i, ids in enumerate(prompt_ids):
     which = f'prompt[{i}]' if len(prompt_ids) > 1 else 'the prompt'
     if not ids:
       raise RequestError(f'{which} encodes to no tokens; give some text', param='prompt')
+    if vocab_size is not None and max(ids) >= vocab_size:
+      raise RequestError(f'{which} holds token id {max(ids)}, outside the vocabulary of '
+                         f'{vocab_size} tokens; give ids in [0, {vocab_size})', param='prompt')
     if len(ids) >= context:
       raise RequestError(f'{which} is {len(ids)} tokens but the context holds {context} '
                          f'(prompt + max_tokens); shorten it to under {context} tokens',
@@ -256,8 +313,36 @@ def completion_json(request_id: str, created: int, model: str, choices: list[dic
                     'total_tokens': prompt_tokens + completion_tokens}}
 
 
-def choice_json(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
-  return {'text': text, 'index': index, 'logprobs': None, 'finish_reason': finish_reason}
+def choice_json(index: int, text: str, finish_reason: str | None,
+                logprobs: dict | None = None) -> dict[str, Any]:
+  return {'text': text, 'index': index, 'logprobs': logprobs, 'finish_reason': finish_reason}
+
+
+def token_text(tokenizer, token: int) -> str:
+  """A token's text in logprobs; `token_id:N` for one that is no whole character alone (a
+  byte of a multi-byte character), so that distinct tokens keep distinct keys."""
+  text = tokenizer.decode([token])
+  return f'token_id:{token}' if '\ufffd' in text else text
+
+
+def logprobs_json(tokenizer, scores, k: int, offset: int = 0) -> dict[str, Any]:
+  """The completions API's logprobs object of `scores` (lm.serve.batcher.Score): tokens,
+  token_logprobs, top_logprobs ({token text: logprob}, the k most likely, None where a
+  token has no score) and text_offset (characters, from `offset`)."""
+  out = {'tokens': [], 'token_logprobs': [], 'top_logprobs': [], 'text_offset': []}
+  for s in scores:
+    text = token_text(tokenizer, s.token)
+    out['tokens'].append(text)
+    out['token_logprobs'].append(s.logprob)
+    top = None
+    if s.logprob is not None:
+      top = {}
+      for token, lp in s.top[:k]:
+        top.setdefault(token_text(tokenizer, token), lp)  # most likely first: keep the max
+    out['top_logprobs'].append(top)
+    out['text_offset'].append(offset)
+    offset += len(text)
+  return out
 
 
 def sse(data: dict[str, Any] | str) -> bytes:

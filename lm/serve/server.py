@@ -1,5 +1,6 @@
-"""A loaded run behind the HTTP app: `build` makes the decoder, batcher and app of a run,
-`bind` takes the port, `serve` runs uvicorn on it until Ctrl-C (the command is lm/cli/serve.py).
+"""A loaded run behind the HTTP app: `build` makes the decoder, scheduler and app of a run,
+`bind` takes the port, `serve` runs uvicorn on it until Ctrl-C or SIGTERM, which drain:
+new requests get a 503 while those in flight finish (the command is lm/cli/serve.py).
 """
 
 from __future__ import annotations
@@ -14,29 +15,52 @@ from fastapi import FastAPI
 
 from lm.errors import UserError
 from lm.infer import Decoder
+from lm.infer.slots import SlotDecoder
 from lm.run import Run
 from lm.serve.app import Service, create_app
 from lm.serve.batcher import Batcher
+from lm.serve.engine import Engine
 from lm.serve.metrics import ServeMetrics
+
+SCHEDULERS = ('continuous', 'static')
 
 
 def build(run: Run, *, cache_len: int = 0, max_batch: int = 8, batch_wait_s: float = 0.01,
           api_key: str | None = None, model_name: str | None = None, warmup: bool = True,
-          log: Callable[[str], None] = print) -> tuple[FastAPI, Batcher]:
-  """(app, batcher) serving `run`: every request's context is `cache_len` tokens (0 = the
-  model's max_len). With `warmup` every batch shape is compiled before it returns."""
-  decoder = Decoder(run.model_def, cache_len=cache_len or run.model_def.cfg.max_len)
+          scheduler: str = 'continuous', steps_per_call: int = 4, prefill_chunk: int = 32,
+          max_queue: int = 256, timeout_s: float = 600.0, mesh=None, rules=(),
+          log: Callable[[str], None] = print) -> tuple[FastAPI, Engine | Batcher]:
+  """(app, scheduler) serving `run`: every request's context is `cache_len` tokens (0 = the
+  model's max_len). `scheduler` 'continuous' runs `max_batch` decode slots (engine.py);
+  'static' the batcher that runs each batch to its longest row (batcher.py). With `warmup`
+  every shape is compiled before it returns."""
+  if scheduler not in SCHEDULERS:
+    raise UserError(f'scheduler={scheduler!r}; give one of {", ".join(SCHEDULERS)}')
+  decoder = Decoder(run.model_def, cache_len=cache_len or run.model_def.cfg.max_len,
+                    mesh=mesh, rules=rules)
   metrics = ServeMetrics()
-  batcher = Batcher(decoder, run.params, run.tokenizer, max_batch=max_batch,
-                    batch_wait_s=batch_wait_s, metrics=metrics)
+  if scheduler == 'continuous':
+    slots = SlotDecoder(decoder, slots=max_batch, eos_id=run.tokenizer.eos_id,
+                        chunk=prefill_chunk)
+    batcher = Engine(slots, run.params, run.tokenizer, steps_per_call=steps_per_call,
+                     metrics=metrics)
+    metrics.slots_total.set(max_batch)
+  else:
+    batcher = Batcher(decoder, run.params, run.tokenizer, max_batch=max_batch,
+                      batch_wait_s=batch_wait_s, metrics=metrics)
   if warmup:
     start = time.perf_counter()
     sizes = batcher.warm_up()
-    log(f'lm.serve: compiled batch sizes {sizes} in {time.perf_counter() - start:.1f} s')
+    log(f'lm.serve: {scheduler} scheduler, compiled batch sizes {sizes} in '
+        f'{time.perf_counter() - start:.1f} s')
   name = model_name or os.path.basename(run.workdir.rstrip('/')) or run.workdir
   service = Service(batcher=batcher, tokenizer=run.tokenizer, context=decoder.cache_len,
-                    model_name=name, step=run.step, metrics=metrics, api_key=api_key)
-  return create_app(service), batcher
+                    model_name=name, step=run.step, metrics=metrics, api_key=api_key,
+                    vocab_size=run.model_def.cfg.vocab_size,
+                    scores=scheduler == 'continuous', max_queue=max_queue, timeout_s=timeout_s)
+  app = create_app(service)
+  app.state.service = service
+  return app, batcher
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -58,13 +82,28 @@ def url(sock: socket.socket) -> str:
   return f'http://{f"[{host}]" if ":" in host else host}:{port}'
 
 
-def serve(app: FastAPI, batcher: Batcher, sock: socket.socket, *,
-          log_level: str = 'warning') -> None:
-  """Serves on `sock` (bound and listening) until Ctrl-C; the batcher runs meanwhile and
-  is stopped after."""
+class _DrainingServer(uvicorn.Server):
+  """uvicorn's server, which on SIGTERM / Ctrl-C also marks the service draining: requests
+  on connections still open get a 503 while those in flight finish."""
+
+  def __init__(self, config: uvicorn.Config, service: Service | None):
+    super().__init__(config)
+    self.service = service
+
+  def handle_exit(self, sig, frame) -> None:
+    if self.service is not None:
+      self.service.draining = True
+    super().handle_exit(sig, frame)
+
+
+def serve(app: FastAPI, batcher: Engine | Batcher, sock: socket.socket, *,
+          log_level: str = 'warning', drain_s: float = 30.0) -> None:
+  """Serves on `sock` (bound and listening) until Ctrl-C or SIGTERM, then waits up to
+  `drain_s` for requests in flight; the scheduler runs meanwhile and is stopped after."""
   batcher.start()
-  server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False,
-                                         timeout_graceful_shutdown=5))
+  server = _DrainingServer(uvicorn.Config(app, log_level=log_level, access_log=False,
+                                          timeout_graceful_shutdown=drain_s),
+                           getattr(app.state, 'service', None))
   try:
     server.run(sockets=[sock])
   except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, after shutting down

@@ -68,7 +68,8 @@ def model(workdir):
 
 def _greedy(model, prompt: str, max_tokens: int) -> str:
   decoder, params, tokenizer = model
-  ids = decoder.generate(params, [tokenizer.encode(prompt)], max_new_tokens=max_tokens,
+  ids = decoder.generate(params, [[tokenizer.bos_id] + tokenizer.encode(prompt)],
+                         max_new_tokens=max_tokens,
                          sampling=SamplingConfig(temperature=0.0),
                          stop_tokens=[[tokenizer.eos_id]])[0]
   return tokenizer.decode(ids)
@@ -220,7 +221,8 @@ def test_streamed_chunks_concatenate_to_the_completion(server):
   for i, choice in enumerate(out['choices']):
     mine = [c['choices'][0] for c in chunks if c['choices'][0]['index'] == i]
     assert ''.join(c['text'] for c in mine) == choice['text']
-    assert [c['finish_reason'] for c in mine] == [None] * (len(mine) - 1) + ['length']
+    reasons = [c['finish_reason'] for c in mine]
+    assert reasons == [None] * (len(mine) - 1) + [choice['finish_reason']]
     assert all(c['object'] == 'text_completion' for c in chunks)
 
 
@@ -242,8 +244,7 @@ def test_concurrent_requests_are_batched_and_all_correct(server, model):
   batches = (_metric(after, 'lm_serve_batch_size_count')
              - _metric(before, 'lm_serve_batch_size_count'))
   rows = _metric(after, 'lm_serve_batch_size_sum') - _metric(before, 'lm_serve_batch_size_sum')
-  assert rows == 20
-  assert batches < 20  # some batch held more than one request
+  assert rows / batches > 1.5  # a decode dispatch ran for several requests at once
   singles = (_metric(after, 'lm_serve_batch_size_bucket', le='1.0')
              - _metric(before, 'lm_serve_batch_size_bucket', le='1.0'))
   assert singles < batches
@@ -256,21 +257,26 @@ BAD_REQUESTS = [  # (raw body, status, the field the error names, words of the m
     (b'{"max_tokens": 4}', 400, 'prompt', 'prompt is required'),
     (b'{"prompt": ""}', 400, 'prompt', 'prompt is empty'),
     (b'{"prompt": []}', 400, 'prompt', 'empty list'),
-    (b'{"prompt": [1, 2]}', 400, 'prompt', 'must be a string'),
+    (b'{"prompt": [1, "a"]}', 400, 'prompt', 'must be a token id'),
+    (b'{"prompt": ["a", [1]]}', 400, 'prompt', 'must be a string'),
+    (b'{"prompt": [[5, 99999]]}', 400, 'prompt', 'outside the vocabulary'),
+    (b'{"prompt": "hi", "max_tokens": 0}', 400, 'max_tokens', '0 only with echo'),
+    (b'{"prompt": "hi", "echo": 1}', 400, 'echo', 'true or false'),
+    (b'{"prompt": "hi", "best_of": 2}', 400, 'best_of', 'not supported'),
     (b'{"prompt": "hi", "max_tokens": "8"}', 400, 'max_tokens', 'must be an integer'),
     (b'{"prompt": "hi", "max_tokens": -1}', 400, 'max_tokens', 'out of range'),
     (b'{"prompt": "hi", "max_tokens": 1000000000}', 400, 'max_tokens', 'out of range'),
-    (b'{"prompt": "hi", "max_tokens": 47}', 400, 'max_tokens', 'at most 46 tokens'),
+    (b'{"prompt": "hi", "max_tokens": 47}', 400, 'max_tokens', 'at most 45 tokens'),
     (json.dumps({'prompt': 'x' * 60}).encode(), 400, 'prompt', 'shorten it'),
     (b'{"prompt": "hi", "temperature": -0.5}', 400, 'temperature', 'out of range'),
     (b'{"prompt": "hi", "temperature": "hot"}', 400, 'temperature', 'must be a number'),
     (b'{"prompt": "hi", "top_p": 0}', 400, 'top_p', 'out of range'),
     (b'{"prompt": "hi", "stream": "yes"}', 400, 'stream', 'true or false'),
     (b'{"prompt": "hi", "stop": [""]}', 400, 'stop', 'empty string'),
-    (b'{"prompt": "hi", "n": 2}', 400, 'n', 'one choice per prompt'),
+    (b'{"prompt": "hi", "n": 17}', 400, 'n', 'out of range'),
     (b'{"prompt": "hi", "seed": -3}', 400, 'seed', 'out of range'),
     (b'{"prompt": "hi", "frobnicate": 1}', 400, 'frobnicate', 'unknown field'),
-    (b'{"prompt": "hi", "logprobs": 2}', 400, 'logprobs', 'not supported'),
+    (b'{"prompt": "hi", "logprobs": 6}', 400, 'logprobs', 'out of range'),
     (b'{"prompt": "hi", "temperature": 1' + b'0' * 400 + b'}', 400, 'temperature', 'range'),
     (b'{"prompt": "a\\ud800b"}', 400, 'prompt', 'lone UTF-16 surrogate'),
     (b'{"prompt": ["ok", "\\udfff"]}', 400, 'prompt', 'prompt[1] holds'),
@@ -373,7 +379,7 @@ def test_batcher_reports_a_generation_error_and_runs_the_next_batch(model):
   try:
     bad = submit([tokenizer.vocab_size + 5])  # an id outside the vocabulary: decode raises
     assert isinstance(bad, Failed) and 'outside' in bad.message
-    good = submit(tokenizer.encode('the'))
+    good = submit([tokenizer.bos_id] + tokenizer.encode('the'))
     assert isinstance(good, Finished) and good.completion_tokens == 5
     text = ''.join(e.text for e in events if isinstance(e, Text | Finished))
     assert text == _greedy(model, 'the', 5)
@@ -397,8 +403,8 @@ def test_stream_holds_back_a_possible_stop_string(model):
       finished.set_result(event)
   batcher.start()
   try:
-    batcher.submit([Row(tokenizer.encode('the quick'), 20, SamplingConfig(temperature=0.0), 0,
-                        (stop,), on_event)])
+    ids = [tokenizer.bos_id] + tokenizer.encode('the quick')
+    batcher.submit([Row(ids, 20, SamplingConfig(temperature=0.0), 0, (stop,), on_event)])
     end = finished.result(timeout=60)
   finally:
     batcher.stop()
