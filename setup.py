@@ -39,8 +39,12 @@ setup(
                  'nbclient>=0.10', 'nbformat>=5.9', 'ipykernel>=6.29',
                  # tests/test_evaluate.py runs the lm-eval adapter
                  'lm-eval>=0.4.13',
+                 # tests/unit/serve/test_openai.py: lm-eval's API models (lm-eval[api])
+                 'tenacity>=8', 'aiohttp>=3.9',
                  # tests/test_serve.py: FastAPI's TestClient
                  'httpx>=0.27',
+                 # tests/unit/serve/test_openai.py: the official client against the server
+                 'openai>=1.40',
                  # tests/test_train.py: a gs:// workdir against a local in-memory GCS
                  'gcp-storage-emulator>=2024.8',
                  # tests/test_convert.py checks lm.convert against transformers on torch
