@@ -6,6 +6,7 @@ new requests get a 503 while those in flight finish (the command is lm/cli/serve
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -82,6 +83,14 @@ def url(sock: socket.socket) -> str:
   return f'http://{f"[{host}]" if ":" in host else host}:{port}'
 
 
+class _Terminated(Exception):
+  """SIGTERM, which uvicorn raises again once it has drained."""
+
+
+def _on_sigterm(signum, frame) -> None:
+  raise _Terminated
+
+
 class _DrainingServer(uvicorn.Server):
   """uvicorn's server, which on SIGTERM / Ctrl-C also marks the service draining: requests
   on connections still open get a 503 while those in flight finish."""
@@ -104,10 +113,12 @@ def serve(app: FastAPI, batcher: Engine | Batcher, sock: socket.socket, *,
   server = _DrainingServer(uvicorn.Config(app, log_level=log_level, access_log=False,
                                           timeout_graceful_shutdown=drain_s),
                            getattr(app.state, 'service', None))
+  previous = signal.signal(signal.SIGTERM, _on_sigterm)
   try:
     server.run(sockets=[sock])
-  except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, after shutting down
-    pass
+  except (KeyboardInterrupt, _Terminated):  # uvicorn re-raises the signal it handled, after
+    pass  # draining
   finally:
+    signal.signal(signal.SIGTERM, previous)
     batcher.stop()
     sock.close()

@@ -172,3 +172,35 @@ def test_echo_scores_equal_a_full_forward_and_max_tokens_0(tiny, slot_decoder):
   np.testing.assert_allclose([s.logprob for s in prompt.scores], want, atol=1e-5)
   for j, s in enumerate(prompt.scores, start=1):
     assert len(s.top) == 3 and s.top[0][0] == int(np.argmax(logp[j - 1]))
+
+
+def test_a_full_queue_is_a_429_draining_a_503_and_a_slow_request_a_504(tiny):
+  """The app in-process over a scheduler that is never started (nothing leaves its queue)."""
+  from fastapi.testclient import TestClient
+
+  from lm.serve.app import Service, create_app
+  from lm.serve.batcher import Batcher
+  from lm.serve.metrics import ServeMetrics
+
+  model_def, params, tokenizer = tiny
+  metrics = ServeMetrics()
+  batcher = Batcher(Decoder(model_def, cache_len=CONTEXT), params, tokenizer, max_batch=2,
+                    batch_wait_s=0.0)
+  service = Service(batcher=batcher, tokenizer=tokenizer, context=CONTEXT, model_name='tiny',
+                    step=0, metrics=metrics, vocab_size=tokenizer.vocab_size, scores=False,
+                    max_queue=2, timeout_s=0.3)
+  with TestClient(create_app(service)) as client:
+    r = client.post('/v1/completions', json={'prompt': 'the', 'max_tokens': 2})
+    assert r.status_code == 504 and r.json()['error']['type'] == 'timeout_error'
+    r = client.post('/v1/completions', json={'prompt': ['a', 'b'], 'max_tokens': 2})
+    assert r.status_code == 429 and r.json()['error']['code'] == 'queue_full'
+    r = client.post('/v1/completions', json={'prompt': 'a', 'echo': True, 'max_tokens': 1})
+    assert r.status_code == 400 and r.json()['error']['param'] == 'echo'
+    service.draining = True
+    r = client.post('/v1/chat/completions', json={'messages': [{'role': 'user',
+                                                                  'content': 'hi'}]})
+    assert r.status_code == 503 and 'shutting down' in r.json()['error']['message']
+    assert client.get('/healthz').json()['status'] == 'draining'
+  text = metrics.render().decode()
+  assert 'lm_serve_rejected_total{reason="queue_full"} 1.0' in text
+  assert 'lm_serve_rejected_total{reason="draining"} 1.0' in text
