@@ -53,10 +53,6 @@ class ServeMetrics:
     self.slots_busy = Gauge('lm_serve_slots_busy', 'Decode slots holding a row (continuous '
                             'batching)', registry=r)
     self.slots_total = Gauge('lm_serve_slots', 'Decode slots (continuous batching)', registry=r)
-    self.prefix_hits = Counter('lm_serve_prefix_cache_hit_tokens', 'Prompt tokens whose KV '
-                               'came from the prefix cache', registry=r)
-    self.prefix_misses = Counter('lm_serve_prefix_cache_miss_tokens', 'Prompt tokens '
-                                 'prefilled (not in the prefix cache)', registry=r)
     self.rejected = Counter('lm_serve_rejected', 'Requests refused before queueing, by reason '
                             '(queue_full 429, draining 503)', ['reason'], registry=r)
 
