@@ -102,6 +102,9 @@ def get_config() -> ml_collections.ConfigDict:
   # 'domain+learned' (a learned top_k inside the token's domain's experts)
   c.model.moe.routing = 'learned'
   c.model.moe.num_domains = 0  # domain routing: must equal len(data.mixture)
+  # 'grouped': tokens sorted by expert through a grouped matmul (work ~ tokens * top_k;
+  # all-to-all over mesh.expert) | 'dispatch': one-hot [B, T, E, C] dispatch (GShard)
+  c.model.moe.impl = 'grouped'
   # False: a bidirectional (BERT-style) encoder, attention limited only by segments
   c.model.causal = True
   # > 0 adds a classification head over the pooled hidden state (last token for a causal

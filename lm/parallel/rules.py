@@ -66,6 +66,11 @@ def use_rules(mesh: Mesh, rules: Rules) -> Iterator[None]:
     _ACTIVE.reset(token)
 
 
+def active_rules() -> tuple[Mesh, dict[str, tuple[str, ...]]] | None:
+  """(mesh, rules) of the enclosing `use_rules` block, or None outside one."""
+  return _ACTIVE.get()
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """Annotates an activation with logical axes (no-op without active rules)."""
   active = _ACTIVE.get()
