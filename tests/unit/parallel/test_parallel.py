@@ -188,7 +188,7 @@ def _mesh_error(updates: dict, num_devices: int = 8, num_granules: int | None = 
 
 
 @pytest.mark.parametrize('updates,num_granules,expected', [
-    ({'mesh.data': 2, 'mesh.expert': 2}, None, ['2*1*2*1 = 4', 'this run has 8']),
+    ({'mesh.data': 2, 'mesh.expert': 2}, None, ['2*1*1*2*1 = 4', 'this run has 8']),
     ({'mesh.tensor': 4, 'model.num_kv_heads': 2}, None, ['mesh.tensor=4',
                                                           'model.num_kv_heads=2']),
     ({'mesh.preset': 'fsdp', 'mesh.tensor': 2}, None, ['mesh.tensor=2', "mesh.preset='fsdp'",
