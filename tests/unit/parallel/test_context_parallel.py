@@ -9,6 +9,7 @@ import pytest
 from configs.default import get_config
 from lm import parallel
 from lm.model import ModelConfig, ModelDef
+from lm.tools.plan import activation_bytes
 from lm.train.optimizer import build_optimizer
 from lm.train.state import fresh_state, state_shardings
 from lm.train.step import make_train_step
@@ -70,3 +71,11 @@ def test_context_parallel_losses_equal_one_device(sizes):
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
   # The activations are split over 'sequence': some collective runs across it.
   assert 'all-gather' in hlo or 'collective-permute' in hlo or 'all-to-all' in hlo
+
+
+def test_plan_splits_token_activations_over_the_sequence_axis():
+  cfg = _model_cfg()
+  one = activation_bytes(cfg, rows=2, seq_len=1024, tensor=1)
+  four = activation_bytes(cfg, rows=2, seq_len=1024, tensor=1, sequence=4)
+  # Per-token tensors shrink 4x; the attention scores (T/4 queries x T keys) shrink 4x as well.
+  assert one / 4 <= four < one / 2
