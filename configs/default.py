@@ -102,6 +102,9 @@ def get_config() -> ml_collections.ConfigDict:
   # 'domain+learned' (a learned top_k inside the token's domain's experts)
   c.model.moe.routing = 'learned'
   c.model.moe.num_domains = 0  # domain routing: must equal len(data.mixture)
+  # 'grouped': tokens sorted by expert through a grouped matmul (work ~ tokens * top_k;
+  # all-to-all over mesh.expert) | 'dispatch': one-hot [B, T, E, C] dispatch (GShard)
+  c.model.moe.impl = 'grouped'
   # False: a bidirectional (BERT-style) encoder, attention limited only by segments
   c.model.causal = True
   # > 0 adds a classification head over the pooled hidden state (last token for a causal
@@ -160,18 +163,22 @@ def get_config() -> ml_collections.ConfigDict:
   c.runtime.cpu_devices = 0
 
   # ---- mesh (lm/parallel) ------------------------------------------------
-  # Mesh axes, outermost first: data, fsdp, expert, tensor. `mesh.<axis>` are the sizes
+  # Mesh axes, outermost first: data, fsdp, sequence, expert, tensor. `mesh.<axis>` are the sizes
   # inside one slice (TPU) or process (CPU/GPU), over fast ICI links; one may be -1 to take
   # the remaining devices. docs/scaling_mesh.md explains the choices.
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1
   c.mesh.fsdp = 1
+  # context parallelism: each row's tokens split over it (attention sees all of the row's
+  # keys; docs/scaling.md)
+  c.mesh.sequence = 1
   c.mesh.expert = 1  # expert parallelism: MoE experts split over it (it also splits the batch)
   c.mesh.tensor = 1
   # Sizes across slices/processes (DCN); any > 1 builds a hybrid mesh whose axis is
   # <axis> x dcn_<axis> long. One may be -1 to take the remaining slices/processes.
   c.mesh.dcn_data = 1
   c.mesh.dcn_fsdp = 1
+  c.mesh.dcn_sequence = 1
   c.mesh.dcn_expert = 1
   c.mesh.dcn_tensor = 1
   # How the model is split (logical axis -> mesh axes, lm/parallel/presets.py):

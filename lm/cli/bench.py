@@ -27,14 +27,33 @@ _VOCAB = flags.DEFINE_integer('vocab_size', 0, 'Vocabulary size when config.mode
                               'is 0 (default: the config\'s tokenizer, prepared if needed).')
 _PEAK_N = flags.DEFINE_integer('peak_matmul_size', 2048, 'Square matmul size used to measure '
                                'the machine\'s peak FLOP/s (one such matmul per device).')
+_MOE_VS_DENSE = flags.DEFINE_bool(
+    'moe_vs_dense', False, 'Also time the dense model with the MoE model\'s active parameters '
+    '(mlp_dim = top_k x the expert size) in the same run and print the tokens/s ratio.')
 _JSON = flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
 
 
 def main(argv: list[str]) -> None:
   cli.no_arguments(argv)
   config = cli.config_from_flag(_CONFIG)  # before jax starts its devices
-  r = bench.run_benchmark(config, dispatches=_DISPATCHES.value, warmup=_WARMUP.value,
-                          vocab_size=_VOCAB.value, peak_n=_PEAK_N.value)
+  kwargs = dict(dispatches=_DISPATCHES.value, warmup=_WARMUP.value, vocab_size=_VOCAB.value,
+                peak_n=_PEAK_N.value)
+  if _MOE_VS_DENSE.value:
+    r = bench.moe_vs_dense(config, **kwargs)
+    for name in ('moe', 'dense'):
+      print(f'== {name}')
+      _print(r[name])
+    print(f"MoE / dense tokens/s: {r['ratio']:.2f}x")
+  else:
+    r = bench.run_benchmark(config, **kwargs)
+    _print(r)
+  if _JSON.value:
+    with open(_JSON.value, 'w', encoding='utf-8') as f:
+      json.dump(r, f, indent=2)
+  sys.stdout.flush()
+
+
+def _print(r: dict) -> None:
   print(f"device: {r['device']} (jax {r['jax']})")
   print(f"model: {r['params']:,} parameters, {r['flops_per_token']:,} FLOPs/token; "
         f"batch {r['batch']} x {r['seq_len']}, {r['steps_per_dispatch']} steps/dispatch")
@@ -44,10 +63,6 @@ def main(argv: list[str]) -> None:
         f"{r['model_tflops_per_sec'] * 1e3:.1f} model GFLOP/s")
   print(f"peak matmul (measured): {r['peak_matmul_tflops'] * 1e3:.1f} GFLOP/s -> "
         f"MFU {100 * r['mfu']:.1f}%")
-  if _JSON.value:
-    with open(_JSON.value, 'w', encoding='utf-8') as f:
-      json.dump(r, f, indent=2)
-  sys.stdout.flush()
 
 
 def run() -> None:

@@ -22,6 +22,7 @@ class MoEConfig:
   every: int = 1  # one MoE layer per group of `every` layers (the group's last)
   routing: str = 'learned'  # 'learned' | 'domain' | 'domain+learned'
   num_domains: int = 0
+  impl: str = 'grouped'  # 'grouped' (expert-sorted grouped matmul) | 'dispatch' (one-hot)
 
   @property
   def enabled(self) -> bool:

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lm.parallel.rules import is_split
+
 
 def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], *,
           std: float | None, dtype) -> nnx.Param:
@@ -57,9 +59,12 @@ class Projection(nnx.Module):
     kernel = self.kernel[...].astype(self.dtype)
     k_in = math.prod(kernel.shape[:self.n_in])
     lead = x.shape[:x.ndim - self.n_in]
-    y = (x.astype(self.dtype).reshape(-1, k_in) @ kernel.reshape(k_in, -1))
+    # Under context parallelism the token axis is split: flattening it with the batch axis
+    # would make XLA gather every token first, so the leading axes stay as they are.
+    rows = (*lead, k_in) if is_split('seq') else (-1, k_in)
+    y = (x.astype(self.dtype).reshape(rows) @ kernel.reshape(k_in, -1))
     if self.lora is not None:
-      y = y + self.lora(x.reshape(-1, k_in))
+      y = y + self.lora(x.reshape(rows))
     y = y.reshape(*lead, *kernel.shape[self.n_in:])
     if self.kernel_scale is not None:
       y = y * self.kernel_scale[...].astype(self.dtype)

@@ -22,6 +22,7 @@ from flax import nnx
 from lm.model.config import ModelConfig, MoEConfig
 from lm.model.layers import dropout, param
 from lm.model.mlp import MLP
+from lm.model.moe_grouped import ExpertWeights, grouped_moe
 from lm.parallel.rules import constrain
 
 DISPATCH_BECD = ('expert_batch', 'act_expert', None, 'act_embed')
@@ -71,27 +72,31 @@ def choose_experts(moe: MoEConfig, logits_BTE: jax.Array | None, domains_BT: jax
   return experts_BTK, gates_BTK, probs_BTE
 
 
-def route(moe: MoEConfig, logits_BTE: jax.Array | None, domains_BT: jax.Array | None,
-          shape_BT: tuple[int, int]) -> Routing:
-  """Token-choice routing with a per-row capacity: a row's first choices fill the expert
-  slots in token order, then its second choices; assignments past capacity are dropped."""
-  b, t = shape_BT
-  e = moe.num_experts
-  experts_BTK, gates_BTK, probs_BTE = choose_experts(moe, logits_BTE, domains_BT, shape_BT)
-  k = experts_BTK.shape[-1]
-  c = capacity(moe, t)
-  assign_BTKE = jax.nn.one_hot(experts_BTK, e, dtype=jnp.int32)
-  # Priority: all first choices of the row (in token order), then all second choices.
-  assign_BSE = jnp.swapaxes(assign_BTKE, 1, 2).reshape(b, k * t, e)
+def row_slots(experts_BTK: jax.Array, num_experts: int) -> jax.Array:
+  """The slot [B, T, K] each assignment takes in its expert, counted per row: a row's first
+  choices fill the slots in token order, then its second choices."""
+  b, t, k = experts_BTK.shape
+  assign_BTKE = jax.nn.one_hot(experts_BTK, num_experts, dtype=jnp.int32)
+  assign_BSE = jnp.swapaxes(assign_BTKE, 1, 2).reshape(b, k * t, num_experts)
   slot_BSE = jnp.cumsum(assign_BSE, axis=1) - 1
-  slot_BTK = jnp.sum(jnp.swapaxes(slot_BSE.reshape(b, k, t, e), 1, 2) * assign_BTKE, axis=-1)
-  kept_BTK = slot_BTK < c
-  slot_onehot_BTKC = jax.nn.one_hot(jnp.where(kept_BTK, slot_BTK, c), c, dtype=jnp.float32)
-  place_BTKEC = assign_BTKE.astype(jnp.float32)[..., None] * slot_onehot_BTKC[..., None, :]
-  dispatch_BTEC = jnp.sum(place_BTKEC, axis=2)
-  combine_BTEC = jnp.einsum('BTKEC,BTK->BTEC', place_BTKEC, gates_BTK)
+  return jnp.sum(jnp.swapaxes(slot_BSE.reshape(b, k, t, num_experts), 1, 2) * assign_BTKE,
+                 axis=-1)
 
-  expert_fraction_E = jnp.mean(assign_BTKE.astype(jnp.float32), axis=(0, 1, 2))
+
+def kept_assignments(moe: MoEConfig, experts_BTK: jax.Array) -> jax.Array:
+  """Which assignments [B, T, K] fit their expert's capacity (all of them when dropless)."""
+  b, t, _ = experts_BTK.shape
+  if moe.capacity_factor == 0:
+    return jnp.ones(experts_BTK.shape, bool)
+  return row_slots(experts_BTK, moe.num_experts) < capacity(moe, t)
+
+
+def routing_aux(moe: MoEConfig, experts_BTK, kept_BTK, probs_BTE, logits_BTE
+                ) -> dict[str, jax.Array]:
+  """The statistics logged per layer and the auxiliary losses, from the assignments."""
+  e = moe.num_experts
+  assign_BTKE = jax.nn.one_hot(experts_BTK, e, dtype=jnp.float32)
+  expert_fraction_E = jnp.mean(assign_BTKE, axis=(0, 1, 2))
   aux = {'dropped_fraction': 1.0 - jnp.mean(kept_BTK.astype(jnp.float32)),
          'expert_fraction': expert_fraction_E}
   if probs_BTE is None:  # fixed domain routing: no router to balance
@@ -102,7 +107,26 @@ def route(moe: MoEConfig, logits_BTE: jax.Array | None, domains_BT: jax.Array | 
     aux['load_balance'] = e * jnp.sum(expert_fraction_E * jnp.mean(probs_BTE, axis=(0, 1)))
     # ST-MoE router z-loss: mean squared log-partition of the router logits.
     aux['z_loss'] = jnp.mean(jnp.square(jax.nn.logsumexp(logits_BTE, axis=-1)))
-  return Routing(combine_BTEC, dispatch_BTEC, aux)
+  return aux
+
+
+def route(moe: MoEConfig, logits_BTE: jax.Array | None, domains_BT: jax.Array | None,
+          shape_BT: tuple[int, int]) -> Routing:
+  """Token-choice routing with a per-row capacity as one-hot dispatch and combine tensors
+  (model.moe.impl='dispatch'): assignments past capacity (row_slots) are dropped."""
+  t = shape_BT[1]
+  e = moe.num_experts
+  experts_BTK, gates_BTK, probs_BTE = choose_experts(moe, logits_BTE, domains_BT, shape_BT)
+  c = capacity(moe, t)
+  slot_BTK = row_slots(experts_BTK, e)
+  kept_BTK = slot_BTK < c
+  assign_BTKE = jax.nn.one_hot(experts_BTK, e, dtype=jnp.float32)
+  slot_onehot_BTKC = jax.nn.one_hot(jnp.where(kept_BTK, slot_BTK, c), c, dtype=jnp.float32)
+  place_BTKEC = assign_BTKE[..., None] * slot_onehot_BTKC[..., None, :]
+  dispatch_BTEC = jnp.sum(place_BTKEC, axis=2)
+  combine_BTEC = jnp.einsum('BTKEC,BTK->BTEC', place_BTKEC, gates_BTK)
+  return Routing(combine_BTEC, dispatch_BTEC,
+                 routing_aux(moe, experts_BTK, kept_BTK, probs_BTE, logits_BTE))
 
 
 class MoE(nnx.Module):
@@ -130,6 +154,7 @@ class MoE(nnx.Module):
                       if cfg.use_bias else None)
     self.shared = MLP(cfg, rngs=rngs) if moe.shared_expert else None
     self.dropout_rate = cfg.dropout
+    self.kernel = None  # grouped matmul kernel: None picks by backend (moe_grouped.py)
 
   def router_logits(self, x_BTD: jax.Array) -> jax.Array | None:
     if self.router is None:
@@ -160,12 +185,38 @@ class MoE(nnx.Module):
     """(output [B, T, D], this layer's routing statistics and auxiliary losses)."""
     b, t, _ = x_BTD.shape
     x_BTD = x_BTD.astype(self.dtype)
+    if self.moe.impl == 'grouped':
+      y_BTD, aux = self.grouped(x_BTD, domains_BT)
+    else:
+      y_BTD, aux = self.dispatch(x_BTD, domains_BT)
+    if self.shared is not None:
+      y_BTD = y_BTD + self.shared(x_BTD)
+    return dropout(y_BTD, self.dropout_rate, dropout_key), aux
+
+  def grouped(self, x_BTD, domains_BT):
+    """Expert-sorted rows through a grouped matmul (lm/model/moe_grouped.py)."""
+    b, t, _ = x_BTD.shape
+    logits_BTE = self.router_logits(x_BTD)
+    experts_BTK, gates_BTK, probs_BTE = choose_experts(self.moe, logits_BTE, domains_BT, (b, t))
+    kept_BTK = kept_assignments(self.moe, experts_BTK)
+    gates_BTK = jnp.where(kept_BTK, gates_BTK, 0.0)
+    e, cast = self.moe.num_experts, lambda p: p[...].astype(self.dtype)
+    w = ExpertWeights(
+        up=cast(self.up).reshape(e, self.up.shape[1], -1), down=cast(self.down),
+        up_bias=None if self.up_bias is None else cast(self.up_bias).reshape(e, -1),
+        down_bias=None if self.down_bias is None else cast(self.down_bias))
+    y_BTD = grouped_moe(x_BTD, experts_BTK, gates_BTK, kept_BTK, w, gated=self.gated,
+                        capacity=capacity(self.moe, t), kernel=self.kernel)
+    y_BTD = constrain(y_BTD, ('batch', 'seq', 'act_embed'))
+    return y_BTD, routing_aux(self.moe, experts_BTK, kept_BTK, probs_BTE, logits_BTE)
+
+  def dispatch(self, x_BTD, domains_BT):
+    """One-hot dispatch to [B, E, C] slots and back (GShard), T * E * C work."""
+    b, t, _ = x_BTD.shape
     routing = route(self.moe, self.router_logits(x_BTD), domains_BT, (b, t))
     x_BECD = jnp.einsum('BTEC,BTD->BECD', routing.dispatch_BTEC.astype(self.dtype), x_BTD)
     x_BECD = constrain(x_BECD, DISPATCH_BECD)  # rows -> experts: an all-to-all
     y_BECD = constrain(self.experts(x_BECD), DISPATCH_BECD)
     y_BTD = jnp.einsum('BTEC,BECD->BTD', routing.combine_BTEC.astype(self.dtype), y_BECD)
     y_BTD = constrain(y_BTD, ('batch', 'seq', 'act_embed'))  # experts -> rows
-    if self.shared is not None:
-      y_BTD = y_BTD + self.shared(x_BTD)
-    return dropout(y_BTD, self.dropout_rate, dropout_key), routing.aux
+    return y_BTD, routing.aux

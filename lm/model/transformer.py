@@ -17,7 +17,7 @@ from lm.model.layers import Norm, dropout, param
 from lm.model.lora import add_adapters, bind_dropout
 from lm.model.mlp import MLP
 from lm.model.moe import MoE
-from lm.parallel.rules import constrain
+from lm.parallel.rules import constrain, is_split
 
 ACT_BTD = ('batch', 'seq', 'act_embed')
 REMAT_POLICIES = {
@@ -215,7 +215,8 @@ class Transformer(nnx.Module):
     b, t, _ = x_BTD.shape
     x_BTD = self.final_norm(x_BTD)
     w_DV = self.embed[...].T if self.unembed is None else self.unembed[...]
-    logits_BTV = (x_BTD.reshape(b * t, -1) @ w_DV.astype(cfg.jnp_dtype)).reshape(b, t, -1)
+    rows = (b, t, -1) if is_split('seq') else (b * t, -1)  # see layers.Projection
+    logits_BTV = (x_BTD.reshape(rows) @ w_DV.astype(cfg.jnp_dtype)).reshape(b, t, -1)
     scale_V = self.embed_scale if self.unembed is None else self.unembed_scale
     if scale_V is not None:
       logits_BTV = logits_BTV * scale_V[...].astype(cfg.jnp_dtype)

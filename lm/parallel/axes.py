@@ -14,7 +14,9 @@ from collections.abc import Mapping
 
 from lm.errors import ConfigError
 
-MESH_AXES = ('data', 'fsdp', 'expert', 'tensor')  # mesh order; tensor innermost (fastest links)
+# Mesh order; tensor innermost (fastest links). 'sequence' splits the tokens of each row
+# (context parallelism: the 'seq' logical axis of the activations).
+MESH_AXES = ('data', 'fsdp', 'sequence', 'expert', 'tensor')
 
 # Every logical axis name the model, its activations and the decode cache use (lm/model,
 # lm/infer/sharding.py); `mesh.rules` may only name these.

@@ -32,7 +32,7 @@ def _by_slice(devices) -> bool:
 
 
 def build_mesh(mesh_cfg, devices=None) -> Mesh:
-  """A Mesh over all devices (or `devices`) with axes data, fsdp, expert, tensor.
+  """A Mesh over all devices (or `devices`) with axes data, fsdp, sequence, expert, tensor.
 
   With every `mesh.dcn_*` = 1 the devices are laid out by `mesh_utils.create_device_mesh`
   (topology-aware on TPU/GPU); with a DCN size > 1 by `create_hybrid_device_mesh`, so
@@ -48,7 +48,7 @@ def build_mesh(mesh_cfg, devices=None) -> Mesh:
   if math.prod(shape) != len(devices):
     sizes = ', '.join(f'{a}={ici[a]}x{dcn[a]}' for a in MESH_AXES)
     raise ConfigError(f'the mesh (ici x dcn: {sizes}) needs {math.prod(shape)} devices, found '
-                      f'{len(devices)}; set one of mesh.data/fsdp/expert/tensor to -1.')
+                      f'{len(devices)}; set one of mesh.data/fsdp/sequence/expert/tensor to -1.')
   dcn_shape = tuple(dcn[a] for a in MESH_AXES)
   if math.prod(dcn_shape) == 1:
     try:

@@ -21,17 +21,22 @@ _TENSOR_SPLIT: tuple[Rule, ...] = tuple(
 _EXPERT_SPLIT: tuple[Rule, ...] = (('expert', ('expert',)), ('act_expert', ('expert',)),
                                    ('expert_batch', ('data', 'fsdp')))
 
+# Context parallelism: the activations' token axis over 'sequence' (a no-op at size 1).
+_SEQUENCE_SPLIT: tuple[Rule, ...] = (('seq', ('sequence',)),)
+
 PRESETS: dict[str, tuple[Rule, ...]] = {
     # Batch over data, fsdp and expert; parameters split over fsdp (their 'embed' dim) and,
     # Megatron-style, over tensor (heads, MLP units, vocabulary); experts over expert.
     'fsdp_tensor': (('batch', ('data', 'fsdp', 'expert')), ('embed', ('fsdp',)),
-                    *_EXPERT_SPLIT, *_TENSOR_SPLIT),
+                    *_EXPERT_SPLIT, *_TENSOR_SPLIT, *_SEQUENCE_SPLIT),
     # Pure data parallelism: every mesh axis splits the batch, every parameter is replicated.
-    'data': (('batch', ('data', 'fsdp', 'expert', 'tensor')),),
+    'data': (('batch', ('data', 'fsdp', 'expert', 'tensor')), *_SEQUENCE_SPLIT),
     # ZeRO-3: parameters and optimizer state split over fsdp, gathered per layer; no tensor.
-    'fsdp': (('batch', ('data', 'fsdp', 'expert')), ('embed', ('fsdp',)), *_EXPERT_SPLIT),
+    'fsdp': (('batch', ('data', 'fsdp', 'expert')), ('embed', ('fsdp',)), *_EXPERT_SPLIT,
+             *_SEQUENCE_SPLIT),
     # Megatron-style tensor parallelism plus data parallelism (fsdp acts as a data axis).
-    'tensor': (('batch', ('data', 'fsdp', 'expert')), *_EXPERT_SPLIT, *_TENSOR_SPLIT),
+    'tensor': (('batch', ('data', 'fsdp', 'expert')), *_EXPERT_SPLIT, *_TENSOR_SPLIT,
+               *_SEQUENCE_SPLIT),
 }
 
 

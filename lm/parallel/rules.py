@@ -66,6 +66,17 @@ def use_rules(mesh: Mesh, rules: Rules) -> Iterator[None]:
     _ACTIVE.reset(token)
 
 
+def active_rules() -> tuple[Mesh, dict[str, tuple[str, ...]]] | None:
+  """(mesh, rules) of the enclosing `use_rules` block, or None outside one."""
+  return _ACTIVE.get()
+
+
+def is_split(name: str) -> bool:
+  """Whether the active rules split logical axis `name` over a mesh axis longer than 1."""
+  active = _ACTIVE.get()
+  return active is not None and any(active[0].shape.get(a, 1) > 1 for a in active[1].get(name, ()))
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """Annotates an activation with logical axes (no-op without active rules)."""
   active = _ACTIVE.get()

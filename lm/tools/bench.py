@@ -14,7 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from ml_collections import ConfigDict
 
+from lm.config import override
+from lm.errors import ConfigError
 from lm.train import build, finetune
 
 
@@ -87,3 +90,29 @@ def run_benchmark(config, *, dispatches: int, warmup: int, vocab_size: int = 0,
       tokens_per_sec / 1e12, 'peak_matmul_tflops': peak / 1e12,
       'mfu': flops_per_token * tokens_per_sec / peak, 'warmup_s': compile_s,
   }
+
+
+def dense_equivalent(config):
+  """The config with its MoE layers replaced by dense MLPs of the same active parameters
+  (per token): mlp_dim = experts_per_token x the expert hidden size (+ the shared expert's);
+  only the router's D x E weights are not matched."""
+  moe = config.model.moe
+  per_token = moe.top_k if moe.routing != 'domain' else moe.num_experts // moe.num_domains
+  mlp_dim = per_token * (moe.expert_mlp_dim or config.model.mlp_dim)
+  if moe.shared_expert:
+    mlp_dim += config.model.mlp_dim
+  if moe.every != 1:
+    raise ConfigError('--moe_vs_dense needs model.moe.every=1 (every layer MoE) to build the '
+                      'dense model of equal active parameters.')
+  return override(ConfigDict(config.to_dict()),
+                  {'model.moe.num_experts': 0, 'model.mlp_dim': mlp_dim})
+
+
+def moe_vs_dense(config, **kwargs) -> dict:
+  """run_benchmark of an MoE config and of its dense equivalent, one after the other in
+  this process: {'moe': ..., 'dense': ..., 'ratio': MoE tokens/s over dense tokens/s}."""
+  if not config.model.moe.num_experts:
+    raise ConfigError('--moe_vs_dense needs a config with model.moe.num_experts > 0.')
+  moe = run_benchmark(config, **kwargs)
+  dense = run_benchmark(dense_equivalent(config), **kwargs)
+  return {'moe': moe, 'dense': dense, 'ratio': moe['tokens_per_sec'] / dense['tokens_per_sec']}

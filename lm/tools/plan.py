@@ -86,16 +86,20 @@ def _shard_bytes(abstract, shardings) -> tuple[int, int]:
   return total, per_device
 
 
-def activation_bytes(model_cfg, *, rows: int, seq_len: int, tensor: int) -> int:
+def activation_bytes(model_cfg, *, rows: int, seq_len: int, tensor: int,
+                     sequence: int = 1) -> int:
   """Activations one device keeps for the backward pass of `rows` rows [T tokens each].
 
   Counts the tensors the chosen remat policy saves per layer, plus one layer's full set
   (what the backward pass recomputes or holds at a time) and the float32 logits and their
-  gradient. Head, MLP and vocabulary activations are split over the tensor axis.
+  gradient. Head, MLP and vocabulary activations are split over the tensor axis, every
+  token's activations over the sequence axis (context parallelism), whose attention still
+  sees the whole row: its queries' scores span all T keys and it holds the gathered K/V.
   """
   m = model_cfg
   a = m.jnp_dtype.itemsize
-  b, t, d, n, k, h, f = rows, seq_len, m.width, m.num_heads, m.num_kv_heads, m.head_dim, m.mlp_dim
+  b, d, n, k, h, f = rows, m.width, m.num_heads, m.num_kv_heads, m.head_dim, m.mlp_dim
+  t = max(seq_len // sequence, 1)  # this device's tokens of each row
   btd = b * t * d * a
   qkv = b * t * (n + 2 * k) * h * a // tensor
   mlp_in = b * t * f * (2 if m.mlp == 'swiglu' else 1) * a // tensor
@@ -105,7 +109,9 @@ def activation_bytes(model_cfg, *, rows: int, seq_len: int, tensor: int) -> int:
   scores = 0 if m.attention == 'cudnn' else b * n * t * t * 4 // tensor
   # Everything one block keeps when nothing is rematerialized: residual stream, norm outputs,
   # q/k/v (before and after RoPE), attention probabilities and output, MLP in/hidden/out.
-  full_layer = (6 * btd + qkv + b * t * (n + k) * h * a // tensor + scores
+  scores = scores * sequence  # T / sequence queries against all T keys
+  gathered_kv = 2 * b * t * sequence * k * h * a // tensor if sequence > 1 else 0
+  full_layer = (6 * btd + qkv + gathered_kv + b * t * (n + k) * h * a // tensor + scores
                 + b * t * n * h * a // tensor + mlp_in + mlp_hidden)
   if m.remat == 'none':
     kept = m.num_layers * full_layer
@@ -141,7 +147,7 @@ def make_plan(config, *, num_devices: int, vocab_size: int = 0, devices=None) ->
   micro_rows = cfg.train.batch_size // cfg.train.grad_accum
   rows_per_device = max(micro_rows // setup.batch_ways, 1)
   act = activation_bytes(model_cfg, rows=rows_per_device, seq_len=cfg.data.seq_len,
-                         tensor=sizes.get('tensor', 1))
+                         tensor=sizes.get('tensor', 1), sequence=sizes.get('sequence', 1))
   # Activations are not replicated: each device holds its rows' (total = per device x N).
   memory = {'parameters': params, 'optimizer state': opt, 'gradients': grads,
             'activations': (act * num_devices, act)}

@@ -14,10 +14,12 @@ from lm.parallel import axes, presets
 class Mesh(Section):
   data: int
   fsdp: int
+  sequence: int
   expert: int
   tensor: int
   dcn_data: int
   dcn_fsdp: int
+  dcn_sequence: int
   dcn_expert: int
   dcn_tensor: int
   preset: Literal['fsdp_tensor', 'data', 'fsdp', 'tensor']  # lm/parallel/presets.PRESETS

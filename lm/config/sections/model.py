@@ -21,6 +21,7 @@ class MoE(Section):
   every: int
   routing: Literal['learned', 'domain', 'domain+learned']
   num_domains: int = non_negative()
+  impl: Literal['grouped', 'dispatch']
 
   def problems(self) -> Iterator[str]:
     e, d = self.num_experts, self.num_domains

@@ -84,7 +84,7 @@ BAD = {
     'model vocab below tokenizer': ({'model.vocab_size': 1000}, ['model.vocab_size=1000']),
     # mesh
     'mesh product': ({'mesh.data': 2, 'mesh.tensor': 2},
-                     ['2*1*1*2 = 4', 'this run has 8', 'mesh.data=-1']),
+                     ['2*1*1*1*2 = 4', 'this run has 8', 'mesh.data=-1']),
     'two wildcards': ({'mesh.fsdp': -1}, ['mesh.data', 'mesh.fsdp', 'more than one']),
     'wildcard does not divide': ({'mesh.tensor': 3, 'model.num_heads': 6, 'model.num_kv_heads': 6,
                                   'model.width': 384, 'model.mlp_dim': 768},
@@ -288,7 +288,8 @@ def test_files_false_skips_the_checks_of_this_machines_files():
 
 def test_mesh_sizes_are_one_arithmetic():
   mesh = _config({'mesh.data': 2, 'mesh.fsdp': -1}).mesh
-  assert axes.mesh_sizes(mesh, 8) == ({'data': 2, 'fsdp': 4, 'expert': 1, 'tensor': 1},
+  assert axes.mesh_sizes(mesh, 8) == ({'data': 2, 'fsdp': 4, 'sequence': 1, 'expert': 1,
+                                       'tensor': 1},
                                       {a: 1 for a in axes.MESH_AXES})
   with pytest.raises(ConfigError, match='mesh.fsdp=-1 cannot take the remaining devices'):
     axes.mesh_sizes(_config({'mesh.data': 3, 'mesh.fsdp': -1}).mesh, 8)

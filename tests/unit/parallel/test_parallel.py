@@ -168,7 +168,8 @@ def test_presets_place_parameters_and_the_batch_as_documented():
 
 def test_preset_rules_and_config_enum_agree():
   assert config_lib.ENUMS['mesh.preset'] == tuple(presets.PRESETS)
-  assert parallel.MESH_AXES == config_lib.MESH_AXES == ('data', 'fsdp', 'expert', 'tensor')
+  assert parallel.MESH_AXES == config_lib.MESH_AXES
+  assert parallel.MESH_AXES == ('data', 'fsdp', 'sequence', 'expert', 'tensor')
   rules = dict(presets.preset_rules('fsdp', [('mlp', ('tensor',)), ('new', 'expert')]))
   assert rules['mlp'] == ('tensor',) and rules['new'] == ('expert',)
   assert rules['embed'] == ('fsdp',)  # kept from the preset
@@ -187,7 +188,7 @@ def _mesh_error(updates: dict, num_devices: int = 8, num_granules: int | None = 
 
 
 @pytest.mark.parametrize('updates,num_granules,expected', [
-    ({'mesh.data': 2, 'mesh.expert': 2}, None, ['2*1*2*1 = 4', 'this run has 8']),
+    ({'mesh.data': 2, 'mesh.expert': 2}, None, ['2*1*1*2*1 = 4', 'this run has 8']),
     ({'mesh.tensor': 4, 'model.num_kv_heads': 2}, None, ['mesh.tensor=4',
                                                           'model.num_kv_heads=2']),
     ({'mesh.preset': 'fsdp', 'mesh.tensor': 2}, None, ['mesh.tensor=2', "mesh.preset='fsdp'",

@@ -66,7 +66,8 @@ def test_every_logical_axis_the_model_uses_is_in_the_one_list(monkeypatch):
   variants = [{}, {'model.mlp': 'gelu', 'model.position': 'learned', 'model.use_bias': True,
                    'model.norm': 'layernorm', 'model.tie_embeddings': True},
               {'model.moe.num_experts': 2, 'model.moe.shared_expert': True,
-               'model.use_bias': True, 'model.mlp': 'gelu'},
+               'model.use_bias': True, 'model.mlp': 'gelu',
+               'model.moe.impl': 'dispatch'},  # the grouped path names 'batch', 'expert'
               {'model.num_classes': 3}, {'lora.rank': 2, 'lora.targets': LORA_TARGETS}]
   for updates in variants:
     c = get_config()
