@@ -195,7 +195,7 @@ class Trainer:
     self.writer = MetricsWriter(self.workdir, total_steps=cfg.train.steps, start_step=start)
     try:
       with timing.phase('train'):
-        state, step, final = self._loop(state, it, start)
+        state, step, final, last_row = self._loop(state, it, start)
       with timing.phase('checkpoint'):
         self.checkpoints.close()  # waits for an asynchronous save to finish
       if cfg.train.sample_tokens > 0 and cfg.train.task in ('lm', 'sft'):
@@ -203,15 +203,19 @@ class Trainer:
           final['sample'] = self.sample(state['params'])
       times = timing.finish()
       final.update(times)
-      self.writer.write(step, times)
+      if last_row is not None:  # the last step's row, with the breakdown, in metrics.jsonl
+        self._report(step, {**last_row, **times})
       self.log(timing.table())
     finally:
       self.checkpoints.close()
       self.writer.close()
     return final
 
-  def _loop(self, state: dict, it, start: int) -> tuple[dict, int, dict[str, Any]]:
-    """The steps from `start`: dispatches, log rows, evals, checkpoints, the profile."""
+  def _loop(self, state: dict, it, start: int
+            ) -> tuple[dict, int, dict[str, Any], dict[str, float] | None]:
+    """The steps from `start`: dispatches, log rows, evals, checkpoints, the profile.
+    Returns the state, its step, the final metrics and the last step's row, not yet
+    written (run() adds the time breakdown to it)."""
     cfg, timing = self.config, self.timing
     k = self.steps_per_dispatch
     batch_sharding = self.setup.batch_sharding
@@ -262,14 +266,14 @@ class Trainer:
             self.log(f'step {step}: eval loss {row["eval/loss"]:.4f} <= train.target_eval_loss '
                      f'{target}, {row["time/to_target_s"]:.1f} s since the start; stopping')
             do_ckpt = last = True
-        final.update(self._report(step, row))
+        final.update(row if last else self._report(step, row))
         if do_ckpt:
           with timing.phase('checkpoint'):
             self.checkpoints.save(step, state, data_state=data_state,
                                   config_json=self.config_json, eval_loss=row.get('eval/loss'))
         self._t_last = time.perf_counter()  # eval and checkpoint time is not training time
         if last:
-          break
+          return state, step, final, row
     except KeyboardInterrupt:
       # `state` and `data_state` always belong together: both are from the last dispatch.
       jax.block_until_ready(state)
@@ -284,7 +288,7 @@ class Trainer:
       raise
     finally:
       profile.stop()
-    return state, step, final
+    return state, step, final, None
 
   def _train_row(self, pending: list[tuple[int, dict]], upto: int) -> dict[str, float]:
     """Reads back the metrics of the dispatches ending at or before `upto` (and removes
