@@ -1,6 +1,8 @@
 """lm.train.optimizer / lm.train.muon: Muon's update by hand, its state sharded and
 checkpointed like AdamW's, and the warmup-stable-decay schedule at its boundaries."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -109,8 +111,7 @@ def test_wsd_learning_rate_at_its_boundaries():
 
 def _model_def() -> ModelDef:
   c = get_config().model
-  c.num_layers, c.width, c.mlp_dim, c.num_heads, c.num_kv_heads = 2, 32, 64, 4, 2
-  c.unroll_layers = False
+  c.num_layers, c.width, c.mlp_dim, c.num_heads, c.num_kv_heads = 1, 32, 64, 4, 2
   return ModelDef.create(ModelConfig.from_config(c, vocab_size=64, seq_len=SEQ_LEN))
 
 
@@ -119,18 +120,27 @@ def _muon():
                          _model_def().logical_axes())
 
 
-def _steps(mesh, batches, state=None):
-  """Two steps of Muon from the fresh state (or `state`) on `mesh`: (step fn, state)."""
+@functools.cache
+def _step_fn(mesh_dims: tuple[int, int, int]):
+  """The jit'd Muon train step and state shardings on a data x fsdp x tensor mesh
+  (compiled once per mesh for the whole module)."""
+  mesh = _mesh(*mesh_dims)
   model_def = _model_def()
   optimizer, schedule = _muon()
   rules = parallel.rules_for(get_config().mesh)
   shardings = state_shardings(model_def, optimizer, mesh, rules)
-  if state is None:
-    state = fresh_state(model_def, optimizer, 0)
-  state = jax.device_put(state, shardings)
   batch_sharding = parallel.batch_sharding(mesh, leading_dims=1)
   step = make_train_step(model_def, optimizer, schedule, grad_accum=1, mesh=mesh, rules=rules,
                          shardings=shardings, batch_sharding=batch_sharding)
+  return step, shardings, batch_sharding
+
+
+def _steps(mesh_dims, batches, state=None):
+  """Two steps of Muon from the fresh state (or `state`): (state, metrics, shardings)."""
+  step, shardings, batch_sharding = _step_fn(mesh_dims)
+  if state is None:
+    state = fresh_state(_model_def(), _muon()[0], 0)
+  state = jax.device_put(state, shardings)
   state, metrics = step(state, parallel.global_batch(batches, batch_sharding, batch_axis=1))
   return state, metrics, shardings
 
@@ -151,8 +161,8 @@ def _mesh(data, fsdp, tensor):
 
 
 def test_muon_sharded_step_equals_single_device_step():
-  state_1, metrics_1, _ = _steps(_mesh(1, 1, 1), _batches(0))
-  state_8, metrics_8, shardings = _steps(_mesh(2, 2, 2), _batches(0))
+  state_1, metrics_1, _ = _steps((1, 1, 1), _batches(0))
+  state_8, metrics_8, shardings = _steps((2, 2, 2), _batches(0))
   np.testing.assert_allclose(metrics_8['train/loss'], metrics_1['train/loss'], rtol=1e-5)
   one, eight = jax.device_get(state_1), jax.device_get(state_8)
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(eight['params'])[0],
@@ -165,8 +175,7 @@ def test_muon_sharded_step_equals_single_device_step():
 
 
 def test_muon_state_checkpoints_and_resumes_exactly(tmp_path):
-  mesh = _mesh(2, 2, 2)
-  state, _, shardings = _steps(mesh, _batches(0))
+  state, _, shardings = _steps((2, 2, 2), _batches(0))
   host = jax.device_get(state)
   model_def, (optimizer, _) = _model_def(), _muon()
   with Checkpointer(str(tmp_path / 'ckpt'), async_save=False) as ckpt:
@@ -175,6 +184,6 @@ def test_muon_state_checkpoints_and_resumes_exactly(tmp_path):
     restored, _, _ = ckpt.restore(abstract_state(model_def, optimizer, 0, shardings), 2)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), host)
   # Two more steps from the restored state equal two more from the original.
-  after_a, _, _ = _steps(mesh, _batches(1), state=host)
-  after_b, _, _ = _steps(mesh, _batches(1), state=jax.device_get(restored))
+  after_a, _, _ = _steps((2, 2, 2), _batches(1), state=host)
+  after_b, _, _ = _steps((2, 2, 2), _batches(1), state=jax.device_get(restored))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(after_a), jax.device_get(after_b))
