@@ -353,7 +353,7 @@ class Trainer:
 class Profile:
   """A jax.profiler trace of the dispatches covering steps train.profile_start_step + 1 ..
   + train.profile_steps, written under `log_dir` (TensorBoard's profile plugin reads it
-  there; the .trace.json.gz beside it opens in Perfetto)."""
+  there; the perfetto_trace.json.gz beside it opens in ui.perfetto.dev)."""
 
   def __init__(self, train_cfg, log_dir: str, *, log):
     self.first = train_cfg.get('profile_start_step', 0) + 1
@@ -374,7 +374,7 @@ class Profile:
       self.stop()
       self.log(f'profile of steps {self._from}..{step} written to {self.log_dir}/plugins/'
                'profile (TensorBoard: --logdir on that tb/ directory; Perfetto: the '
-               '.trace.json.gz there)')
+               'perfetto_trace.json.gz there)')
 
   def log(self, msg: str) -> None:
     self._log(msg)

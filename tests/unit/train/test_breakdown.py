@@ -10,10 +10,11 @@ from lm.train.timing import PHASES, Breakdown, CompileCounter
 
 
 def test_the_parts_add_up_to_the_wall_time(tmp_path):
+  config = tiny_config(tmp_path)
+  config.train.profile_start_step, config.train.profile_steps = 5, 5  # the 2nd dispatch
   started = time.time()
   time.sleep(0.2)  # "imports": before the Trainer, counted as start-up from `started_at`
-  final = Trainer(tiny_config(tmp_path), str(tmp_path / 'run'), log=lambda _: None,
-                  started_at=started).run()
+  final = Trainer(config, str(tmp_path / 'run'), log=lambda _: None, started_at=started).run()
   measured = time.time() - started
   wall = final['time/wall_s']
   assert abs(wall - measured) < 0.03 * measured, (wall, measured)  # the same clock span
@@ -28,6 +29,10 @@ def test_the_parts_add_up_to_the_wall_time(tmp_path):
   row = read_metrics(tmp_path / 'run' / 'metrics.jsonl')[-1]
   assert row['step'] == 10 and 'train/loss' in row and 'eval/loss' in row
   assert row['time/wall_s'] == wall
+  # The profile option wrote a trace TensorBoard and Perfetto read.
+  traces = list((tmp_path / 'run' / 'tb' / 'plugins' / 'profile').glob('*/*'))
+  assert any(p.name.endswith('.xplane.pb') for p in traces), traces
+  assert any(p.name == 'perfetto_trace.json.gz' for p in traces), traces
 
 
 def test_nested_phases_and_compilation_are_counted_once():

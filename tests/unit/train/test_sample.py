@@ -14,7 +14,7 @@ WINDOW = 32
 
 def _model(position: str) -> tuple[ModelDef, dict]:
   c = get_config().model
-  c.num_layers, c.width, c.mlp_dim, c.num_heads, c.num_kv_heads = 2, 32, 64, 4, 2
+  c.num_layers, c.width, c.mlp_dim, c.num_heads, c.num_kv_heads = 1, 32, 64, 4, 2
   c.position, c.init_std = position, 0.3  # peaked logits: no near-ties for argmax to flip on
   model_def = ModelDef.create(ModelConfig.from_config(c, vocab_size=48, seq_len=WINDOW))
   return model_def, model_def.init_params(jax.random.key(1))
@@ -40,14 +40,14 @@ def test_sample_past_the_window_with_sharded_params():
   params = jax.device_put(params, parallel.shardings_for(model_def.logical_axes(), params, mesh,
                                                          rules))
   prompt = list(range(1, WINDOW + 5))  # longer than the window itself
-  greedy = sample_tokens(model_def, params, prompt, num_tokens=50, temperature=0.0, seed=0,
+  greedy = sample_tokens(model_def, params, prompt, num_tokens=24, temperature=0.0, seed=0,
                          window=WINDOW, mesh=mesh, rules=rules)
-  assert len(greedy) == 50 and all(0 <= t < 48 for t in greedy)
+  assert len(greedy) == 24 and all(0 <= t < 48 for t in greedy)
   # The first chunk sees the last WINDOW // 2 prompt tokens: recomputation over them agrees.
   first = recompute_tokens(model_def, params, prompt[-(WINDOW // 2):], num_tokens=WINDOW // 2,
                            window=WINDOW)
   assert greedy[:WINDOW // 2] == first
-  hot = sample_tokens(model_def, params, prompt, num_tokens=20, temperature=1.0, seed=3,
+  hot = sample_tokens(model_def, params, prompt, num_tokens=8, temperature=1.0, seed=3,
                       window=WINDOW, mesh=mesh, rules=rules)
-  assert hot == sample_tokens(model_def, params, prompt, num_tokens=20, temperature=1.0, seed=3,
+  assert hot == sample_tokens(model_def, params, prompt, num_tokens=8, temperature=1.0, seed=3,
                               window=WINDOW, mesh=mesh, rules=rules)  # same seed, same text
