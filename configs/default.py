@@ -121,8 +121,16 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- optimizer (lm/train/optimizer.py) -------------------------------------
   c.optimizer = ml_collections.ConfigDict()
+  # 'adamw' | 'muon' (Muon on the 2-D weight matrices, AdamW with optimizer.lr on
+  # embeddings, norms, biases and the output head)
+  c.optimizer.name = 'adamw'
   c.optimizer.lr = 3e-3
-  c.optimizer.schedule = 'cosine'  # 'cosine' | 'linear' | 'constant' (all after warmup)
+  # 'cosine' | 'linear' | 'constant' (all after warmup) | 'wsd' (warmup, stable at lr,
+  # then a linear decay to min_lr over the last optimizer.decay_fraction of the steps)
+  c.optimizer.schedule = 'cosine'
+  c.optimizer.decay_fraction = 0.2  # wsd only
+  c.optimizer.muon_lr = 0.02  # muon: the matrices' peak learning rate (same schedule shape)
+  c.optimizer.muon_momentum = 0.95  # muon: Nesterov momentum of the orthogonalised update
   c.optimizer.warmup_steps = 100
   c.optimizer.min_lr = 3e-4  # the schedule's end value
   c.optimizer.b1 = 0.9
@@ -149,6 +157,12 @@ def get_config() -> ml_collections.ConfigDict:
   # 'mlm': masked-LM for an encoder (model.causal=False) | 'classify': the head's label
   c.train.task = 'lm'
   c.train.mlm_rate = 0.15  # mlm: fraction of tokens selected (80% [MASK], 10% random, 10% kept)
+  # > 0: stop at the first evaluation whose eval loss is <= this (saving a checkpoint)
+  c.train.target_eval_loss = 0.0
+  # profile_steps > 0: a jax.profiler trace (TensorBoard / Perfetto) of the dispatches
+  # covering steps profile_start_step+1 .. profile_start_step+profile_steps, in <workdir>/profile
+  c.train.profile_start_step = 10
+  c.train.profile_steps = 0
 
   # ---- checkpoints (lm/checkpoint.py) ----------------------------------------
   c.checkpoint = ml_collections.ConfigDict()
@@ -161,6 +175,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Split the host CPU into this many XLA devices for data parallelism across cores:
   # 0 = one device (XLA's default), -1 = one per core. Ignored when XLA_FLAGS sets it.
   c.runtime.cpu_devices = 0
+  # jax's persistent compilation cache: a rerun, resume or sweep point loads identical
+  # compiled programs instead of compiling them. 'auto': xla/ under the data cache
+  # (data.cache_dir, $LM_CACHE or ~/.cache/lm); '' = off; else a directory.
+  c.runtime.compilation_cache_dir = 'auto'
+  c.runtime.compilation_cache_min_compile_secs = 0.0  # programs compiled faster are not kept
 
   # ---- mesh (lm/parallel) ------------------------------------------------
   # Mesh axes, outermost first: data, fsdp, sequence, expert, tensor. `mesh.<axis>` are the sizes

@@ -75,7 +75,7 @@ def _config_path(path_or_name: str | os.PathLike) -> Path:
 def train(config: ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
   """Trains (or resumes) `config` in `workdir` like `python -m lm.main`; returns the final
   metrics ('train/loss', 'eval/loss', ..., and 'sample' when train.sample_tokens > 0)."""
-  runtime.use_cpu_devices(config.runtime.cpu_devices)  # before the first device is used
+  runtime.apply(config.runtime, config.data.cache_dir)  # before the first device is used
   return train_run(config, os.fspath(workdir))
 
 

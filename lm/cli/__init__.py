@@ -84,11 +84,12 @@ def no_arguments(argv: list[str]) -> None:
 
 
 def config_from_flag(holder) -> ConfigDict:
-  """The --config flag's ConfigDict with its runtime settings applied (before jax starts
-  its devices); a config file that does not load ends the program with one line."""
+  """The --config flag's ConfigDict with its runtime settings applied (CPU devices before
+  jax starts them, the compilation cache); a config file that does not load ends the
+  program with one line."""
   try:
     config = config_lib.from_flag(holder)
   except UserError as e:
     fail(str(e))
-  runtime.use_cpu_devices(config.runtime.cpu_devices)
+  runtime.apply(config.runtime, config.data.cache_dir)  # devices, compilation cache
   return config

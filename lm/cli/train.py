@@ -17,6 +17,7 @@ from lm import cli
 from lm import config as config_lib
 from lm.parallel import distributed
 from lm.train import train
+from lm.train.timing import process_start_time
 
 _DEFAULT_CONFIG = 'configs/default.py'
 _CONFIG_FLAG = re.compile(r'^--?config(=|$)')
@@ -75,7 +76,7 @@ def main(argv: list[str]) -> None:
   config_path = config_flags.get_config_filename(flags.FLAGS['config'])
   workdir = _WORKDIR.value or default_workdir(config_path)
   try:
-    train(config, workdir)
+    train(config, workdir, started_at=process_start_time())  # imports count as start-up
   except KeyboardInterrupt:
     print('interrupted; the run resumes from its checkpoint when started again', file=sys.stderr)
     sys.exit(130)

@@ -146,6 +146,9 @@ def _tasks(c: Config) -> Iterator[str]:
   if c.init_from_opt_state and lora.rank > 0:
     yield ("init_from_opt_state=True with lora.rank > 0: the LoRA optimizer state has another "
            "shape than the full model's; leave init_from_opt_state=False.")
+  if c.optimizer.name == 'muon' and lora.rank > 0:
+    yield ("optimizer.name='muon' with lora.rank > 0: Muon updates the full weight matrices, "
+           "LoRA trains only adapters; use optimizer.name='adamw' for LoRA.")
 
 
 def _mesh(c: Config, num_devices: int, num_granules: int | None) -> Iterator[str]:

@@ -74,10 +74,11 @@ def prepare_data(cfg: ConfigDict, *, base_tokenizer: Tokenizer | None = None, lo
 # ---- optimizer and shardings --------------------------------------------------------------
 
 
-def build_optimizer(cfg: ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """optimizer.py's AdamW chain; with lora.rank > 0 it sees only the trainable parameters
-  (adapters and a classification head; the rest get zero updates and no state)."""
-  opt, schedule = optimizer_lib.build_optimizer(cfg.optimizer, cfg.train.steps)
+def build_optimizer(cfg: ConfigDict, logical_axes=None
+                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """optimizer.py's AdamW or Muon chain; with lora.rank > 0 it sees only the trainable
+  parameters (adapters and a classification head; the rest get zero updates and no state)."""
+  opt, schedule = optimizer_lib.build_optimizer(cfg.optimizer, cfg.train.steps, logical_axes)
   if cfg.lora.rank > 0:
     opt = optimizer_lib.train_only(opt, optimizer_lib.lora_trainable)
   return opt, schedule
@@ -205,7 +206,7 @@ def build(cfg: ConfigDict, *, vocab_size: int, devices: Sequence[Any] | None = N
   mesh = parallel.build_mesh(cfg.mesh, devices=None if devices is None else list(devices))
   rules = parallel.rules_for(cfg.mesh)  # the preset with mesh.rules on top
   model_def = ModelDef.create(model_cfg)
-  optimizer, schedule = build_optimizer(cfg)
+  optimizer, schedule = build_optimizer(cfg, model_def.logical_axes())
   shardings = state_shardings(model_def, optimizer, mesh, rules, cfg)
   batch_sharding = parallel.batch_sharding(mesh, leading_dims=1, rules=rules)
   train_step = make_train_step(

@@ -1,7 +1,8 @@
 """The training loop: data -> jit'd steps -> eval, logging, checkpoints -> a sample.
 
 `train(config, workdir)` is the whole run; `lm.main` only parses flags and calls it,
-and notebooks call it directly (no absl flags needed).
+and notebooks call it directly (no absl flags needed). Each run ends with a breakdown of
+its wall time (lm/train/timing.py), logged and written to metrics.jsonl as 'time/*'.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lm.train import build, finetune
 from lm.train.metrics import MetricsWriter
 from lm.train.sample import sample_tokens
 from lm.train.step import summarize_domains, summarize_eval
+from lm.train.timing import Breakdown
 
 
 def _stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -33,15 +35,25 @@ class Trainer:
   """Holds one run's pieces; `run()` trains to `config.train.steps` (resuming if possible).
 
   `workdir` is a local path or a URL (gs://...); every file goes through lm.workdir.
+  `started_at` (a time.time() value, e.g. the process start) counts the time before the
+  Trainer existed (imports) as start-up in the time breakdown.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, log=None):
-    cfg = build.resolve(config)
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, log=None,
+               started_at: float | None = None):
+    self.timing = timing = Breakdown(started_at)
+    with timing.phase('startup'):  # device initialisation
+      cfg = build.resolve(config)
     self.workdir = workdir_lib.name(workdir)  # a URL stays a URL
     self.writer = MetricsWriter(self.workdir, total_steps=cfg.train.steps, enabled=False)
     self._log = log or print
-    self.data = build.prepare_data(cfg, base_tokenizer=finetune.base_tokenizer(cfg),
-                                   log=self.log)  # documents or sft/classify records
+    with timing.phase('data'):
+      self.data = build.prepare_data(cfg, base_tokenizer=finetune.base_tokenizer(cfg),
+                                     log=self.log)  # documents or sft/classify records
+    with timing.phase('startup'):
+      self._build(cfg)
+
+  def _build(self, cfg: ml_collections.ConfigDict) -> None:
     self.domain_names = [entry[0] for entry in cfg.data.mixture]
     self.tokenizer = self.data.tokenizer
     self.setup = setup = build.build(cfg, vocab_size=self.tokenizer.vocab_size)
@@ -76,9 +88,10 @@ class Trainer:
     A checkpoint without optimizer state (lm.run.write_run: an imported or merged run)
     gives its parameters, its step and a fresh optimizer."""
     cfg = self.config
-    it = self.data.train_iterator(batch_size=self.local_batch, seed=cfg.seed,
-                                  process_index=jax.process_index(),
-                                  process_count=jax.process_count())
+    with self.timing.phase('data'):
+      it = self.data.train_iterator(batch_size=self.local_batch, seed=cfg.seed,
+                                    process_index=jax.process_index(),
+                                    process_count=jax.process_count())
     for step, why in sorted(self.checkpoints.damaged.items()):
       self.log(f'warning: checkpoint step {step} is damaged and left as it was ({why}); '
                'resuming from the newest good one (delete it to let this run save that step '
@@ -96,14 +109,16 @@ class Trainer:
     self._check_tokenizer()
     target = self.setup.abstract_state()
     if 'opt_state' not in self.checkpoints.saved_keys(step):
-      params, _ = self.checkpoints.restore_params(target['params'], step)
+      with self.timing.phase('checkpoint'):
+        params, _ = self.checkpoints.restore_params(target['params'], step)
       state = self.setup.init_state()
       state['params'] = params
       state['step'] = jax.device_put(jnp.asarray(step, jnp.int32), self.shardings['step'])
       self.log(f'started from the parameters of {self.checkpoints.step_path(step)} (step '
                f'{step}; it holds no optimizer state, so the optimizer starts fresh)')
       return state, it
-    state, data_state, _ = self.checkpoints.restore(target, step)
+    with self.timing.phase('checkpoint'):
+      state, data_state, _ = self.checkpoints.restore(target, step)
     if data_state:  # an imported checkpoint has no data position yet
       it.set_state(data_state)
     self.log(f'resumed from {self.checkpoints.step_path(step)} (step {step})')
@@ -139,6 +154,11 @@ class Trainer:
   # ---- the loop ---------------------------------------------------------------------------
 
   def evaluate(self, params) -> dict[str, float]:
+    """Eval loss, perplexity and bits/byte (and per domain) of `params` on the eval batches."""
+    return self._summarize_eval(self._dispatch_eval(params))
+
+  def _dispatch_eval(self, params) -> list[dict]:
+    """Queues the eval step on every eval batch (one compiled program; not read back)."""
     cfg = self.config
     if self._eval_batches is None:  # built on first use, then reused
       local = self.data.eval_batches(batch_size=self.local_batch,
@@ -147,27 +167,56 @@ class Trainer:
                                      process_count=jax.process_count())
       sharding = self.setup.eval_batch_sharding
       self._eval_batches = [parallel.global_batch(b, sharding) for b in local]
-    sums = [self.eval_step(params, b) for b in self._eval_batches]
+    return [self.eval_step(params, b) for b in self._eval_batches]
+
+  def _summarize_eval(self, sums: list[dict]) -> dict[str, float]:
     return {**summarize_eval(sums), **summarize_domains(sums, self.domain_names)}
 
   def run(self) -> dict[str, Any]:
-    """Trains to the configured step count; returns the final metrics."""
-    cfg = self.config
+    """Trains to the configured step count (or train.target_eval_loss); returns the final
+    metrics, the time breakdown ('time/*') included."""
+    cfg, timing = self.config, self.timing
     workdir_lib.path(self.workdir).mkdir(parents=True, exist_ok=True)
     # Restore before writing config.json: a checkpoint this config cannot resume leaves the
     # workdir's config.json as it was.
     try:
-      state, it = self._initial_state()
+      with timing.phase('startup'):  # a fresh state (a restore counts as 'checkpoint')
+        state, it = self._initial_state()
     except BaseException:
       self.checkpoints.close()
       raise
     if jax.process_index() == 0:
-      workdir_lib.write_config(self.workdir, cfg)
-      workdir_lib.save_tokenizer(self.workdir, self.tokenizer)
-      workdir_lib.sharding_path(self.workdir).write_text(self.sharding_table + '\n')
+      with timing.phase('checkpoint'):
+        workdir_lib.write_config(self.workdir, cfg)
+        workdir_lib.save_tokenizer(self.workdir, self.tokenizer)
+        workdir_lib.sharding_path(self.workdir).write_text(self.sharding_table + '\n')
     start = int(state['step'])
     self.log(self.summary())
     self.writer = MetricsWriter(self.workdir, total_steps=cfg.train.steps, start_step=start)
+    try:
+      with timing.phase('train'):
+        state, step, final, last_row = self._loop(state, it, start)
+      with timing.phase('checkpoint'):
+        self.checkpoints.close()  # waits for an asynchronous save to finish
+      if cfg.train.sample_tokens > 0 and cfg.train.task in ('lm', 'sft'):
+        with timing.phase('sample'):
+          final['sample'] = self.sample(state['params'])
+      times = timing.finish()
+      final.update(times)
+      if last_row is not None:  # the last step's row, with the breakdown, in metrics.jsonl
+        self._report(step, {**last_row, **times})
+      self.log(timing.table())
+    finally:
+      self.checkpoints.close()
+      self.writer.close()
+    return final
+
+  def _loop(self, state: dict, it, start: int
+            ) -> tuple[dict, int, dict[str, Any], dict[str, float] | None]:
+    """The steps from `start`: dispatches, log rows, evals, checkpoints, the profile.
+    Returns the state, its step, the final metrics and the last step's row, not yet
+    written (run() adds the time breakdown to it)."""
+    cfg, timing = self.config, self.timing
     k = self.steps_per_dispatch
     batch_sharding = self.setup.batch_sharding
     final: dict[str, Any] = {}
@@ -178,14 +227,17 @@ class Trainer:
     deferred: int | None = None
     step, data_state = start, it.get_state()
     self._t_last, self._step_last = time.perf_counter(), start
+    profile = Profile(cfg.train, workdir_lib.name(workdir_lib.tb_dir(self.workdir)), log=self.log)
     try:
       while step < cfg.train.steps:
         n = min(k, cfg.train.steps - step)
+        profile.before(step, n)
         batches = _stack([next(it) for _ in range(n)])
         data_state = it.get_state()
         state, metrics = self.train_step(state, parallel.global_batch(batches, batch_sharding,
                                                                       batch_axis=1))
         step += n
+        profile.after(step, state)
         pending.append((step, metrics))
         if deferred is not None:
           final.update(self._report(deferred, self._train_row(pending, deferred)))
@@ -197,46 +249,46 @@ class Trainer:
           if step % cfg.train.log_every == 0:
             deferred = step
           continue
+        with timing.phase('eval'):  # queued behind the train steps; read back below
+          sums = self._dispatch_eval(state['params']) if do_eval else None
         row = self._train_row(pending, step)  # waits for the steps dispatched so far
-        if do_eval:
-          row.update(self.evaluate(state['params']))
+        if sums is not None:
+          with timing.phase('eval'):
+            row.update(self._summarize_eval(sums))
           self.log(f'step {step}: train loss {row["train/loss"]:.4f}, '
                    f'eval loss {row["eval/loss"]:.4f}, '
                    f'bits/byte {row["eval/bits_per_byte"]:.3f}')
           if 'eval/accuracy' in row:
             self.log(f'step {step}: eval accuracy {row["eval/accuracy"]:.4f}')
-        final.update(self._report(step, row))
+          target = cfg.train.get('target_eval_loss', 0.0)
+          if target > 0 and row['eval/loss'] <= target:
+            row['time/to_target_s'] = timing.row()['time/wall_s']
+            self.log(f'step {step}: eval loss {row["eval/loss"]:.4f} <= train.target_eval_loss '
+                     f'{target}, {row["time/to_target_s"]:.1f} s since the start; stopping')
+            do_ckpt = last = True
+        final.update(row if last else self._report(step, row))
         if do_ckpt:
-          self.checkpoints.save(step, state, data_state=data_state,
-                                config_json=self.config_json, eval_loss=row.get('eval/loss'))
+          with timing.phase('checkpoint'):
+            self.checkpoints.save(step, state, data_state=data_state,
+                                  config_json=self.config_json, eval_loss=row.get('eval/loss'))
         self._t_last = time.perf_counter()  # eval and checkpoint time is not training time
+        if last:
+          return state, step, final, row
     except KeyboardInterrupt:
       # `state` and `data_state` always belong together: both are from the last dispatch.
       jax.block_until_ready(state)
-      try:  # a NaN since the last read-back must not become the latest checkpoint
-        self._check_finite(pending, step, interrupted=True)
-      except TrainingDiverged:
-        self.checkpoints.close()
-        self.writer.close()
-        raise
+      # A NaN since the last read-back must not become the latest checkpoint.
+      self._check_finite(pending, step, interrupted=True)  # raises TrainingDiverged
       for log_step in sorted({deferred, step if step % cfg.train.log_every == 0 else None}
                              - {None}):
         if any(end <= log_step for end, _ in pending):  # rows the resumed run will not redo
           self._report(log_step, self._train_row(pending, log_step))
       self.log(f'interrupted: saving step {step} to {self.checkpoints.directory}')
       self.checkpoints.save(step, state, data_state=data_state, config_json=self.config_json)
-      self.checkpoints.close()
-      self.writer.close()
       raise
-    except BaseException:
-      self.checkpoints.close()
-      self.writer.close()
-      raise
-    self.checkpoints.close()
-    self.writer.close()
-    if cfg.train.sample_tokens > 0 and cfg.train.task in ('lm', 'sft'):
-      final['sample'] = self.sample(state['params'])
-    return final
+    finally:
+      profile.stop()
+    return state, step, final, None
 
   def _train_row(self, pending: list[tuple[int, dict]], upto: int) -> dict[str, float]:
     """Reads back the metrics of the dispatches ending at or before `upto` (and removes
@@ -289,7 +341,7 @@ class Trainer:
     prompt_ids = self.tokenizer.encode(prompt_text)[:cfg.train.sample_prompt_tokens]
     ids = sample_tokens(self.model_def, params, prompt_ids, num_tokens=cfg.train.sample_tokens,
                         temperature=cfg.train.sample_temperature, seed=cfg.seed,
-                        window=cfg.data.seq_len)
+                        window=cfg.data.seq_len, mesh=self.mesh, rules=self.rules)
     prompt, continuation = self.tokenizer.decode(prompt_ids), self.tokenizer.decode(ids)
     if jax.process_index() == 0:
       workdir_lib.sample_path(self.workdir).write_text(prompt + continuation)
@@ -298,6 +350,44 @@ class Trainer:
     return prompt + continuation
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) the run `config` in `workdir`; returns the final metrics."""
-  return Trainer(config, workdir).run()
+class Profile:
+  """A jax.profiler trace of the dispatches covering steps train.profile_start_step + 1 ..
+  + train.profile_steps, written under `log_dir` (TensorBoard's profile plugin reads it
+  there; the perfetto_trace.json.gz beside it opens in ui.perfetto.dev)."""
+
+  def __init__(self, train_cfg, log_dir: str, *, log):
+    self.first = train_cfg.get('profile_start_step', 0) + 1
+    self.last = self.first + train_cfg.get('profile_steps', 0) - 1
+    self.log_dir, self._log, self.active = log_dir, log, False
+    self.enabled = self.last >= self.first
+
+  def before(self, step: int, n: int) -> None:
+    """Starts the trace before the dispatch of steps step+1 .. step+n if it is profiled."""
+    if self.enabled and not self.active and step < self.last and step + n >= self.first:
+      jax.profiler.start_trace(self.log_dir, create_perfetto_trace=True)
+      self.active = True
+      self._from = step + 1
+
+  def after(self, step: int, state) -> None:
+    if self.active and step >= self.last:
+      jax.block_until_ready(state)  # the trace holds the device work of its steps
+      self.stop()
+      self.log(f'profile of steps {self._from}..{step} written to {self.log_dir}/plugins/'
+               'profile (TensorBoard: --logdir on that tb/ directory; Perfetto: the '
+               'perfetto_trace.json.gz there)')
+
+  def log(self, msg: str) -> None:
+    self._log(msg)
+
+  def stop(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+      self.enabled = False
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          started_at: float | None = None) -> dict[str, Any]:
+  """Trains (or resumes) the run `config` in `workdir`; returns the final metrics.
+  `started_at` (time.time() of e.g. the process start) counts earlier time as start-up."""
+  return Trainer(config, workdir, started_at=started_at).run()

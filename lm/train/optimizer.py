@@ -1,5 +1,6 @@
-"""AdamW with warmup + decay, global-norm clipping and a weight-decay mask; `train_only`
-restricts an optimizer to some parameters (LoRA: the adapters and a classification head)."""
+"""AdamW or Muon (lm/train/muon.py) with warmup + decay (cosine, linear or
+warmup-stable-decay), global-norm clipping and a weight-decay mask; `train_only` restricts
+an optimizer to some parameters (LoRA: the adapters and a classification head)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,25 @@ import ml_collections
 import optax
 
 from lm.model import lora
+from lm.train import muon
 
 HEAD = 'classifier'  # the classification head's parameter subtree
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """Linear warmup to `lr`, then cosine/linear decay to `min_lr` at `total_steps`."""
+  """Linear warmup to `lr`, then cosine/linear decay to `min_lr` at `total_steps` ('wsd':
+  constant `lr` until the last `decay_fraction` of the steps, then linear to `min_lr`)."""
   warmup = min(opt.warmup_steps, total_steps)
   decay_steps = max(total_steps - warmup, 1)
-  if opt.schedule == 'cosine':
+  if opt.schedule == 'wsd':
+    cooldown = min(round(opt.decay_fraction * total_steps), total_steps - warmup)
+    if cooldown <= 0:
+      decay = optax.constant_schedule(opt.lr)
+    else:
+      decay = optax.join_schedules(
+          [optax.constant_schedule(opt.lr), optax.linear_schedule(opt.lr, opt.min_lr, cooldown)],
+          [total_steps - warmup - cooldown])
+  elif opt.schedule == 'cosine':
     decay = optax.cosine_decay_schedule(opt.lr, decay_steps, alpha=opt.min_lr / opt.lr)
   elif opt.schedule == 'linear':
     decay = optax.linear_schedule(opt.lr, opt.min_lr, decay_steps)
@@ -52,17 +63,26 @@ def decay_mask(params, exclude: tuple[str, ...]) -> dict:
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
-def build_optimizer(opt: ml_collections.ConfigDict, total_steps: int
+def build_optimizer(opt: ml_collections.ConfigDict, total_steps: int, logical_axes=None
                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optax chain the train step applies, and its learning-rate schedule."""
+  """The optax chain the train step applies, and its learning-rate schedule. Muon
+  (optimizer.name='muon') needs the model's `logical_axes` to find its matrices."""
   schedule = learning_rate_schedule(opt, total_steps)
   exclude = tuple(opt.weight_decay_exclude)
   mask = (lambda params: decay_mask(params, exclude)) if exclude else None
   chain = []
   if opt.grad_clip > 0:
     chain.append(optax.clip_by_global_norm(opt.grad_clip))
-  chain.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                           weight_decay=opt.weight_decay, mask=mask))
+  if opt.get('name', 'adamw') == 'muon':
+    if logical_axes is None:
+      raise ValueError("optimizer.name='muon' needs the model's logical axes")
+    chain.append(muon.muon_adamw(
+        schedule, lr=opt.lr, muon_lr=opt.muon_lr, dims=muon.matrix_dims(logical_axes),
+        momentum=opt.muon_momentum, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+        weight_decay=opt.weight_decay, mask=mask))
+  else:
+    chain.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                             weight_decay=opt.weight_decay, mask=mask))
   return optax.chain(*chain), schedule
 
 

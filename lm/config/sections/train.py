@@ -34,8 +34,12 @@ LORA_TARGETS: tuple[str, ...] = LoraTarget.__args__
 
 @frozen
 class Optimizer(Section):
+  name: Literal['adamw', 'muon']
   lr: float = positive()
-  schedule: Literal['cosine', 'linear', 'constant']
+  schedule: Literal['cosine', 'linear', 'constant', 'wsd']
+  decay_fraction: float = in_range(0.0, 1.0, lo_inclusive=True)
+  muon_lr: float = positive()
+  muon_momentum: float = in_range(0.0, 1.0, lo_inclusive=True)
   warmup_steps: int = non_negative()
   min_lr: float = non_negative()
   b1: float = in_range(0.0, 1.0, lo_inclusive=True)
@@ -70,6 +74,9 @@ class Train(Section):
   sample_temperature: float = non_negative()
   task: Literal['lm', 'sft', 'mlm', 'classify']
   mlm_rate: float = in_range(0.0, 1.0, lo_inclusive=False)
+  target_eval_loss: float = non_negative(' (0: train all train.steps)')
+  profile_start_step: int = non_negative()
+  profile_steps: int = non_negative(' (0: no trace)')
 
   def problems(self) -> Iterator[str]:
     if self.batch_size % self.grad_accum:
@@ -95,6 +102,8 @@ class Checkpoint(Section):
 @frozen
 class Runtime(Section):
   cpu_devices: int
+  compilation_cache_dir: str
+  compilation_cache_min_compile_secs: float = non_negative()
 
   def problems(self) -> Iterator[str]:
     if self.cpu_devices < -1:
