@@ -67,6 +67,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.width = 192
   c.model.num_heads = 6
   c.model.num_kv_heads = 2  # < num_heads: grouped-query attention; 1: multi-query
+  # Size of each attention head; 0: width / num_heads. A pruned run (python -m lm prune)
+  # sets it, since removing heads or embedding channels keeps the heads' size.
+  c.model.head_dim = 0
   c.model.mlp_dim = 512
   c.model.max_len = 0  # learned positions: table size; 0: data.seq_len
   c.model.norm = 'rmsnorm'  # 'rmsnorm' | 'layernorm'

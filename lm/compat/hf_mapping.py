@@ -129,6 +129,8 @@ def family(cfg: ModelConfig) -> str:
     misses[name] = [f'model.{k}={v!r}' for k, v in needs.items() if getattr(cfg, k) != v]
   if cfg.num_kv_heads != cfg.num_heads:
     misses['gpt2'].append('model.num_kv_heads = model.num_heads')
+  if cfg.head_dim * cfg.num_heads != cfg.width:  # (a pruned run's heads may not fill width)
+    misses['gpt2'].append('model.head_dim = model.width / model.num_heads')
   # What neither family has: a run with these is refused whatever its other fields.
   neither = [msg for bad, msg in (
       (cfg.moe.enabled, 'a dense MLP (model.moe.num_experts=0)'),
