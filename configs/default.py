@@ -46,7 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Every token carries its domain id (the triple's index); eval reports each domain.
   c.data.mixture = ()
   # 'text': documents for language modelling | 'sft': prompt/response (or chat
-  # messages) records, loss on the responses | 'classify': text/label records, one per row.
+  # messages) records, loss on the responses | 'classify': text/label records, one per row
+  # | 'preference': prompt/chosen/rejected records for train.task='dpo' (lm/data/preference.py).
   # sft/classify read JSONL at data.path (source 'text') or generate records from the
   # stdlib (source 'stdlib'; lm/data/examples.py)
   c.data.format = 'text'
@@ -149,6 +150,26 @@ def get_config() -> ml_collections.ConfigDict:
   # 'mlm': masked-LM for an encoder (model.causal=False) | 'classify': the head's label
   c.train.task = 'lm'
   c.train.mlm_rate = 0.15  # mlm: fraction of tokens selected (80% [MASK], 10% random, 10% kept)
+  # 'dpo': preference tuning on data.format='preference' from init_from (lm/train/preference.py)
+  c.train.dpo = ml_collections.ConfigDict()
+  # 'sigmoid': DPO, -log sigmoid(beta * margin of log-ratios to the reference) |
+  # 'simpo': SimPO, reference-free, beta * length-normalised log-prob margin - simpo_gamma
+  c.train.dpo.loss = 'sigmoid'
+  c.train.dpo.beta = 0.1  # scale of the implicit reward (SimPO papers use about 2)
+  c.train.dpo.label_smoothing = 0.0  # sigmoid: the share of pairs assumed mislabelled (cDPO)
+  c.train.dpo.simpo_gamma = 0.5  # simpo: the target reward margin
+  # 'model': the frozen initial model runs in every step (with LoRA: the base, adapters off)
+  # | 'precomputed': its log-probabilities are computed once before training
+  c.train.dpo.reference = 'model'
+  # 'distill': next-token on data.format='text' with a teacher (lm/train/distill.py):
+  # loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross entropy
+  c.train.distill = ml_collections.ConfigDict()
+  c.train.distill.teacher = ''  # the teacher's workdir (same tokenizer; any depth/width)
+  c.train.distill.alpha = 0.5  # weight of the KL term
+  c.train.distill.temperature = 1.0  # T: both distributions are softened by it
+  # > 0: offline, the teacher's top-k logits per token are computed once (before training)
+  # and the KL is over them; 0: the teacher runs in every step on the whole vocabulary
+  c.train.distill.offline_top_k = 0
 
   # ---- checkpoints (lm/checkpoint.py) ----------------------------------------
   c.checkpoint = ml_collections.ConfigDict()
