@@ -65,14 +65,15 @@ def test_part_with_zero_output_is_removed_and_logits_stay(part):
   blocks = params['blocks']
   sizes = prune.target_sizes(CFG, prune.Targets())
   if part == 'neuron':
-    blocks['mlp']['up']['kernel'][1, :, 7] = 0.0
-    blocks['mlp']['up']['bias'][1, 7] = 0.0
-    blocks['mlp']['down']['kernel'][1, 7] = 0.0
+    blocks['mlp']['up']['kernel'][:, :, 7] = 0.0  # every layer keeps the same mlp_dim
+    blocks['mlp']['up']['bias'][:, 7] = 0.0
+    blocks['mlp']['down']['kernel'][:, 7] = 0.0
     sizes['mlp_dim'] = CFG.mlp_dim - 1
-  elif part == 'kv_group':  # group 0 holds query heads 0 and 1
-    blocks['attn']['qkv']['kernel'][2, :, 0] = 0.0
-    blocks['attn']['qkv']['bias'][2, 0] = 0.0
-    blocks['attn']['out']['kernel'][2, :2] = 0.0
+  elif part == 'kv_group':  # group 0 holds query heads 0 and 1; group 1 in layer 1
+    for layer, group in ((0, 0), (1, 1), (2, 0)):
+      blocks['attn']['qkv']['kernel'][layer, :, group] = 0.0
+      blocks['attn']['qkv']['bias'][layer, group] = 0.0
+      blocks['attn']['out']['kernel'][layer, 2 * group:2 * group + 2] = 0.0
     sizes.update(num_kv_heads=1, num_heads=2)
   else:
     blocks['attn']['out']['kernel'][0] = 0.0
@@ -83,9 +84,9 @@ def test_part_with_zero_output_is_removed_and_logits_stay(part):
   imp = importance(model_def, params, [batch])
   plan = prune.make_plan(CFG, imp, sizes)
   if part == 'neuron':
-    assert imp.neurons[1, 7] == 0.0 and 7 not in plan.neurons[1] and 7 in plan.neurons[0]
+    assert (imp.neurons[:, 7] == 0.0).all() and 7 not in plan.neurons
   elif part == 'kv_group':
-    assert plan.groups.tolist() == [[0], [0], [1]]  # only layer 2's group 0 was dead
+    assert plan.groups.tolist() == [[1], [0], [1]]  # each layer keeps its live group
   else:
     assert imp.layers[0] == pytest.approx(0.0, abs=1e-6) and plan.layers.tolist() == [1, 2]
   small = prune.prune_params(model_def, params, plan)
@@ -145,7 +146,7 @@ def test_pruned_run_counts_loads_generates_and_trains(tiny):
   small = load_run(root / 'small')
   cfg = small.model_def.cfg
   assert (cfg.num_layers, cfg.num_kv_heads, cfg.num_heads, cfg.mlp_dim, cfg.width,
-          cfg.head_dim) == (2, 1, 2, 32, 24, 16)
+          cfg.head_dim) == (2, 1, 2, 32, 24, 8)
   n = sum(x.size for x in jax.tree.leaves(small.params))
   assert n == cfg.param_count() == summary['params_after'] < summary['params_before']
   kept = json.loads((root / 'small' / prune.PLAN_FILE).read_text())['kept']
@@ -155,7 +156,7 @@ def test_pruned_run_counts_loads_generates_and_trains(tiny):
   config = config.copy_and_resolve_references()
   config.init_from = str(root / 'small')
   config.model.update(num_layers=2, num_heads=2, num_kv_heads=1, mlp_dim=32, width=24,
-                      head_dim=16)
+                      head_dim=8)
   config.train.steps, config.train.eval_every = 10, 10
   final = api.train(config, root / 'tuned')
   assert np.isfinite(final['eval/loss'])
