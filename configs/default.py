@@ -46,7 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Every token carries its domain id (the triple's index); eval reports each domain.
   c.data.mixture = ()
   # 'text': documents for language modelling | 'sft': prompt/response (or chat
-  # messages) records, loss on the responses | 'classify': text/label records, one per row.
+  # messages) records, loss on the responses | 'classify': text/label records, one per row
+  # | 'preference': prompt/chosen/rejected records for train.task='dpo' (lm/data/preference.py).
   # sft/classify read JSONL at data.path (source 'text') or generate records from the
   # stdlib (source 'stdlib'; lm/data/examples.py)
   c.data.format = 'text'
@@ -67,6 +68,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.width = 192
   c.model.num_heads = 6
   c.model.num_kv_heads = 2  # < num_heads: grouped-query attention; 1: multi-query
+  # Size of each attention head; 0: width / num_heads. A pruned run (python -m lm prune)
+  # sets it, since removing heads or embedding channels keeps the heads' size.
+  c.model.head_dim = 0
   c.model.mlp_dim = 512
   c.model.max_len = 0  # learned positions: table size; 0: data.seq_len
   c.model.norm = 'rmsnorm'  # 'rmsnorm' | 'layernorm'
@@ -163,6 +167,26 @@ def get_config() -> ml_collections.ConfigDict:
   # covering steps profile_start_step+1 .. profile_start_step+profile_steps, in <workdir>/profile
   c.train.profile_start_step = 10
   c.train.profile_steps = 0
+  # 'dpo': preference tuning on data.format='preference' from init_from (lm/train/preference.py)
+  c.train.dpo = ml_collections.ConfigDict()
+  # 'sigmoid': DPO, -log sigmoid(beta * margin of log-ratios to the reference) |
+  # 'simpo': SimPO, reference-free, beta * length-normalised log-prob margin - simpo_gamma
+  c.train.dpo.loss = 'sigmoid'
+  c.train.dpo.beta = 0.1  # scale of the implicit reward (SimPO papers use about 2)
+  c.train.dpo.label_smoothing = 0.0  # sigmoid: the share of pairs assumed mislabelled (cDPO)
+  c.train.dpo.simpo_gamma = 0.5  # simpo: the target reward margin
+  # 'model': the frozen initial model runs in every step (with LoRA: the base, adapters off)
+  # | 'precomputed': its log-probabilities are computed once before training
+  c.train.dpo.reference = 'model'
+  # 'distill': next-token on data.format='text' with a teacher (lm/train/distill.py):
+  # loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross entropy
+  c.train.distill = ml_collections.ConfigDict()
+  c.train.distill.teacher = ''  # the teacher's workdir (same tokenizer; any depth/width)
+  c.train.distill.alpha = 0.5  # weight of the KL term
+  c.train.distill.temperature = 1.0  # T: both distributions are softened by it
+  # > 0: offline, the teacher's top-k logits per token are computed once (before training)
+  # and the KL is over them; 0: the teacher runs in every step on the whole vocabulary
+  c.train.distill.offline_top_k = 0
 
   # ---- checkpoints (lm/checkpoint.py) ----------------------------------------
   c.checkpoint = ml_collections.ConfigDict()

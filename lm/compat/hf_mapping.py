@@ -22,7 +22,7 @@ FAMILIES = ('gpt2', 'llama')
 # The ModelConfig fields an HF config decides; the rest (dtype, remat, dropout, ...) are
 # training choices that stay as the experiment config has them.
 ARCHITECTURE_FIELDS = ('vocab_size', 'num_layers', 'width', 'num_heads', 'num_kv_heads',
-                       'mlp_dim', 'max_len', 'norm', 'norm_eps', 'mlp', 'position',
+                       'head_dim', 'mlp_dim', 'max_len', 'norm', 'norm_eps', 'mlp', 'position',
                        'rope_theta', 'use_bias', 'tie_embeddings')
 # What each family needs of a ModelConfig (to_hf refuses a model that matches neither).
 FAMILY_NEEDS = {
@@ -104,16 +104,16 @@ def _llama_config_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
   for key in ('attention_bias', 'mlp_bias'):
     if hf.get(key, False):
       problems.append(f'{key}=true (lm\'s LLaMA has no biases)')
-  if width % heads:
+  head_dim = hf.get('head_dim') or 0  # explicit (e.g. a pruned run's): kept as model.head_dim
+  if width % heads and not head_dim:
     problems.append(f'hidden_size={width} not divisible by num_attention_heads={heads}')
-  elif hf.get('head_dim') not in (None, width // heads):
-    problems.append(f'head_dim={hf["head_dim"]} != hidden_size/num_attention_heads = '
-                    f'{width // heads}')
+  if head_dim == width // heads and not width % heads:
+    head_dim = 0
   if problems:
     raise ConversionError(f'config.json (llama) uses what lm does not implement: '
                           f'{"; ".join(problems)}.')
   return dict(vocab_size=_get(hf, 'vocab_size'), num_layers=_get(hf, 'num_hidden_layers'),
-              width=width, num_heads=heads,
+              width=width, num_heads=heads, head_dim=head_dim,
               num_kv_heads=hf.get('num_key_value_heads') or heads,
               mlp_dim=_get(hf, 'intermediate_size'),
               max_len=_get(hf, 'max_position_embeddings', 2048), norm='rmsnorm',
@@ -129,6 +129,8 @@ def family(cfg: ModelConfig) -> str:
     misses[name] = [f'model.{k}={v!r}' for k, v in needs.items() if getattr(cfg, k) != v]
   if cfg.num_kv_heads != cfg.num_heads:
     misses['gpt2'].append('model.num_kv_heads = model.num_heads')
+  if cfg.head_dim * cfg.num_heads != cfg.width:  # (a pruned run's heads may not fill width)
+    misses['gpt2'].append('model.head_dim = model.width / model.num_heads')
   # What neither family has: a run with these is refused whatever its other fields.
   neither = [msg for bad, msg in (
       (cfg.moe.enabled, 'a dense MLP (model.moe.num_experts=0)'),

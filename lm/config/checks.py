@@ -23,7 +23,8 @@ from lm.parallel import axes, presets
 ConfigDict = ml_collections.ConfigDict
 
 # train.task -> the data.format it reads
-TASK_FORMATS = {'lm': 'text', 'mlm': 'text', 'sft': 'sft', 'classify': 'classify'}
+TASK_FORMATS = {'lm': 'text', 'mlm': 'text', 'sft': 'sft', 'classify': 'classify',
+                'dpo': 'preference', 'distill': 'text'}
 
 
 def typed(config: ConfigDict) -> Config:
@@ -136,6 +137,19 @@ def _tasks(c: Config) -> Iterator[str]:
            'number of labels.')
   if task == 'mlm' and m.causal:
     yield "train.task='mlm' trains a bidirectional encoder; set --config.model.causal=False."
+  if task in ('dpo', 'distill') and not m.causal:
+    yield (f'train.task={task!r} scores next-token log-probabilities, which a bidirectional '
+           'model (model.causal=False) cannot give; set model.causal=True.')
+  if task == 'distill' and not c.train.distill.teacher:
+    yield ("train.task='distill' needs a teacher: set train.distill.teacher to the workdir of "
+           'a trained run with the same tokenizer.')
+  if task == 'dpo' and c.train.dpo.loss == 'simpo' and c.train.dpo.reference != 'model':
+    yield ("train.dpo.loss='simpo' is reference-free; train.dpo.reference="
+           f"{c.train.dpo.reference!r} would compute reference log-probabilities it never uses."
+           " Leave train.dpo.reference='model'.")
+  if task == 'dpo' and m.moe.num_experts:
+    yield ("train.task='dpo' does not add the MoE load-balancing losses; use a dense model "
+           '(model.moe.num_experts=0).')
   if task in ('lm', 'sft') and not m.causal:
     yield (f'train.task={task!r} predicts the next token, which a bidirectional model '
            '(model.causal=False) can see; set model.causal=True or train.task=mlm/classify.')

@@ -96,6 +96,15 @@ class Attention(nnx.Module):
     logits_BNTS = jnp.where(mask_B1TS, logits_BNTS, -jnp.inf)
     return jax.nn.softmax(logits_BNTS, axis=-1)
 
+  def head_outputs(self, x_BTD: jax.Array, positions_BT: jax.Array, mask_B1TT: jax.Array
+                   ) -> jax.Array:
+    """Every query head's output [B, T, N, H], what __call__ then projects with `out`
+    (without dropout; lm.tools.prune scores the heads by it)."""
+    q_BTNH, k_BTKH, v_BTKH = self._project(x_BTD, positions_BT)
+    implementation = None if self.cfg.attention == 'auto' else self.cfg.attention
+    return jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_B1TT,
+                                        implementation=implementation)
+
   def _project(self, x_BTD: jax.Array, positions_BT: jax.Array):
     """q [B, T, N, H], k and v [B, T, K, H], with RoPE applied when configured."""
     cfg = self.cfg

@@ -45,6 +45,8 @@ class ModelConfig:
   width: int = 256
   num_heads: int = 4
   num_kv_heads: int = 4
+  # 0: width // num_heads (resolved in __post_init__, so cfg.head_dim is always the size)
+  head_dim: int = 0
   mlp_dim: int = 768
   max_len: int = 256
   norm: str = 'rmsnorm'  # 'rmsnorm' | 'layernorm'
@@ -73,9 +75,9 @@ class ModelConfig:
   lora_dropout: float = 0.0
   lora_targets: tuple[str, ...] = ()
 
-  @property
-  def head_dim(self) -> int:
-    return self.width // self.num_heads
+  def __post_init__(self):
+    if not self.head_dim:
+      object.__setattr__(self, 'head_dim', self.width // self.num_heads)
 
   @property
   def jnp_dtype(self):

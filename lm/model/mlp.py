@@ -33,9 +33,11 @@ class MLP(nnx.Module):
     self.dropout_rate = cfg.dropout
 
   def __call__(self, x_BTD: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    return dropout(self.down(self.hidden(x_BTD)), self.dropout_rate, dropout_key)
+
+  def hidden(self, x_BTD: jax.Array) -> jax.Array:
+    """The activations [B, T, F] that `down` projects back (lm.tools.prune scores them)."""
     if self.gated:
       up_BTFC = self.up(x_BTD)
-      h_BTF = jax.nn.silu(up_BTFC[..., 0]) * up_BTFC[..., 1]
-    else:
-      h_BTF = jax.nn.gelu(self.up(x_BTD), approximate=True)
-    return dropout(self.down(h_BTF), self.dropout_rate, dropout_key)
+      return jax.nn.silu(up_BTFC[..., 0]) * up_BTFC[..., 1]
+    return jax.nn.gelu(self.up(x_BTD), approximate=True)

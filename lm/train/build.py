@@ -25,14 +25,15 @@ from lm import parallel
 from lm import run as run_lib
 from lm import workdir as workdir_lib
 from lm.data import mixture, supervised
+from lm.data import preference as preference_data
 from lm.data.tokenizers import Tokenizer
 from lm.errors import DataError
 from lm.model import ModelDef
 from lm.model.losses import byte_lengths
 from lm.train import optimizer as optimizer_lib
+from lm.train import preference, tasks
 from lm.train import state as state_lib
-from lm.train import tasks
-from lm.train.step import make_eval_step, make_train_step
+from lm.train.step import FROZEN_TASKS, make_eval_step, make_train_step
 
 Log = Callable[[str], None]
 ConfigDict = ml_collections.ConfigDict
@@ -67,6 +68,9 @@ def prepare_data(cfg: ConfigDict, *, base_tokenizer: Tokenizer | None = None, lo
         raise DataError(f"{e} (a fine-tune must use the base run's data.tokenizer and data "
                         'source settings)') from e
     return data
+  if cfg.data.format == 'preference':
+    return preference_data.prepare(cfg.data, seq_len=cfg.data.seq_len, tokenizer=base_tokenizer,
+                                   log=log)
   return supervised.prepare(cfg.data, seq_len=cfg.data.seq_len, tokenizer=base_tokenizer,
                             log=log)
 
@@ -123,6 +127,8 @@ class TrainSetup:
   batch_sharding: NamedSharding  # [K, B, ...] batches of one dispatch
   eval_batch_sharding: NamedSharding  # [B, ...] batches
   train_step: Callable  # jit(state, batches[K, B, T]) -> (state, metrics[K]); donates state
+  # dpo/distill: the frozen model the steps run too (lm/train/frozen.py fills its params)
+  frozen: Frozen = dataclasses.field(default_factory=lambda: Frozen(params={}))
 
   def init_state(self) -> dict:
     """A fresh train state (from config.seed), created in its sharded layout."""
@@ -154,6 +160,12 @@ class TrainSetup:
     shapes['weights'] = ((k, b, t), jnp.float32)
     if cfg.data.format == 'text' and cfg.data.mixture:
       shapes['domains'] = ((k, b, t), jnp.int32)
+    if cfg.train.task == 'dpo' and cfg.train.dpo.reference == 'precomputed':
+      shapes['ref_logps'] = ((k, b, preference_data.max_pairs(t), 2), jnp.float32)
+    if cfg.train.task == 'distill' and cfg.train.distill.offline_top_k:
+      top = cfg.train.distill.offline_top_k
+      shapes['teacher_ids'] = ((k, b, t, top), jnp.int32)
+      shapes['teacher_logits'] = ((k, b, t, top), jnp.float32)
     return shapes
 
   def abstract_batches(self) -> dict[str, jax.ShapeDtypeStruct]:
@@ -176,8 +188,9 @@ class TrainSetup:
     else:
       host['targets'] = tokens[..., 1:]
       host['weights'] = np.ones((k, b, t), np.float32)
-    if 'domains' in shapes:
-      host['domains'] = np.zeros((k, b, t), np.int32)
+    for name, (shape, dtype) in shapes.items():  # domains, precomputed reference, top-k
+      if name not in host:
+        host[name] = np.zeros(shape, dtype)
     return jax.device_put(host, self.batch_sharding)
 
   def eval_step(self, tokenizer: Tokenizer) -> Callable:
@@ -188,6 +201,14 @@ class TrainSetup:
       return tasks.make_classify_eval_step(
           self.model_def, mesh=self.mesh, rules=self.rules,
           param_shardings=self.shardings['params'], batch_sharding=self.eval_batch_sharding)
+    if cfg.train.task == 'dpo':  # the DPO loss and rewards of the validation pairs
+      step = preference.make_eval_step(
+          self.model_def, cfg.train.dpo, num_pairs=preference_data.max_pairs(cfg.data.seq_len),
+          lora=cfg.lora.rank > 0, mesh=self.mesh, rules=self.rules,
+          param_shardings=self.shardings['params'],
+          frozen_shardings=self.frozen.shardings_or(self.mesh),
+          batch_sharding=self.eval_batch_sharding)
+      return WithFrozen(step, self.frozen, position=1)
     return make_eval_step(
         self.model_def, mesh=self.mesh, rules=self.rules,
         param_shardings=self.shardings['params'], batch_sharding=self.eval_batch_sharding,
@@ -209,15 +230,86 @@ def build(cfg: ConfigDict, *, vocab_size: int, devices: Sequence[Any] | None = N
   optimizer, schedule = build_optimizer(cfg, model_def.logical_axes())
   shardings = state_shardings(model_def, optimizer, mesh, rules, cfg)
   batch_sharding = parallel.batch_sharding(mesh, leading_dims=1, rules=rules)
+  frozen = frozen_model(cfg, model_def, shardings, mesh, rules)
   train_step = make_train_step(
       model_def, optimizer, schedule, grad_accum=cfg.train.grad_accum, mesh=mesh, rules=rules,
       shardings=shardings, batch_sharding=batch_sharding, task=cfg.train.task,
-      mlm_rate=cfg.train.mlm_rate)
+      mlm_rate=cfg.train.mlm_rate, train_cfg=cfg.train, frozen_def=frozen.model_def,
+      frozen_shardings=frozen.shardings_or(mesh),
+      num_pairs=preference_data.max_pairs(cfg.data.seq_len))
+  if cfg.train.task in FROZEN_TASKS:
+    train_step = WithFrozen(train_step, frozen, position=2)
   return TrainSetup(config=cfg, mesh=mesh, rules=rules, model_def=model_def,
                     optimizer=optimizer, schedule=schedule, shardings=shardings,
                     batch_sharding=batch_sharding,
                     eval_batch_sharding=parallel.batch_sharding(mesh, rules=rules),
-                    train_step=train_step)
+                    train_step=train_step, frozen=frozen)
+
+
+# ---- the frozen model of dpo / distill ----------------------------------------------------
+
+
+@dataclasses.dataclass
+class Frozen:
+  """The parameters a dpo/distill step takes besides the trained ones: DPO's reference
+  (this model's definition) or distillation's teacher (its own), placed by this run's
+  rules. `params` is {} when the step needs none (LoRA's reference is the base with the
+  adapters off, SimPO has none, precomputed or offline values come in the batch); else it
+  is None until lm.train.frozen.attach loads it."""
+
+  model_def: ModelDef | None = None
+  shardings: Any = None
+  params: Any = None
+
+  def shardings_or(self, mesh: Mesh):
+    return parallel.replicated(mesh) if self.shardings is None else self.shardings
+
+  def abstract(self):
+    if self.model_def is None:
+      return {}
+    shapes = jax.eval_shape(self.model_def.init_params, jax.random.key(0))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, self.shardings)
+
+
+class WithFrozen:
+  """A jit'd function called without its frozen-parameters argument (inserted at
+  `position`); `lower` takes the same arguments and lowers for the frozen shapes."""
+
+  def __init__(self, fn: Callable, frozen: Frozen, position: int):
+    self.fn, self.frozen, self.position = fn, frozen, position
+
+  def _args(self, args: tuple, frozen) -> tuple:
+    return (*args[:self.position], frozen, *args[self.position:])
+
+  def __call__(self, *args):
+    if self.frozen.params is None:
+      raise RuntimeError('the frozen model (DPO reference or teacher) is not loaded; call '
+                         'lm.train.frozen.attach first')
+    return self.fn(*self._args(args, self.frozen.params))
+
+  def lower(self, *args):
+    return self.fn.lower(*self._args(args, self.frozen.abstract()))
+
+
+def frozen_model(cfg: ConfigDict, model_def: ModelDef, shardings: dict, mesh: Mesh,
+                 rules) -> Frozen:
+  """What the step of `cfg.train.task` takes as frozen parameters (see Frozen)."""
+  task, dpo, distill = cfg.train.task, cfg.train.dpo, cfg.train.distill
+  if task == 'dpo' and dpo.loss != 'simpo' and dpo.reference == 'model' and not cfg.lora.rank:
+    return Frozen(model_def=model_def, shardings=shardings['params'])
+  if task == 'distill' and not distill.offline_top_k:
+    teacher_def = teacher_model_def(distill.teacher)
+    return Frozen(model_def=teacher_def,
+                  shardings=run_lib.param_shardings(teacher_def, mesh, rules))
+  return Frozen(params={})
+
+
+def teacher_model_def(teacher: str) -> ModelDef:
+  """The teacher run's model, from its workdir's config.json and tokenizer."""
+  workdir_lib.check_trained(teacher)
+  tcfg = workdir_lib.read_config(teacher)
+  return ModelDef.create(run_lib.model_config(tcfg, workdir_lib.load_tokenizer(teacher).vocab_size))
 
 
 def summary_lines(model_def: ModelDef, optimizer: optax.GradientTransformation,

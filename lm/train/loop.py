@@ -20,7 +20,7 @@ from lm import parallel
 from lm import workdir as workdir_lib
 from lm.checkpoint import Checkpointer
 from lm.errors import TrainingDiverged
-from lm.train import build, finetune
+from lm.train import build, finetune, frozen
 from lm.train.metrics import MetricsWriter
 from lm.train.sample import sample_tokens
 from lm.train.step import summarize_domains, summarize_eval
@@ -181,6 +181,7 @@ class Trainer:
     # workdir's config.json as it was.
     try:
       with timing.phase('startup'):  # a fresh state (a restore counts as 'checkpoint')
+        self.data = frozen.attach(self.setup, self.data, self.workdir, log=self.log)  # dpo/distill
         state, it = self._initial_state()
     except BaseException:
       self.checkpoints.close()
@@ -260,6 +261,9 @@ class Trainer:
                    f'bits/byte {row["eval/bits_per_byte"]:.3f}')
           if 'eval/accuracy' in row:
             self.log(f'step {step}: eval accuracy {row["eval/accuracy"]:.4f}')
+          if 'eval/reward_accuracy' in row:
+            self.log(f'step {step}: eval reward accuracy {row["eval/reward_accuracy"]:.4f}, '
+                     f'margin {row["eval/margin"]:.4f}')
           target = cfg.train.get('target_eval_loss', 0.0)
           if target > 0 and row['eval/loss'] <= target:
             row['time/to_target_s'] = timing.row()['time/wall_s']
@@ -302,8 +306,8 @@ class Trainer:
     # Wall-clock rate since the previous row; the first row of a run includes compilation.
     tokens = (upto - self._step_last) * self.config.train.batch_size * self.config.data.seq_len
     row['train/tokens_per_sec'] = tokens / max(now - self._t_last, 1e-9)
-    for key in done[-1]:  # MoE statistics per layer, averaged over the steps
-      if key.startswith('moe/'):
+    for key in done[-1]:  # MoE statistics per layer (and dpo/distill's), averaged
+      if key not in row:
         row[key] = float(np.mean(np.concatenate([np.asarray(m[key]) for m in done])))
     self._t_last, self._step_last = now, upto
     return row

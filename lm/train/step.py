@@ -15,7 +15,7 @@ import optax
 
 from lm import parallel
 from lm.model import ModelDef, losses
-from lm.train import tasks
+from lm.train import distill, preference, tasks
 
 Batch = dict[str, jax.Array]
 
@@ -62,34 +62,46 @@ def moe_metrics(aux: dict, moe) -> dict[str, jax.Array]:
 
 def make_train_step(model_def: ModelDef, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, *, grad_accum: int, mesh, rules, shardings: dict,
-                    batch_sharding, task: str = 'lm', mlm_rate: float = 0.15):
+                    batch_sharding, task: str = 'lm', mlm_rate: float = 0.15, train_cfg=None,
+                    frozen_def: ModelDef | None = None, frozen_shardings=None,
+                    num_pairs: int = 0):
   """jit(state, batches[K, B, T]) -> (state, metrics[K]); the state is donated.
-  `task` (lm/train/tasks.py) picks the loss; 'mlm' corrupts each batch on the device."""
+  `task` (lm/train/tasks.py) picks the loss; 'mlm' corrupts each batch on the device.
+  'dpo' and 'distill' (config `train_cfg`, i.e. config.train) take the frozen model's
+  parameters as a third argument, jit(state, batches, frozen): DPO's reference (or {}),
+  the teacher (`frozen_def`; {} offline); `num_pairs` is the pairs a DPO row can hold."""
   use_dropout = model_def.cfg.dropout > 0 or model_def.cfg.lora_dropout > 0
   moe = model_def.cfg.moe
+  lora = model_def.cfg.lora_rank > 0
 
-  def loss_sum(params, batch, key):
+  def loss_sum(params, batch, key, frozen):
     # The objective is sum(ce) + tokens * moe_loss, so after the division by the token
     # count below the gradient is that of mean ce + the weighted MoE losses.
+    stats, aux = {}, {}
     if task == 'classify':
       ce_BT, w_BT = tasks.classification_losses(model_def, params, batch, key)
-      aux = {}
+    elif task == 'dpo':  # per pair: [B, P]
+      ce_BT, w_BT, stats = preference.dpo_losses(model_def, params, frozen, batch, key,
+                                                 train_cfg.dpo, num_pairs=num_pairs, lora=lora)
+    elif task == 'distill':
+      ce_BT, w_BT, stats = distill.distill_losses(model_def, params, frozen_def, frozen, batch,
+                                                  key, train_cfg.distill)
     else:
       ce_BT, w_BT, aux = token_losses_and_aux(model_def, params, batch, key)
     total, count = jnp.sum(ce_BT * w_BT), jnp.sum(w_BT)
-    return total + count * moe_loss(aux, moe), (total, count, aux)
+    return total + count * moe_loss(aux, moe), (total, count, aux, stats)
 
   grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
 
-  def one_step(state, batch):
+  def one_step(state, batch, frozen):
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
     params = state['params']
     if task == 'mlm':  # a fresh masking every step, from the step's key
       batch = tasks.mlm_corrupt(jax.random.fold_in(step_key, 0x6D6C6D), batch, rate=mlm_rate,
                                 vocab_size=model_def.cfg.vocab_size)
     if grad_accum == 1:
-      (_, (total, count, aux)), grads = grad_fn(params, batch,
-                                                step_key if use_dropout else None)
+      (_, (total, count, aux, stats)), grads = grad_fn(params, batch,
+                                                       step_key if use_dropout else None, frozen)
     else:
       micro = jax.tree.map(
           lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
@@ -97,14 +109,15 @@ def make_train_step(model_def: ModelDef, optimizer: optax.GradientTransformation
       def accumulate(carry, xs):
         i, mb = xs
         key = jax.random.fold_in(step_key, i) if use_dropout else None
-        (_, (t, c, a)), g = grad_fn(params, mb, key)
+        (_, (t, c, a, st)), g = grad_fn(params, mb, key, frozen)
         acc_t, acc_c, acc_g = carry
-        return (acc_t + t, acc_c + c, jax.tree.map(jnp.add, acc_g, g)), a
+        return (acc_t + t, acc_c + c, jax.tree.map(jnp.add, acc_g, g)), (a, st)
 
       zeros = jax.tree.map(jnp.zeros_like, params)
-      (total, count, grads), aux_micro = jax.lax.scan(
+      (total, count, grads), (aux_micro, stats_micro) = jax.lax.scan(
           accumulate, (0.0, 0.0, zeros), (jnp.arange(grad_accum), micro))
       aux = jax.tree.map(lambda x: jnp.mean(x, axis=0), aux_micro)
+      stats = jax.tree.map(lambda x: jnp.sum(x, axis=0), stats_micro)
     count = jnp.maximum(count, 1.0)
     # Dividing by the float32 count must not turn bfloat16 gradients (and the optimizer
     # moments that follow their dtype) into float32: the scan carry would change type.
@@ -115,14 +128,36 @@ def make_train_step(model_def: ModelDef, optimizer: optax.GradientTransformation
     metrics = {'train/loss': total / count, 'train/grad_norm': optax.global_norm(grads),
                'train/lr': schedule(state['step'])}
     metrics.update(moe_metrics(aux, moe))
+    metrics.update(task_metrics(task, stats, count))
     return new_state, metrics
 
-  def multi_step(state, batches):
+  def multi_step(state, batches, frozen=None):
     with parallel.use_rules(mesh, rules):
-      return jax.lax.scan(one_step, state, batches)
+      return jax.lax.scan(lambda s, b: one_step(s, b, frozen), state, batches)
 
+  if task in FROZEN_TASKS:
+    frozen_sh = parallel.replicated(mesh) if frozen_shardings is None else frozen_shardings
+    return jax.jit(multi_step, in_shardings=(shardings, batch_sharding, frozen_sh),
+                   out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
   return jax.jit(multi_step, in_shardings=(shardings, batch_sharding),
                  out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+
+
+FROZEN_TASKS = ('dpo', 'distill')  # their steps take a frozen model's parameters too
+
+
+def task_metrics(task: str, stats: dict, count: jax.Array) -> dict[str, jax.Array]:
+  """DPO's train/reward_accuracy, chosen/rejected rewards and margin (per pair), or
+  distillation's train/kl and train/ce (per token), from the step's sums."""
+  if task == 'dpo':
+    n = jnp.maximum(stats['pairs'], 1.0)
+    chosen, rejected = stats['chosen_reward'] / n, stats['rejected_reward'] / n
+    return {'train/reward_accuracy': stats['reward_correct'] / n,
+            'train/chosen_reward': chosen, 'train/rejected_reward': rejected,
+            'train/margin': chosen - rejected}
+  if task == 'distill':
+    return {'train/kl': stats['kl'] / count, 'train/ce': stats['ce'] / count}
+  return {}
 
 
 def make_eval_step(model_def: ModelDef, *, mesh, rules, param_shardings, batch_sharding,
@@ -177,4 +212,6 @@ def summarize_eval(sums: list[dict]) -> dict[str, float]:
   out = {f'eval/{k}': total[k] for k in ('loss', 'perplexity', 'bits_per_byte')}
   if sums and 'correct' in sums[0]:  # classification
     out['eval/accuracy'] = tasks.accuracy(sums)
+  if sums and 'reward_correct' in sums[0]:  # preference pairs
+    out.update(preference.summarize(sums))
   return out

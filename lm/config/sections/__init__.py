@@ -26,6 +26,8 @@ from lm.config.sections.train import (
                                       LORA_TARGETS,
                                       WEIGHT_DECAY_KINDS,
                                       Checkpoint,
+                                      Distill,
+                                      Dpo,
                                       Lora,
                                       Optimizer,
                                       Runtime,
@@ -61,6 +63,6 @@ class Config(Section):
 
 __all__ = [
     'LORA_TARGETS', 'MIN_SENTENCEPIECE_VOCAB', 'STDLIB_SOURCES', 'WEIGHT_DECAY_KINDS',
-    'Checkpoint', 'Config', 'Data', 'Lora', 'Mesh', 'Model', 'MoE', 'Optimizer', 'Runtime',
-    'Tokenizer', 'Train', 'dispatch_multiple',
+    'Checkpoint', 'Config', 'Data', 'Distill', 'Dpo', 'Lora', 'Mesh', 'Model', 'MoE',
+    'Optimizer', 'Runtime', 'Tokenizer', 'Train', 'dispatch_multiple',
 ]

@@ -54,7 +54,7 @@ class Data(Section):
   seq_len: int = positive()
   train_row_stride: int
   mixture: tuple[tuple[str, str, float], ...]
-  format: Literal['text', 'sft', 'classify']
+  format: Literal['text', 'sft', 'classify', 'preference']
   tokenizer: Tokenizer
 
   def problems(self) -> Iterator[str]:

@@ -54,6 +54,7 @@ class Model(Section):
   width: int = positive()
   num_heads: int = positive()
   num_kv_heads: int = positive()
+  head_dim: int = non_negative(' (0: width / num_heads)')
   mlp_dim: int = positive()
   max_len: int = non_negative(' (0: data.seq_len)')
   norm: Literal['rmsnorm', 'layernorm']
@@ -76,12 +77,12 @@ class Model(Section):
 
   def problems(self) -> Iterator[str]:
     w, h = self.width, self.num_heads
-    if w % h:
+    if not self.head_dim and w % h:
       yield (f'model.width={w} is not divisible by model.num_heads={h}; change one so that '
-             'width / num_heads is the head dimension.')
-    elif self.position == 'rope' and (w // h) % 2:
-      yield (f'model.position=rope needs an even head dimension, but model.width/'
-             f'model.num_heads = {w}/{h} = {w // h}; change model.width or model.num_heads.')
+             'width / num_heads is the head dimension (or set model.head_dim).')
+    elif self.position == 'rope' and self.resolved_head_dim % 2:
+      yield (f'model.position=rope needs an even head dimension, but it is '
+             f'{self._head_dim_expr()}; change model.width, model.num_heads or model.head_dim.')
     if h % self.num_kv_heads:
       yield (f'model.num_heads={h} is not divisible by model.num_kv_heads={self.num_kv_heads}; '
              'each key/value head must serve a whole group of query heads.')
@@ -102,10 +103,18 @@ class Model(Section):
       yield (f"model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN flash attention "
              f"takes 16-bit inputs), but model.dtype={self.dtype!r}; set "
              "--config.model.dtype=bfloat16, or model.attention='auto' (cuDNN where it applies).")
-    if self.width % self.num_heads == 0:
-      hd = self.width // self.num_heads
+    if self.head_dim or self.width % self.num_heads == 0:
+      hd = self.resolved_head_dim
       if hd % 8 or hd > 256:
-        yield (f"model.attention='cudnn' needs a head dimension (model.width/model.num_heads) "
-               f'that is a multiple of 8 and <= 256 (<= 128 before Hopper GPUs), but it is '
-               f'{self.width}/{self.num_heads} = {hd}; change model.width or model.num_heads, '
-               "or use model.attention='auto'.")
+        yield (f"model.attention='cudnn' needs a head dimension that is a multiple of 8 and "
+               f'<= 256 (<= 128 before Hopper GPUs), but it is {self._head_dim_expr()}; change '
+               "model.width, model.num_heads or model.head_dim, or use model.attention='auto'.")
+
+  @property
+  def resolved_head_dim(self) -> int:
+    return self.head_dim or self.width // self.num_heads
+
+  def _head_dim_expr(self) -> str:
+    if self.head_dim:
+      return f'model.head_dim={self.head_dim}'
+    return f'model.width/model.num_heads = {self.width}/{self.num_heads} = {self.resolved_head_dim}'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Literal
 
@@ -61,6 +62,39 @@ class Optimizer(Section):
 
 
 @frozen
+class Dpo(Section):
+  """train.dpo: preference tuning (lm/train/preference.py)."""
+  loss: Literal['sigmoid', 'simpo']
+  beta: float = positive()
+  label_smoothing: float = in_range(0.0, 0.5, lo_inclusive=True)
+  simpo_gamma: float = non_negative()
+  reference: Literal['model', 'precomputed']
+
+
+@frozen
+class Distill(Section):
+  """train.distill: knowledge distillation (lm/train/distill.py)."""
+  teacher: str  # the teacher's workdir (loaded with lm.run.load_run)
+  alpha: float
+  temperature: float = positive()
+  offline_top_k: int = non_negative(' (0: the teacher runs in every step)')
+
+  def problems(self) -> Iterator[str]:
+    if not 0.0 <= self.alpha <= 1.0:
+      yield (f'train.distill.alpha={self.alpha} is out of range; it must satisfy 0 <= value <= 1 '
+             '(the weight of the KL term; 1 - alpha weighs the cross entropy).')
+    if self.offline_top_k == 1:
+      yield ('train.distill.offline_top_k=1 keeps only the teacher\'s top token, whose '
+             'renormalised probability is always 1; use 0 (online) or at least 2.')
+
+  def file_problems(self) -> Iterator[str]:
+    if self.teacher and not os.path.isdir(os.path.expanduser(self.teacher)) and (
+        '://' not in self.teacher):
+      yield (f'train.distill.teacher={self.teacher!r} is not a directory; give the workdir of '
+             'a trained run (with config.json and checkpoints/).')
+
+
+@frozen
 class Train(Section):
   steps: int = positive()
   batch_size: int = positive()
@@ -72,11 +106,13 @@ class Train(Section):
   sample_tokens: int = non_negative()
   sample_prompt_tokens: int = non_negative()
   sample_temperature: float = non_negative()
-  task: Literal['lm', 'sft', 'mlm', 'classify']
+  task: Literal['lm', 'sft', 'mlm', 'classify', 'dpo', 'distill']
   mlm_rate: float = in_range(0.0, 1.0, lo_inclusive=False)
   target_eval_loss: float = non_negative(' (0: train all train.steps)')
   profile_start_step: int = non_negative()
   profile_steps: int = non_negative(' (0: no trace)')
+  dpo: Dpo
+  distill: Distill
 
   def problems(self) -> Iterator[str]:
     if self.batch_size % self.grad_accum:

@@ -132,8 +132,9 @@ def random_workdir(root: pathlib.Path, base_config, family: str, **model) -> tup
 
 @pytest.mark.parametrize('family,model', [
     ('gpt2', {}), ('llama', {'tie_embeddings': False}), ('llama', {'tie_embeddings': True,
-                                                                   'num_kv_heads': 1})],
-    ids=['gpt2', 'llama_gqa', 'llama_tied'])
+                                                                   'num_kv_heads': 1}),
+    ('llama', {'width': 24, 'head_dim': 16})],  # a pruned run's shape: heads wider than width
+    ids=['gpt2', 'llama_gqa', 'llama_tied', 'llama_pruned'])
 def test_to_hf_loads_in_transformers_with_our_logits(family, model, tmp_path, base_config):
   workdir, model_def, params = random_workdir(tmp_path, base_config, family, **model)
   convert.export_hf(workdir, tmp_path / 'hf', log=lambda _: None)
