@@ -2,7 +2,7 @@
 preference, LoRA-DPO and the precomputed reference (docs/finetuning.md).
 
 One tiny base language model is trained once on stdlib code; the DPO runs start from it.
-The preference: real stdlib code (chosen) over the same lines shuffled (rejected).
+The preference: real stdlib code (chosen) over the same lines reversed (rejected).
 """
 
 import json
@@ -23,7 +23,7 @@ from lm.run import load_run
 from lm.train import Trainer, frozen, preference
 from lm.train.metrics import read_metrics
 
-SEQ_LEN = 96
+SEQ_LEN = 128
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -61,7 +61,7 @@ def _tiny(c, cache):
 def base(tmp_path_factory):
   """(root, pairs.jsonl, base workdir): a 20-step code model and stdlib preference pairs."""
   root = tmp_path_factory.mktemp('dpo')
-  records = preference_data.stdlib_records(500, max_chars=40, lines=3)
+  records = preference_data.stdlib_records(3000, max_chars=56, lines=3, order='reverse')
   pairs = root / 'pairs.jsonl'
   pairs.write_text(''.join(json.dumps(r) + '\n' for r in records))
   corpus = root / 'corpus'
@@ -83,7 +83,7 @@ def _dpo(base, **overrides):
   c.data.format, c.data.source, c.data.path = 'preference', 'text', str(pairs)
   c.train.task = 'dpo'
   c.train.dpo.beta = 0.5
-  c.train.steps = c.train.eval_every = c.checkpoint.every = 40
+  c.train.steps = c.train.eval_every = c.checkpoint.every = 80
   for key, value in overrides.items():
     *parents, leaf = key.split('.')
     node = c
