@@ -44,9 +44,10 @@ def max_pairs(seq_len: int) -> int:
 
 
 def stdlib_records(limit: int = 0, *, max_chars: int = 400, lines: int = SNIPPET_LINES,
-                   seed: int = 0) -> list[dict]:
-  """Real stdlib code (chosen) over the same lines in a shuffled order (rejected), after a
-  prompt naming the function: a difference a model can learn (code reads in order)."""
+                   seed: int = 0, order: str = 'shuffle') -> list[dict]:
+  """Real stdlib code (chosen) over the same lines in another order (rejected: shuffled, or
+  reversed with order='reverse'), after a prompt naming the function: a difference a model
+  can learn (code reads in order)."""
   limit = limit or examples.DEFAULT_LIMIT
   rng = random.Random(seed)
   out: list[dict] = []
@@ -55,7 +56,7 @@ def stdlib_records(limit: int = 0, *, max_chars: int = 400, lines: int = SNIPPET
             if line.strip()][:lines]
     if len(code) < 3 or sum(len(x) + 1 for x in code) > max_chars:
       continue
-    shuffled = list(code)
+    shuffled = list(reversed(code)) if order == 'reverse' else list(code)
     while shuffled == code:
       rng.shuffle(shuffled)
     out.append({'name': name, 'prompt': f'# {node.name}\n',

@@ -1,0 +1,219 @@
+"""Preference tuning (train.task='dpo'): pair layout and masks, the losses, learning a
+preference, LoRA-DPO and the precomputed reference (docs/finetuning.md).
+
+One tiny base language model is trained once on stdlib code; the DPO runs start from it.
+The preference: real stdlib code (chosen) over the same lines reversed (rejected).
+"""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+
+from configs.default import get_config
+from lm.config import ConfigDict, ConfigError, validate
+from lm.data import preference as preference_data
+from lm.data.tokenizers import ByteTokenizer
+from lm.model import ModelConfig, ModelDef
+from lm.run import load_run
+from lm.train import Trainer, frozen, preference
+from lm.train.metrics import read_metrics
+
+SEQ_LEN = 128
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _compilation_cache(tmp_path_factory):
+  """A persistent XLA cache for this module: Trainers of one model compile their steps once."""
+  options = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
+             'jax_persistent_cache_min_entry_size_bytes')
+  saved = {name: getattr(jax.config, name) for name in options}
+  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('xla_cache')))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
+  compilation_cache.reset_cache()
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+def _tiny(c, cache):
+  c.data.cache_dir = str(cache)
+  c.data.val_fraction = 0.2
+  c.data.seq_len = SEQ_LEN
+  c.data.tokenizer.kind = 'byte'
+  c.model.num_layers, c.model.width, c.model.mlp_dim = 2, 32, 64
+  c.model.num_heads = c.model.num_kv_heads = 2
+  c.optimizer.lr, c.optimizer.warmup_steps, c.optimizer.min_lr = 1e-2, 2, 1e-3
+  c.train.batch_size = 8
+  c.train.steps_per_dispatch = c.train.log_every = 5
+  c.train.eval_batches = 4
+  c.train.sample_tokens = 0
+  return c
+
+
+@pytest.fixture(scope='module')
+def base(tmp_path_factory):
+  """(root, pairs.jsonl, base workdir): a 20-step code model and stdlib preference pairs."""
+  root = tmp_path_factory.mktemp('dpo')
+  records = preference_data.stdlib_records(3000, max_chars=56, lines=3, order='reverse')
+  pairs = root / 'pairs.jsonl'
+  pairs.write_text(''.join(json.dumps(r) + '\n' for r in records))
+  corpus = root / 'corpus'
+  corpus.mkdir()
+  for i in range(10):
+    (corpus / f'{i}.txt').write_text(''.join(r['prompt'] + r['chosen'] + '\n'
+                                             for r in records[i * 25:(i + 1) * 25]))
+  c = _tiny(get_config(), root / 'cache')
+  c.data.source, c.data.path = 'text', str(corpus)
+  c.train.steps = c.train.eval_every = c.checkpoint.every = 20
+  Trainer(c, str(root / 'base'), log=lambda _: None).run()
+  return root, pairs, root / 'base'
+
+
+def _dpo(base, **overrides):
+  root, pairs, workdir = base
+  c = _tiny(get_config(), root / 'cache')
+  c.init_from = str(workdir)
+  c.data.format, c.data.source, c.data.path = 'preference', 'text', str(pairs)
+  c.train.task = 'dpo'
+  c.train.dpo.beta = 0.5
+  c.train.steps = c.train.eval_every = c.checkpoint.every = 80
+  for key, value in overrides.items():
+    *parents, leaf = key.split('.')
+    node = c
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return c
+
+
+def _step0(trainer):
+  """The eval metrics of the initial state (the reference attached, as run() does)."""
+  trainer.data = frozen.attach(trainer.setup, trainer.data, trainer.workdir, log=lambda _: None)
+  try:
+    state, _ = trainer._initial_state()
+  finally:
+    trainer.checkpoints.close()
+  return state, trainer.evaluate(state['params'])
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+
+def test_pairs_are_packed_whole_with_loss_only_on_responses():
+  tok = ByteTokenizer()
+  plain = {'prompt': 'Q?', 'chosen': 'yes', 'rejected': 'no'}
+  chat = {'prompt': [{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'A'},
+                     {'role': 'user', 'content': 'more'}], 'chosen': 'ok', 'rejected': 'nah'}
+  pairs = [preference_data.encode_pair(tok, r, 176)[0] for r in (plain, chat, plain)]
+  rows = preference_data.pack_pairs(pairs, seq_len=175)
+  assert rows.shape == (2, 3, 176)  # pairs 1-2 in row 0, pair 3 starts row 1: never split
+  batch = preference_data.preference_batch(rows)
+  tokens, segments = rows[0, 0], rows[0, 1]
+  text = tok.decode(tokens[segments == 3].tolist())
+  assert text.startswith('<|user|>\nhi\n<|assistant|>\nA<|end|>\n<|user|>\nmore\n'
+                         '<|assistant|>\nok<|end|>')
+  for seg in range(1, 5):  # chosen/rejected of pairs 1 and 2
+    trained = tok.decode(batch['targets'][0][(batch['segment_ids'][0] == seg)
+                                             & (batch['weights'][0] > 0)].tolist())
+    # the response and its eos (which decodes to ''); the template's '\n' is not trained
+    assert trained == {1: 'yes', 2: 'no', 3: 'ok<|end|>', 4: 'nah<|end|>'}[seg]
+  assert set(np.unique(rows[1, 1])) == {0, 1, 2}
+
+
+def test_packed_pair_log_probs_equal_each_pair_alone():
+  tok = ByteTokenizer()
+  model_def = ModelDef.create(ModelConfig(vocab_size=259, num_layers=1, width=32, num_heads=2,
+                                          num_kv_heads=2, mlp_dim=64, max_len=128))
+  params = model_def.init_params(jax.random.key(0))
+  recs = [{'prompt': 'def f():', 'chosen': ' return 1', 'rejected': ' pass'},
+          {'prompt': 'x = ', 'chosen': '2 + 2', 'rejected': 'two'}]
+  pairs = [preference_data.encode_pair(tok, r, 96)[0] for r in recs]
+  n = preference_data.max_pairs(95)
+  packed = preference_data.preference_batch(preference_data.pack_pairs(pairs, 95))
+  alone = preference_data.preference_batch(
+      np.concatenate([preference_data.pack_pairs([p], 95) for p in pairs]))
+  logp_packed, len_packed = preference.sequence_logps(model_def, params, packed, n)
+  logp_alone, _ = preference.sequence_logps(model_def, params, alone, n)
+  np.testing.assert_allclose(logp_packed[0, :2], logp_alone[:, 0], rtol=1e-5)
+  assert np.all(np.asarray(logp_packed[0, :2]) < 0) and not np.any(len_packed[0, 2:])
+  assert len_packed[0, 0].tolist() == [10, 6]  # ' return 1' + eos, ' pass' + eos
+
+
+def test_pair_losses_match_a_hand_computation():
+  pol = jnp.asarray([[[-3.0, -5.0], [-2.0, -1.0]]])
+  ref = jnp.asarray([[[-4.0, -4.0], [-2.0, -2.0]]])
+  lengths = jnp.asarray([[[3.0, 5.0], [0.0, 0.0]]])  # the second pair is padding
+  sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+  dpo = ConfigDict({'loss': 'sigmoid', 'beta': 0.1, 'label_smoothing': 0.2, 'simpo_gamma': 0.5})
+  loss, w, stats = preference.pair_losses(pol, ref, lengths, dpo)
+  z = 0.1 * ((-3 + 4) - (-5 + 4))
+  assert float(loss[0, 0]) == pytest.approx(-0.8 * math.log(sig(z)) - 0.2 * math.log(sig(-z)))
+  assert w.tolist() == [[1.0, 0.0]] and float(stats['reward_correct']) == 1.0
+  assert float(stats['chosen_reward']) == pytest.approx(0.1)
+  simpo = ConfigDict({**dpo.to_dict(), 'loss': 'simpo', 'beta': 2.0, 'label_smoothing': 0.0})
+  loss, _, stats = preference.pair_losses(pol, None, lengths, simpo)
+  z = 2.0 * (-3 / 3 - -5 / 5) - 0.5
+  assert float(loss[0, 0]) == pytest.approx(-math.log(sig(z)), rel=1e-5)
+  assert float(stats['reward_correct']) == 0.5  # equal length-normalised rewards: a tie
+
+
+def test_config_checks_name_the_keys(base):
+  bad = _dpo(base, **{'data.format': 'text'})
+  with pytest.raises(ConfigError, match=r"data.format='preference'"):
+    validate(bad, num_devices=8)
+  bad = _dpo(base, **{'train.dpo.loss': 'simpo', 'train.dpo.reference': 'precomputed'})
+  with pytest.raises(ConfigError, match=r'train.dpo.reference'):
+    validate(bad, num_devices=8)
+
+
+# ---- training -----------------------------------------------------------------------------
+
+
+def test_dpo_starts_at_log2_and_learns_to_prefer_real_code(base, tmp_path):
+  c = _dpo(base)
+  _, start = _step0(Trainer(c, str(tmp_path / 'probe'), log=lambda _: None))
+  assert start['eval/loss'] == pytest.approx(math.log(2), abs=1e-6)
+  assert start['eval/reward_accuracy'] == 0.5 and start['eval/margin'] == 0.0
+  final = Trainer(c, str(tmp_path / 'dpo'), log=lambda _: None).run()
+  assert final['eval/reward_accuracy'] >= 0.9, final
+  assert final['eval/margin'] > 0 and final['eval/loss'] < 0.5
+  rows = read_metrics(tmp_path / 'dpo')
+  first = next(r for r in rows if 'train/reward_accuracy' in r)
+  assert first['train/loss'] == pytest.approx(math.log(2), abs=0.05)
+
+
+def test_lora_dpo_changes_only_the_adapters(base, tmp_path):
+  c = _dpo(base, **{'lora.rank': 4, 'train.steps': 10, 'train.eval_every': 10,
+                    'checkpoint.every': 10, 'optimizer.lr': 3e-2})
+  _, start = _step0(Trainer(c, str(tmp_path / 'probe'), log=lambda _: None))
+  assert start['eval/loss'] == pytest.approx(math.log(2), abs=1e-6)  # the base: adapters off
+  final = Trainer(c, str(tmp_path / 'lora'), log=lambda _: None).run()
+  assert final['eval/margin'] != 0.0
+  tuned = jax.tree_util.tree_flatten_with_path(load_run(tmp_path / 'lora').params)[0]
+  base_params = {jax.tree_util.keystr(p): x
+                 for p, x in jax.tree_util.tree_flatten_with_path(load_run(base[2]).params)[0]}
+  changed = [jax.tree_util.keystr(p) for p, x in tuned
+             if 'lora' in jax.tree_util.keystr(p) and np.any(np.asarray(x) != 0)]
+  assert changed and all('lora_b' in k or 'lora_a' in k for k in changed)
+  for p, x in tuned:
+    key = jax.tree_util.keystr(p)
+    if 'lora' not in key:
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(base_params[key]), err_msg=key)
+
+
+def test_precomputed_reference_trains_as_the_model_reference(base, tmp_path):
+  short = {'train.steps': 5, 'train.eval_every': 5, 'checkpoint.every': 5}
+  runs = {}
+  for ref in ('model', 'precomputed'):
+    c = _dpo(base, **{**short, 'train.dpo.reference': ref})
+    runs[ref] = Trainer(c, str(tmp_path / ref), log=lambda _: None).run()
+  assert runs['precomputed']['train/loss'] == pytest.approx(runs['model']['train/loss'],
+                                                            abs=1e-4)
+  assert runs['precomputed']['eval/loss'] == pytest.approx(runs['model']['eval/loss'], abs=1e-4)
