@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'sweep': ('lm.cli.sweep', 'train a grid of configs, one workdir each, and tabulate them'),
     'plot': ('lm.cli.plot', 'loss curves of several runs on one figure'),
     'inspect': ('lm.cli.inspect', 'attention maps, per-token loss and top-k predictions'),
+    'clean': ('lm.cli.clean', 'clean raw text/JSONL/Parquet/WARC into a dataset (datatrove)'),
 }
 
 
