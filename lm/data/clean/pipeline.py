@@ -165,7 +165,8 @@ def _stages(cfg: Clean, files: list[tuple[str, str]],
   w, tasks = paths.work, cfg.tasks
   # sha1: datatrove's xxhash path hands str to xxhash, which xxhash >= 4 refuses.
   hashing = HashConfig(precision=64, hash_fc='sha1')
-  edc = exact_dedup.ExactDedupConfig(content_getter=exact_key, hash_config=hashing)
+  edc = exact_dedup.ExactDedupConfig(content_getter=exact_key, hash_config=hashing,
+                                     only_dedup_in_index=False)  # (True: against an index)
   mhc = minhash.MinhashConfig(n_grams=cfg.minhash.n_grams, num_buckets=cfg.minhash.num_buckets,
                               hashes_per_bucket=cfg.minhash.hashes_per_bucket,
                               seed=cfg.minhash.seed, hash_config=hashing)
@@ -233,8 +234,10 @@ def clean(cfg: Clean, log: Log = print) -> dict[str, Any]:
   timings = {}
   for name, pipeline, n in _stages(cfg_run, files, paths):
     t0 = time.perf_counter()
+    # fork: workers inherit the imported modules (forkserver re-imports lm.data, TFDS and
+    # Grain in every worker, seconds per stage); they run only the steps, no JAX.
     LocalPipelineExecutor(pipeline, tasks=n, workers=min(cfg.workers, n),
-                          logging_dir=paths.logs(name)).run()
+                          logging_dir=paths.logs(name), start_method='fork').run()
     timings[name] = round(time.perf_counter() - t0, 3)
     log(f'[clean] stage {name}: {n} tasks in {timings[name]:.1f}s')
   counts = publish(cfg_run, paths, log)
