@@ -1,7 +1,7 @@
 """A corpus with planted problems for the cleaning pipeline's tests (lm/data/clean).
 
 `build(root)` writes, across .jsonl, .jsonl.gz, .jsonl.zst, .txt, .parquet and .py files:
-distinct English documents; exact copies (case and whitespace changed); near-duplicates
+distinct English documents; exact copies (spacing changed); near-duplicates
 with about 10% (9%) of their words replaced in one run; junk and boilerplate pages;
 German/French/Spanish documents; documents with PII; documents holding an evaluation
 example (the eval JSONL beside them); and Python files. It returns what it planted.
@@ -113,7 +113,7 @@ def build(root: pathlib.Path, distinct: int = 200, seed: int = 0) -> dict:
                    'pii': [], 'eval': [], 'code': []}
   docs = dict(base)
   for j, i in enumerate(rng.choice(distinct, 20, replace=False)):
-    docs[f'exact{j:03d}'] = '  ' + base[names[i]].upper().replace(' ', '   ') + '\n\n'
+    docs[f'exact{j:03d}'] = '  ' + base[names[i]].replace(' ', '   ') + '\n\n'
     planted['exact'][f'exact{j:03d}'] = names[i]
   for j, i in enumerate(rng.choice(distinct, 40, replace=False)):
     docs[f'near{j:03d}'] = near_copy(rng, base[names[i]])

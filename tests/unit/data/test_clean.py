@@ -75,7 +75,7 @@ def test_planted_problems_are_found(cleaned):
   assert len(close) >= 30, 'the corpus plants near-duplicates at Jaccard >= 0.8'
   found = [n for n in close if not (n in kept and planted['near'][n] in kept)]
   assert len(found) >= 0.95 * len(close), (len(found), len(close))
-  # Exact copies (case and spacing changed): one member of each group survives.
+  # Exact copies (spacing changed): one member of each group survives.
   for copy, base in planted['exact'].items():
     assert not (copy in kept and base in kept), copy
   groups: dict[str, list[str]] = {}
