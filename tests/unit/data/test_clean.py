@@ -5,10 +5,10 @@ training run on the cleaned dataset are compared with it.
 """
 
 import json
-import multiprocessing
 import os
 import pathlib
 import signal
+import subprocess
 import sys
 import time
 
@@ -21,6 +21,7 @@ from lm.data.clean import config as clean_config
 from lm.data.clean import pipeline, readers, steps
 from lm.errors import ConfigError
 
+REPO = next(p for p in pathlib.Path(__file__).resolve().parents if (p / 'setup.py').is_file())
 sys.path.insert(0, os.path.dirname(__file__))
 import clean_corpus  # noqa: E402
 
@@ -69,7 +70,8 @@ def test_planted_problems_are_found(cleaned):
   out = root / 'one'
   kept, removed = _kept(out), _removed(out)
   texts = planted['texts']
-  assert meta['counts']['input_docs'] == len(texts) + len(planted['code']) == len(kept) + len(removed)
+  assert (meta['counts']['input_docs'] == len(texts) + len(planted['code']) ==
+          len(kept) + len(removed))
   # Near-duplicates at Jaccard >= 0.8: >= 95% found (the pair does not both survive).
   close = [n for n, b in planted['near'].items() if clean_corpus.jaccard(texts[n], texts[b]) >= 0.8]
   assert len(close) >= 30, 'the corpus plants near-duplicates at Jaccard >= 0.8'
@@ -136,22 +138,25 @@ def test_two_workers_give_the_same_output(cleaned):
 
 
 def test_a_killed_run_resumes_to_the_same_output(cleaned):
+  """`python -m lm clean` killed (SIGKILL) once a dedup shard is done, then rerun."""
   root, _, _ = cleaned
   cfg = _config(root, 'killed')
   done = root / 'killed' / 'work' / 'logs' / '3_dedup' / 'completions'
-  child = multiprocessing.get_context('fork').Process(target=pipeline.clean, args=(cfg,),
-                                                       kwargs={'log': lambda _: None})
-  child.start()
-  deadline = time.time() + 120
-  while time.time() < deadline and not (done.is_dir() and len(os.listdir(done)) >= 1):
-    time.sleep(0.05)
-  os.kill(child.pid, signal.SIGKILL)
-  child.join()
+  child = subprocess.Popen(
+      [sys.executable, '-m', 'lm', 'clean', '--config=configs/clean.py',
+       f'--config.clean.input={cfg.input}', f'--config.clean.output={cfg.output}',
+       '--config.clean.id_key=name', '--config.clean.figures=False',
+       f'--config.clean.decontaminate.paths=({str(root / "eval.jsonl")!r},)'],
+      cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 180
+  while time.time() < deadline and child.poll() is None and not (
+      done.is_dir() and os.listdir(done)):
+    time.sleep(0.02)
+  child.send_signal(signal.SIGKILL)
+  child.wait()
   assert not (root / 'killed' / 'meta.json').exists(), 'killed before the end'
-  finished = len(os.listdir(done))
-  assert 1 <= finished < 4
-  logs: list[str] = []
-  pipeline.clean(cfg, log=logs.append)
+  assert 1 <= len(os.listdir(done)) < 4
+  pipeline.clean(cfg, log=lambda _: None)
   assert list(_kept(root / 'killed').items()) == list(_kept(root / 'one').items())
 
 
