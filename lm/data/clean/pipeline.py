@@ -37,14 +37,12 @@ from datatrove.pipeline.writers.jsonl import JsonlWriter
 from datatrove.utils.hashing import HashConfig
 
 from lm.data import cache, sources, split, store
-from lm.data.clean import decont, readers, steps
+from lm.data.clean import decont, readers, report, steps
 from lm.data.clean.config import Clean, CleanError, as_dict, config_hash
 
 FORMAT = 1
 Log = Callable[[str], None]
-FILTER_STAGES = ('normalize', 'language', 'gopher_repetition', 'gopher_quality', 'c4',
-                 'decontaminate')
-STAGES = (*FILTER_STAGES, 'exact_dedup', 'minhash')
+STAGES = report.STAGES
 
 
 def _writer(folder: pathlib.Path) -> JsonlWriter:
@@ -247,7 +245,6 @@ def clean(cfg: Clean, log: Log = print) -> dict[str, Any]:
           'seconds': round(seconds, 3), 'input_bytes': input_bytes,
           'docs_per_s': round(counts['input_docs'] / seconds, 1),
           'mb_per_s': round(input_bytes / 1e6 / seconds, 3)}
-  from lm.data.clean import report  # matplotlib is only needed here
   report.write(cfg_run, paths, meta, log)
   cache.write_json(paths.meta, meta)  # last: a directory with meta.json is complete
   log(f'[clean] done in {seconds:.1f}s: {counts["input_docs"]} documents in, '

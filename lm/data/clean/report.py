@@ -19,6 +19,9 @@ from lm.data.clean.config import Clean
 LENGTH_BINS = np.logspace(0, 8, 33)  # characters, 1 .. 1e8
 SCORE_BINS = np.linspace(0, 1, 21)
 SIZE_BINS = np.arange(1, 66) + 0.5  # cluster sizes 2 .. 65+
+# The stages that remove documents, each with its removed/<stage>/ shards.
+STAGES = ('normalize', 'language', 'gopher_repetition', 'gopher_quality', 'c4',
+          'decontaminate', 'exact_dedup', 'minhash')
 
 
 def _shards(folder: pathlib.Path):
@@ -83,7 +86,6 @@ def kept_summary(folder: pathlib.Path) -> dict[str, Any]:
 
 
 def build(cfg: Clean, paths: Any, meta: dict[str, Any]) -> dict[str, Any]:
-  from lm.data.clean.pipeline import STAGES
   stages = {s: stage_summary(paths.removed / s, cfg.examples_per_reason) for s in STAGES}
   kept = kept_summary(paths.work / 'final')
   in_docs = kept['docs'] + sum(s['docs'] for s in stages.values())
