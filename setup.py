@@ -32,6 +32,10 @@ setup(
         'tokenizers>=0.15',  # data.tokenizer.kind='hf'
         'flatbuffers>=24.3',  # jax.export serialization (python -m lm.export)
         'gcsfs>=2024.2',  # gs:// workdirs (etils.epath reads and writes them through it)
+        # python -m lm clean (lm/data/clean): the engine and its stages, language id with
+        # its model in the wheel, WARC reading and HTML extraction, Unicode repair, .zst
+        'datatrove>=0.10', 'orjson>=3.9', 'py3langid>=0.4', 'warcio>=1.7', 'trafilatura>=1.12',
+        'ftfy>=6.2', 'zstandard>=0.22', 'xxhash>=3.4', 'pyarrow>=14',
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6',

@@ -20,8 +20,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- data (lm/data) ------------------------------------------------------
   c.data = ml_collections.ConfigDict()
-  c.data.source = 'stdlib'  # 'stdlib' | 'text' | 'tfds'
-  c.data.path = ''  # text: a file, a directory or a glob of .txt / .jsonl files
+  c.data.source = 'stdlib'  # 'stdlib' | 'text' | 'tfds' | 'cleaned' (python -m lm clean)
+  # text: a file, a directory or a glob of .txt / .jsonl files; cleaned: clean.output's dir
+  c.data.path = ''
   c.data.jsonl_field = 'text'  # text: the field of each .jsonl line that holds the text
   c.data.tfds_name = ''  # tfds: a TFDS dataset name (needs network the first time)
   c.data.tfds_text_feature = 'text'

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'plot': ('lm.cli.plot', 'loss curves of several runs on one figure'),
     'inspect': ('lm.cli.inspect', 'attention maps, per-token loss and top-k predictions'),
     'prune': ('lm.cli.prune', 'structured pruning: a smaller dense run from a trained one'),
+    'clean': ('lm.cli.clean', 'clean raw text/JSONL/Parquet/WARC into a dataset (datatrove)'),
 }
 
 

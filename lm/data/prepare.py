@@ -29,8 +29,10 @@ class PreparedData:
   """A prepared corpus: its tokenizer, stats and loaders."""
 
   def __init__(self, *, root: pathlib.Path, tokenizer: Tokenizer, tokenizer_path: pathlib.Path,
-               packed_path: pathlib.Path, seq_len: int, stats: dict[str, Any]):
+               packed_path: pathlib.Path, seq_len: int, stats: dict[str, Any],
+               docs_dir: pathlib.Path | None = None):
     self.root = root  # this source's cache directory
+    self.docs_dir = docs_dir or root / 'documents'  # the TFDS ArrayRecord documents
     self.tokenizer_path = tokenizer_path  # tokenizers.load(tokenizer_path) rebuilds it
     self.packed_path = packed_path
     self.seq_len = seq_len
@@ -59,7 +61,7 @@ class PreparedData:
   def val_text_sample(self, num_chars: int) -> str:
     """The first `num_chars` characters of the validation text (documents in order)."""
     if self._val_texts is None:
-      self._val_texts = store.read_texts(self.root / 'documents', 'validation')
+      self._val_texts = store.read_texts(self.docs_dir, 'validation')
     out, n = [], 0
     for text in self._val_texts:
       if n >= num_chars:
@@ -75,8 +77,9 @@ class PreparedData:
 
 def check_config(cfg: Any, seq_len: int) -> None:
   """Raises DataError naming the first bad field of the `data` config."""
-  if cfg.source not in ('stdlib', 'text', 'tfds'):
-    raise DataError(f"data.source={cfg.source!r}: expected 'stdlib', 'text' or 'tfds'")
+  if cfg.source not in ('stdlib', 'text', 'tfds', 'cleaned'):
+    raise DataError(f"data.source={cfg.source!r}: expected 'stdlib', 'text', 'tfds' or "
+                    "'cleaned'")
   if cfg.split not in ('document', 'tail'):
     raise DataError(f"data.split={cfg.split!r}: expected 'document' or 'tail'")
   if not 0.0 < cfg.val_fraction < 1.0:
@@ -97,10 +100,17 @@ def prepare(data_cfg: Any, seq_len: int | None = None, log: Log = print) -> Prep
   root = cache.cache_root(data_cfg.cache_dir) / (
       f'{sources.label(data_cfg)}-{cache.short_hash(identity)}')
 
-  docs_dir = root / 'documents'
-  if not docs_dir.is_dir():
-    _build_documents(data_cfg, identity, docs_dir, log)
-  doc_stats = cache.read_json(docs_dir / 'meta.json')['stats']
+  if data_cfg.source == 'cleaned':  # documents written by `python -m lm clean`
+    docs_dir = sources.cleaned_dir(data_cfg.path) / 'documents'
+    doc_stats = cache.read_json(docs_dir.parent / 'meta.json')['stats']
+    log(f'[data] cleaned dataset {docs_dir.parent} (config '
+        f'{identity["source"]["identity"]["config_hash"]}, input '
+        f'{identity["source"]["identity"]["input_fingerprint"]})')
+  else:
+    docs_dir = root / 'documents'
+    if not docs_dir.is_dir():
+      _build_documents(data_cfg, identity, docs_dir, log)
+    doc_stats = cache.read_json(docs_dir / 'meta.json')['stats']
 
   tok_key = tokenizers.key(data_cfg.tokenizer)
   tok_dir = root / f'tokenizer-{tok_key}'
@@ -127,7 +137,7 @@ def prepare(data_cfg: Any, seq_len: int | None = None, log: Log = print) -> Prep
     log(f'[data] note: {stats["replaced_bytes"]} non-UTF-8 bytes in the source were '
         'replaced by U+FFFD')
   return PreparedData(root=root, tokenizer=tokenizer, tokenizer_path=tok_dir,
-                      packed_path=packed_dir, seq_len=seq_len, stats=stats)
+                      packed_path=packed_dir, seq_len=seq_len, stats=stats, docs_dir=docs_dir)
 
 
 def _build_documents(cfg: Any, identity: dict[str, Any], docs_dir: pathlib.Path, log: Log) -> None:

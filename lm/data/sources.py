@@ -122,7 +122,20 @@ def describe(cfg: Any) -> dict[str, Any]:
       raise DataError("data.tfds_name is empty; data.source='tfds' needs a TFDS dataset name")
     return {'source': 'tfds', 'name': cfg.tfds_name, 'split': cfg.tfds_split,
             'feature': cfg.tfds_text_feature, 'data_dir': cfg.tfds_data_dir}
-  raise DataError(f"data.source={cfg.source!r}: expected 'stdlib', 'text' or 'tfds'")
+  if cfg.source == 'cleaned':
+    root = cleaned_dir(cfg.path)
+    meta = json.loads((root / 'meta.json').read_text())
+    return {'source': 'cleaned', 'path': str(root), 'identity': meta['identity']}
+  raise DataError(f"data.source={cfg.source!r}: expected 'stdlib', 'text', 'tfds' or 'cleaned'")
+
+
+def cleaned_dir(path: str) -> pathlib.Path:
+  """The directory `python -m lm clean` wrote (clean.output), checked to be finished."""
+  root = pathlib.Path(path).expanduser().absolute()
+  if not (root / 'meta.json').is_file():
+    raise DataError(f'data.path={path!r} is not a finished cleaned dataset (no meta.json); run '
+                    '`python -m lm clean --config.clean.output=DIR` and set data.path=DIR')
+  return root
 
 
 def label(cfg: Any) -> str:
@@ -132,6 +145,9 @@ def label(cfg: Any) -> str:
     plain = list(itertools.takewhile(lambda p: not any(ch in p for ch in '*?['), parts))
     stem = (pathlib.Path(*plain).stem if plain else '') or 'text'
     return 'text-' + ''.join(c if c.isalnum() or c in '-_.' else '_' for c in stem)[:40]
+  if cfg.source == 'cleaned':
+    return 'cleaned-' + ''.join(c if c.isalnum() or c in '-_.' else '_'
+                                for c in pathlib.Path(cfg.path).name)[:40]
   if cfg.source == 'tfds':
     return 'tfds-' + cfg.tfds_name.replace('/', '_').replace(':', '_')
   return cfg.source

@@ -8,6 +8,7 @@ pure Python/NumPy in TFDS 4.9, so only `array_record` is required, not TensorFlo
 
 import pathlib
 import shutil
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -17,6 +18,9 @@ from lm.data.sources import Document
 from lm.data.split import SPLITS
 
 VERSION = '1.0.0'
+# A split's documents: a list, or a function returning a fresh iterator (streamed: the
+# documents are generated while TFDS writes them, never all held at once).
+Splits = list[Document] | Callable[[], Iterable[Document]]
 
 
 class _LocalInfo(tfds.core.DatasetInfo):
@@ -30,8 +34,11 @@ class LmDocuments(tfds.core.GeneratorBasedBuilder):
   """The train/validation documents of one prepared source."""
 
   VERSION = tfds.core.Version(VERSION)
+  # Records are stored in the order they are generated, so a split can be streamed back
+  # without sorting (read_texts still sorts by `index`, for stores written before this).
+  disable_shuffling = True
 
-  def __init__(self, *, splits: dict[str, list[Document]] | None = None, **kwargs):
+  def __init__(self, *, splits: dict[str, Splits] | None = None, **kwargs):
     self._splits = splits or {}
     super().__init__(**kwargs)
 
@@ -50,8 +57,8 @@ class LmDocuments(tfds.core.GeneratorBasedBuilder):
     del dl_manager  # local data
     return {split: self._generate_examples(docs) for split, docs in self._splits.items()}
 
-  def _generate_examples(self, docs: list[Document]):
-    for i, d in enumerate(docs):
+  def _generate_examples(self, docs: Iterable[Document] | Callable[[], Iterable[Document]]):
+    for i, d in enumerate(docs() if callable(docs) else docs):
       yield i, {'index': i, 'name': d.name, 'text': d.text}
 
   @tfds.core.utils.classproperty
@@ -69,7 +76,7 @@ class LmDocuments(tfds.core.GeneratorBasedBuilder):
     pass
 
 
-def write(splits: dict[str, list[Document]], data_dir: pathlib.Path) -> None:
+def write(splits: dict[str, Splits], data_dir: pathlib.Path) -> None:
   """Writes the splits under `data_dir` (a TFDS data_dir) as ArrayRecord."""
   builder = LmDocuments(splits=splits, data_dir=str(data_dir), file_format='array_record')
   was_active = tqdm_utils._active  # pylint: disable=protected-access
@@ -93,6 +100,24 @@ def read_texts(data_dir: pathlib.Path, split: str) -> list[str]:
   examples = [source[i] for i in range(len(source))]
   examples.sort(key=lambda e: int(e['index']))  # TFDS stores examples in hashed-key order
   return [_as_str(e['text']) for e in examples]
+
+
+def iter_texts(data_dir: pathlib.Path, split: str) -> Iterator[str]:
+  """The texts of one split in written order, one at a time (for stores written in order,
+  which every store since `disable_shuffling` is; older ones are sorted in memory)."""
+  assert split in SPLITS, split
+  source = tfds.builder_from_directory(str(dataset_dir(data_dir))).as_data_source(split=split)
+  for i in range(len(source)):
+    example = source[i]
+    if int(example['index']) != i:
+      yield from read_texts(data_dir, split)[i:]
+      return
+    yield _as_str(example['text'])
+
+
+def num_examples(data_dir: pathlib.Path, split: str) -> int:
+  source = tfds.builder_from_directory(str(dataset_dir(data_dir))).as_data_source(split=split)
+  return len(source)
 
 
 def _as_str(value: bytes | str) -> str:

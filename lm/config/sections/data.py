@@ -40,7 +40,7 @@ class Tokenizer(Section):
 
 @frozen
 class Data(Section):
-  source: Literal['stdlib', 'text', 'tfds']
+  source: Literal['stdlib', 'text', 'tfds', 'cleaned']
   path: str
   jsonl_field: str
   tfds_name: str
@@ -67,6 +67,12 @@ class Data(Section):
     if self.source == 'tfds' and not self.tfds_split:
       yield ("data.tfds_split is empty but data.source='tfds' reads documents from it; "
              "use e.g. 'train' or 'train[:10%]'.")
+    if self.source == 'cleaned' and not self.path:
+      yield ("data.path is empty but data.source='cleaned' reads the directory that "
+             '`python -m lm clean` wrote (its clean.output).')
+    if self.format != 'text' and self.source == 'cleaned':
+      yield (f"data.format={self.format!r} reads JSONL records; data.source='cleaned' gives "
+             'plain documents.')
     if self.format != 'text' and self.source == 'tfds':
       yield (f"data.format={self.format!r} reads JSONL records (data.source='text') or "
              "generates them (data.source='stdlib'); data.source='tfds' gives only plain "
@@ -103,6 +109,10 @@ class Data(Section):
       yield 'data.mixture weights are all 0; give at least one domain a positive weight.'
 
   def file_problems(self) -> Iterator[str]:
+    if self.source == 'cleaned' and self.path and not os.path.isfile(
+        os.path.join(os.path.expanduser(self.path), 'meta.json')):
+      yield (f'data.path={self.path!r} is not a finished cleaned dataset (no meta.json); run '
+             '`python -m lm clean --config.clean.output=DIR` and point data.path at DIR.')
     if self.source == 'text' and self.path and not glob.glob(os.path.expanduser(self.path)):
       yield (f'data.path={self.path!r} matches no file; give a .txt/.jsonl file, a directory '
              'or a glob that exists on this machine.')
