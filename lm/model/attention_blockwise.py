@@ -3,9 +3,11 @@
 Queries are cut into blocks of `block_q` and keys into blocks of `block_kv`; for each query
 block a scan over key blocks keeps the running max, normaliser and weighted sum (float32),
 so no more than one [B, N, block_q, block_kv] tile of scores exists at a time. The custom
-VJP keeps only q, k, v, the output and the log-sum-exp per query ([B, N, T]) and recomputes
+VJP needs only q, k, v, the output and the log-sum-exp per query ([B, N, T]) and recomputes
 each tile in the backward pass (one pass for dq, one for dk/dv), so activation memory grows
-linearly in T. Who sees whom comes from an AttentionMask's segment ids and orders; for a
+linearly in T. The call is checkpointed (see blockwise_attention): the backward pass first
+reruns the forward, so training does about 1.4x the attention FLOPs of a kept forward.
+Who sees whom comes from an AttentionMask's segment ids and orders; for a
 causal self-attention mask the tiles above the diagonal are skipped (a scalar `lax.cond`
 on the block indices, no cross-device reduction), which halves the work.
 
@@ -55,7 +57,12 @@ def blockwise_attention(q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array,
          blocks(mask.q_order, tp, bq), blocks(mask.kv_order, sp, bk))
   # Only a causal self-attention mask has tiles that are hidden whatever the ids.
   skip = (bq, bk) if (mask.causal and mask.self_attention) else None
-  o = _attend(mask.causal, skip, scale, q, k, v, *ids)  # [nq, B, K, G, bq, H]
+  # Inside the model's lax.scan over layers, differentiating the scan (jax 0.10) linearized
+  # this forward loop and kept every score tile ([nq, nk, ..., bq, bk]: quadratic in T;
+  # tests/unit/model/test_attention_memory.py). Under a checkpoint the backward pass runs
+  # the custom VJP instead, at the price of one more forward pass of attention.
+  attend = jax.checkpoint(functools.partial(_attend, mask.causal, skip, scale))
+  o = attend(q, k, v, *ids)  # [nq, B, K, G, bq, H]
   o = jnp.moveaxis(o, 0, 1)  # [B, nq, K, G, bq, H]
   o = jnp.transpose(o, (0, 1, 4, 2, 3, 5)).reshape(b, tp, n, h)
   return o[:, :t]

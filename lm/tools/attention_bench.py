@@ -61,11 +61,13 @@ def _preset(module, *, impl: str, tiny: bool, seq_len: int, batch: int):
   c.train.batch_size = batch
   c.train.grad_accum = 1
   c.train.steps_per_dispatch = 1
-  c.model.vocab_size = c.model.vocab_size or 50304
+  # Synthetic tokens: the table size only (no tokenizer is trained or read).
+  c.model.vocab_size = c.model.vocab_size or -(-c.data.tokenizer.vocab_size // 64) * 64
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
   if tiny:  # the CPU check of this script: same code path, toy sizes
+    c.data.tokenizer.kind = 'byte'
     c.model.update(num_layers=1, width=64, num_heads=4, num_kv_heads=2, mlp_dim=128,
-                   vocab_size=256)
+                   vocab_size=512)
     c.model.max_len = max(c.model.max_len, seq_len)
   return c
 
