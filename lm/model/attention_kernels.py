@@ -30,8 +30,9 @@ from lm.model.attention_mask import AttentionMask
 IMPLEMENTATIONS = ('auto', 'xla', 'blockwise', 'cudnn', 'flash')
 NEEDS_PLATFORM = {'cudnn': 'gpu', 'flash': 'gpu'}
 # 'auto' keeps the dense XLA path while one row's float32 scores over all heads stay below
-# this (and T <= DENSE_MAX_LEN): on this CPU dense was faster up to about T=1024 and
-# blockwise from 4096 (docs/benchmarks.md, "Attention implementations").
+# this (and T <= DENSE_MAX_LEN). A heuristic, not a measured crossover: on the loaded CPU
+# of docs/benchmarks.md ("Attention implementations") the two were level at T=128 and
+# blockwise was already faster at 1024.
 DENSE_MAX_SCORE_BYTES = 64 * 2**20
 DENSE_MAX_LEN = 2048
 
