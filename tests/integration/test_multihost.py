@@ -126,9 +126,9 @@ def test_hybrid_mesh_puts_dcn_axes_across_processes(tmp_path):
     result = json.loads(out.split('RESULT ', 1)[1].splitlines()[0])
     assert (result['how'], result['processes'], result['devices']) == ('explicit', 2, 8)
     dcn_data, dcn_fsdp, plain = result['dcn_data'], result['dcn_fsdp'], result['plain']
-    assert dcn_data['shape'] == {'data': 4, 'fsdp': 2, 'expert': 1, 'tensor': 1}
+    assert dcn_data['shape'] == {'data': 4, 'fsdp': 2, 'sequence': 1, 'expert': 1, 'tensor': 1}
     assert dcn_data['process_DF'] == [[0, 0], [0, 0], [1, 1], [1, 1]]  # data crosses them
-    assert dcn_fsdp['shape'] == {'data': 2, 'fsdp': 4, 'expert': 1, 'tensor': 1}
+    assert dcn_fsdp['shape'] == {'data': 2, 'fsdp': 4, 'sequence': 1, 'expert': 1, 'tensor': 1}
     assert dcn_fsdp['process_DF'] == [[0, 0, 1, 1], [0, 0, 1, 1]]  # fsdp crosses them
     assert plain['process_DF'] != dcn_fsdp['process_DF']  # without DCN sizes: another layout
     for layout in (dcn_data, dcn_fsdp, plain):
@@ -221,7 +221,7 @@ def test_restore_onto_another_mesh_and_device_count_continues_the_run(
   out, = _run_all([_main(workdir, overrides, **{'mesh.data': 2, 'mesh.fsdp': 1,
                                                  'mesh.tensor': 2})], devices=4)
   assert 'resumed from' in out and '(step 10)' in out, out[-3000:]
-  assert "'data': 2, 'fsdp': 1, 'expert': 1, 'tensor': 2" in out  # the summary's mesh
+  assert "'data': 2, 'fsdp': 1, 'sequence': 1, 'expert': 1, 'tensor': 2" in out
   _assert_same_rows(workdir, reference)
 
 

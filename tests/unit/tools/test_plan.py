@@ -129,7 +129,8 @@ def test_cli_reexecutes_with_the_asked_device_count_and_compiles():
   r = _plan_cli('--config=configs/default.py', '--devices=16', '--config.mesh.data=4',
                 '--config.mesh.fsdp=2', '--config.mesh.tensor=2', *TINY_FLAGS)
   assert r.returncode == 0, r.stderr
-  assert 'on 16 device(s)' in r.stdout and 'mesh data=4, fsdp=2, expert=1, tensor=2' in r.stdout
+  assert 'on 16 device(s)' in r.stdout
+  assert 'mesh data=4, fsdp=2, sequence=1, expert=1, tensor=2' in r.stdout
   assert 'XLA memory analysis of the compiled train step (per device, 16 CPU devices' in r.stdout
 
 
