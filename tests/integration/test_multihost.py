@@ -102,7 +102,7 @@ for name, sizes in {'dcn_data': dict(data=2, fsdp=2, dcn_data=2),
   x = parallel.global_batch(rows, parallel.batch_sharding(mesh))['x']
   out[name] = {
       'shape': dict(mesh.shape),
-      'process_DF': np.vectorize(lambda d: d.process_index)(mesh.devices[:, :, 0, 0]).tolist(),
+      'process_DF': np.vectorize(lambda d: d.process_index)(mesh.devices[:, :, 0, 0, 0]).tolist(),
       'own_rows': all((np.asarray(s.data) == pid).all() for s in x.addressable_shards),
       'global_sum': int(jax.jit(lambda a: a.sum())(x)),
   }

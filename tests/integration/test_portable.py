@@ -54,11 +54,14 @@ def _served(run, prompt: str, max_tokens: int = 6) -> str:
     batcher.stop()
 
 
-def _decoded(run, prompt: str, max_tokens: int = 6, *, stop_at_eos: bool = True) -> str:
-  """Greedy decoding in-process (the server also ends a completion at eos)."""
+def _decoded(run, prompt: str, max_tokens: int = 6, *, stop_at_eos: bool = True,
+             bos: bool = False) -> str:
+  """Greedy decoding in-process (the server also ends a completion at eos, and puts bos
+  before the prompt: bos=True)."""
   tok = run.tokenizer
   ids = Decoder(run.model_def, cache_len=run.model_def.cfg.max_len).generate(
-      run.params, [tok.encode(prompt)], max_new_tokens=max_tokens, sampling=GREEDY,
+      run.params, [[tok.bos_id] * bos + tok.encode(prompt)], max_new_tokens=max_tokens,
+      sampling=GREEDY,
       stop_tokens=[[tok.eos_id]] if stop_at_eos else ())[0]
   return tok.decode(ids)
 
@@ -92,7 +95,7 @@ def moved(tmp_path_factory):
 def test_a_moved_run_without_its_data_generates_serves_exports_and_evaluates(moved, tmp_path):
   run = load_run(moved)
   assert run.tokenizer.kind == 'char' and run.step == 4
-  assert _served(run, 'the quick') == _decoded(run, 'the quick')
+  assert _served(run, 'the quick') == _decoded(run, 'the quick', bos=True)
 
   out = _lm('generate', f'--workdir={moved}', '--prompt=the quick', '--max_new_tokens=6',
             '--temperature=0')
@@ -155,17 +158,17 @@ def test_lora_classification_and_moe_runs_load_and_serve(tmp_path):
   lora = _written(tmp_path, 'lora', text, lora__rank=4)
   assert lora.model_def.cfg.lora_rank == 4
   served = _served(lora, 'the quick')
-  assert served == _decoded(lora, 'the quick')
+  assert served == _decoded(lora, 'the quick', bos=True)
   # The adapters are part of what is served: zeroing them changes the text.
   no_adapters = jax.tree_util.tree_map_with_path(
       lambda p, x: x * 0 if 'lora' in jax.tree_util.keystr(p) else x, lora.params)
-  assert _decoded(dataclasses.replace(lora, params=no_adapters), 'the quick') != served
+  assert _decoded(dataclasses.replace(lora, params=no_adapters), 'the quick', bos=True) != served
 
   cls = _written(tmp_path, 'cls', records, data__format='classify', train__task='classify',
                  model__num_classes=2)
   assert cls.model_def.cfg.num_classes == 2
-  assert _served(cls, 'review 3') == _decoded(cls, 'review 3')
+  assert _served(cls, 'review 3') == _decoded(cls, 'review 3', bos=True)
 
   moe = _written(tmp_path, 'moe', text, model__moe__num_experts=4, model__moe__top_k=2)
   assert moe.model_def.cfg.moe.num_experts == 4
-  assert _served(moe, 'the quick') == _decoded(moe, 'the quick')
+  assert _served(moe, 'the quick') == _decoded(moe, 'the quick', bos=True)
