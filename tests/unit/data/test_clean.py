@@ -192,8 +192,17 @@ def test_config_problems_name_the_key(tmp_path):
   c = clean_defaults.get_config()
   c.clean.output = str(tmp_path)
   c.clean.minhash.num_buckest = 3
-  with pytest.raises(ConfigError, match="clean.minhash.num_buckest.*num_buckets"):
+  with pytest.raises(ConfigError, match="clean.minhash.num_buckest.*num_buckets") as e:
     clean_config.check(c)
+  assert str(e.value).count('\n') == 0 and str(e.value).endswith(
+      'valid keys of clean.minhash: enabled, hashes_per_bucket, n_grams, num_buckets, seed')
+  # On the command line: one line on stderr, not a traceback.
+  cli = subprocess.run([sys.executable, '-m', 'lm', 'clean', '--config.clean.minhsh.seed=1'],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert cli.returncode == 1 and 'Traceback' not in cli.stderr
+  assert cli.stderr.strip().splitlines()[-1].startswith(
+      "error: --config.clean.minhsh: unknown key 'clean.minhsh' (not in configs/clean.py); "
+      "did you mean 'clean.minhash'?; valid keys of clean: c4, code_suffixes, ")
   c = clean_defaults.get_config()
   c.clean.output = str(tmp_path)
   c.clean.tasks = 0
