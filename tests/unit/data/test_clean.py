@@ -227,3 +227,21 @@ def test_trains_on_the_cleaned_dataset(cleaned, tmp_path):
   assert saved['data']['source'] == 'cleaned'
   assert meta['identity']['config_hash'] in json.dumps(
       json.loads((root / 'one' / 'meta.json').read_text())['identity'])
+
+
+def test_dataset_name_inputs_are_listed_and_fail_clearly(monkeypatch):
+  """TFDS / Hugging Face dataset names (no network here: only listing and the errors)."""
+  files = readers.list_inputs('tfds:no_such_dataset_xyz@validation', ())
+  assert len(files) == readers.DATASET_SHARDS and files[0] == (
+      'tfds:no_such_dataset_xyz@validation#000', 'tfds:no_such_dataset_xyz@validation')
+  assert readers.input_bytes(files) == 0 and len(readers.fingerprint(files)) == 16
+  reader = readers.FileReader(files[:1], 'text', ())
+  with pytest.raises(clean_config.CleanError, match="'no_such_dataset_xyz' is not a TFDS"):
+    list(reader.run(None, 0, 1))
+  monkeypatch.setitem(sys.modules, 'datasets', None)  # the library missing
+  hf = readers.FileReader(readers.list_inputs('hf:someone/corpus', ())[:1], 'text', ())
+  with pytest.raises(clean_config.CleanError, match=r"'hf:someone/corpus@train' needs the "
+                     'Hugging Face datasets library: pip install datasets'):
+    list(hf.run(None, 0, 1))
+  with pytest.raises(clean_config.CleanError, match='names no dataset'):
+    readers.list_inputs('hf:', ())
