@@ -163,7 +163,8 @@ def read_texts(data_dir: pathlib.Path, split: str) -> list[str]:
   assert split in SPLITS, split
   source = tfds.builder_from_directory(str(dataset_dir(data_dir))).as_data_source(split=split)
   examples = [source[i] for i in range(len(source))]
-  examples.sort(key=lambda e: int(e['index']))  # TFDS stores examples in hashed-key order
+  # Stores written before LmDocuments disabled shuffling are in hashed-key order.
+  examples.sort(key=lambda e: int(e['index']))
   return [_as_str(e['text']) for e in examples]
 
 
