@@ -13,7 +13,8 @@ import ml_collections
 def get_config():
   c = ml_collections.ConfigDict()
   k = c.clean = ml_collections.ConfigDict()
-  k.input = 'stdlib'  # a file, directory (recursive) or glob; 'stdlib': the embedded corpus
+  k.input = 'stdlib'  # a file, directory (recursive) or glob; 'stdlib': the embedded corpus;
+  # 'tfds:NAME[@SPLIT]' / 'hf:NAME[@SPLIT]': a TFDS / Hugging Face dataset (needs network)
   # files a directory input is searched for (each also as .gz / .zst)
   k.suffixes = ('.txt', '.md', '.jsonl', '.json', '.parquet', '.warc', '.py')
   k.text_key = 'text'  # JSONL field / Parquet column that holds the text

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import sys
 
-from absl import flags
+from absl import app, flags
 
 from lm import cli
 from lm import config as config_lib
@@ -47,8 +47,25 @@ def main(argv: list[str]) -> None:
         f'--config.data.path={meta["config"]["output"]}')
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, but a --config.clean.<key> override naming a key the config lacks
+  ends the run with one line naming it and the valid keys, instead of a traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections: an override names no config field
+    while e.args and isinstance(e.args[0], BaseException):
+      e = e.args[0]  # the KeyError inside the AttributeError
+    name = str(e.args[0] if e.args else e).partition('\n')[0].strip('\'"')
+    given = [a.lstrip('-').split('=', 1)[0].removeprefix('config.') for a in argv[1:]
+             if a.lstrip('-').startswith('config.')]
+    # The override whose path holds the missing name, cut just after it.
+    key = next((g.split(name)[0] + name for g in given if name in g.split('.')), name)
+    print(f'error: --config.{key}: {clean_config.unknown_key(key)}', file=sys.stderr)
+    sys.exit(1)
+
+
 def run() -> None:
-  cli.run(main)
+  cli.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':

@@ -9,7 +9,7 @@ single-process batch b of size P * B.
 
 import hashlib
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grain
@@ -18,13 +18,18 @@ import numpy as np
 from lm.data import packing
 from lm.data.errors import DataError
 
-
-def _source(path: pathlib.Path) -> grain.sources.ArrayRecordDataSource:
-  return grain.sources.ArrayRecordDataSource([str(path)])
+Paths = pathlib.Path | Sequence[pathlib.Path]  # one ArrayRecord file, or shards in row order
 
 
-def _rows(path: pathlib.Path) -> grain.MapDataset:
-  return grain.MapDataset.source(_source(path))
+def _source(paths: Paths) -> grain.sources.ArrayRecordDataSource:
+  """The rows of the files, indexed across them in order. Opening a shard reads only its
+  index; a row's bytes are read when that row is asked for, so a host reads only its rows."""
+  paths = [paths] if isinstance(paths, pathlib.Path | str) else list(paths)
+  return grain.sources.ArrayRecordDataSource([str(p) for p in paths])
+
+
+def _rows(paths: Paths) -> grain.MapDataset:
+  return grain.MapDataset.source(_source(paths))
 
 
 def _check_sharding(batch_size: int, process_index: int, process_count: int) -> None:
@@ -79,7 +84,7 @@ class IndexBatchIterator:
 class TrainIterator(IndexBatchIterator):
   """Infinite iterator of training batches read from a packed ArrayRecord split."""
 
-  def __init__(self, path: pathlib.Path, *, batch_size: int, seed: int,
+  def __init__(self, path: Paths, *, batch_size: int, seed: int,
                process_index: int, process_count: int):
     source = _source(path)
     # Grain orders, shards and batches row *indices*; a batch's rows are then read
@@ -93,7 +98,7 @@ class TrainIterator(IndexBatchIterator):
                      process_index=process_index, process_count=process_count)
 
 
-def eval_batches(path: pathlib.Path, *, batch_size: int, num_batches: int,
+def eval_batches(path: Paths, *, batch_size: int, num_batches: int,
                  process_index: int, process_count: int) -> list[dict[str, np.ndarray]]:
   """`num_batches` batches of rows spread evenly over the whole split (all of it if it is
   smaller; at least one batch, wrapping around the split if needed).
@@ -114,7 +119,7 @@ def eval_batches(path: pathlib.Path, *, batch_size: int, num_batches: int,
           for b in range(n)]
 
 
-def read_all(path: pathlib.Path) -> np.ndarray:
+def read_all(path: Paths) -> np.ndarray:
   """[N, 2, L] every stored row in order (tokens, segments)."""
   rows = _rows(path)
   return np.stack([packing.parse_row(rows[i]) for i in range(len(rows))])

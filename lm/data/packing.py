@@ -6,10 +6,14 @@ shuffled order and cut into rows, so a document may continue into the next row.
 `segments` numbers the document pieces of a row 1, 2, 3, ... (0 = padding, only at
 the end of the last row). A row is stored as one ArrayRecord record: the int32
 bytes of tokens_L followed by those of segments_L.
+
+`pack` packs a list in memory; `pack_stream` gives the same rows from an iterator of
+documents, block by block as they fill, holding about `chunk_tokens` tokens, and
+`ShardWriter` writes such blocks into ArrayRecord shards of a bounded size.
 """
 
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from array_record.python import array_record_module
@@ -50,6 +54,128 @@ def pack(docs: Sequence[np.ndarray], seq_len: int, bos_id: int, eos_id: int,
   doc_NL = np.concatenate([doc_of_token, np.full(pad, -1)]).reshape(num_rows, row_len)
   segments_NL = np.where(doc_NL >= 0, doc_NL - doc_NL[:, :1] + 1, 0).astype(np.int32)
   return tokens_NL, segments_NL
+
+
+def pack_stream(docs: Iterable[np.ndarray], seq_len: int, bos_id: int, eos_id: int,
+                pad_id: int = 0, stride: int = 0, chunk_tokens: int = 1 << 20
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """`pack` of a stream: yields (tokens_nL, segments_nL) blocks whose concatenation is
+  `pack(list(docs), ...)`. Documents are consumed lazily: a block is yielded once about
+  `chunk_tokens` tokens are pending, so at most that many tokens (plus a row) are held."""
+  row_len = seq_len + 1
+  windows = bool(stride) and stride != row_len
+  if windows and not 0 < stride <= row_len:
+    raise ValueError(f'stride={stride} must be in [1, seq_len + 1 = {row_len}]')
+  pending: list[np.ndarray] = []
+  pending_tokens = 0
+  buf_tok = np.empty(0, np.int32)  # stream tokens not yet in an emitted row
+  buf_doc = np.empty(0, np.int64)  # their document index
+  offset = 0  # stream position of buf_tok[0]
+  next_start = 0  # windows: stream position of the next window
+  num_docs = 0
+  emitted = 0
+
+  def take_pending() -> None:
+    nonlocal buf_tok, buf_doc, pending, pending_tokens, num_docs
+    lengths_D = np.array([len(d) + 2 for d in pending], np.int64)
+    stream = np.empty(int(lengths_D.sum()), np.int32)
+    ends_D = np.cumsum(lengths_D)
+    for doc, start, end in zip(pending, ends_D - lengths_D, ends_D, strict=True):
+      stream[start] = bos_id
+      stream[start + 1:end - 1] = doc
+      stream[end - 1] = eos_id
+    doc_ids = np.repeat(np.arange(num_docs, num_docs + len(pending), dtype=np.int64), lengths_D)
+    num_docs += len(pending)
+    buf_tok = np.concatenate([buf_tok, stream])
+    buf_doc = np.concatenate([buf_doc, doc_ids])
+    pending, pending_tokens = [], 0
+
+  def full_rows() -> tuple[np.ndarray, np.ndarray] | None:
+    nonlocal buf_tok, buf_doc, offset, next_start, emitted
+    if windows:
+      end = offset + len(buf_tok)
+      block = None
+      if end - row_len >= next_start:
+        starts_N = np.arange(next_start, end - row_len + 1, stride) - offset
+        window_NL = starts_N[:, None] + np.arange(row_len)
+        tokens_NL, doc_NL = buf_tok[window_NL], buf_doc[window_NL]
+        block = tokens_NL, (doc_NL - doc_NL[:, :1] + 1).astype(np.int32)
+        next_start = int(starts_N[-1]) + offset + stride
+      # Tokens before the next window are done with (stride <= row_len keeps the cut
+      # inside the buffer; before the first window nothing is cut).
+      cut = min(next_start - offset, len(buf_tok))
+    else:
+      n = len(buf_tok) // row_len
+      cut = n * row_len
+      block = None
+      if n:
+        doc_NL = buf_doc[:cut].reshape(n, row_len)
+        block = (buf_tok[:cut].reshape(n, row_len),
+                 (doc_NL - doc_NL[:, :1] + 1).astype(np.int32))
+    buf_tok, buf_doc = buf_tok[cut:].copy(), buf_doc[cut:].copy()
+    offset += cut
+    if block is not None:
+      emitted += len(block[0])
+    return block
+
+  for doc in docs:
+    pending.append(doc)
+    pending_tokens += len(doc) + 2
+    if pending_tokens >= chunk_tokens:
+      take_pending()
+      block = full_rows()
+      if block is not None:
+        yield block
+  if pending:
+    take_pending()
+  block = full_rows()
+  if block is not None:
+    yield block
+  if windows and emitted:
+    return  # the tail shorter than a window is dropped, as pack() does
+  if len(buf_tok):  # the last, padded row
+    pad = row_len - len(buf_tok)
+    tokens_L = np.concatenate([buf_tok, np.full(pad, pad_id, np.int32)])
+    doc_L = np.concatenate([buf_doc, np.full(pad, -1, np.int64)])
+    segments_L = np.where(doc_L >= 0, doc_L - doc_L[0] + 1, 0).astype(np.int32)
+    yield tokens_L[None], segments_L[None]
+
+
+class ShardWriter:
+  """Rows into ArrayRecord files `<prefix>-00000.array_record`, ... of at most
+  `rows_per_shard` rows each, every shard written as soon as it fills (written in
+  `write_rows`' record format). `close()` returns the shard file names in order."""
+
+  def __init__(self, directory: pathlib.Path, prefix: str, rows_per_shard: int):
+    if rows_per_shard < 1:
+      raise ValueError(f'rows_per_shard={rows_per_shard} must be >= 1')
+    self.directory, self.prefix, self.rows_per_shard = directory, prefix, rows_per_shard
+    self.names: list[str] = []
+    self.rows = 0
+    self._writer = None
+    self._in_shard = 0
+
+  def write(self, tokens_NL: np.ndarray, segments_NL: np.ndarray) -> None:
+    for tokens_L, segments_L in zip(tokens_NL.astype('<i4'), segments_NL.astype('<i4'),
+                                    strict=True):
+      if self._writer is None:
+        self.names.append(f'{self.prefix}-{len(self.names):05d}.array_record')
+        self._writer = array_record_module.ArrayRecordWriter(
+            str(self.directory / self.names[-1]), 'group_size:1')
+      self._writer.write(tokens_L.tobytes() + segments_L.tobytes())
+      self.rows += 1
+      self._in_shard += 1
+      if self._in_shard == self.rows_per_shard:
+        self._close_shard()
+
+  def _close_shard(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+    self._writer, self._in_shard = None, 0
+
+  def close(self) -> list[str]:
+    self._close_shard()
+    return list(self.names)
 
 
 def write_rows(path: pathlib.Path, tokens_NL: np.ndarray, segments_NL: np.ndarray) -> None:

@@ -5,14 +5,26 @@ Cache layout, each entry built in a temp dir and renamed into place (lm/data/cac
   <cache_dir>/<source>-<hash of source config>/
     documents/                     TFDS data_dir: lm_documents/1.0.0/*.array_record, + meta.json
     tokenizer-<tok key>/           tokenizer.json (+ spm.model | chars.json)
-    packed-<tok key>-<seq_len>/    {train,validation}.array_record, meta.json
+    packed-<tok key>-<seq_len>/    {train,validation}-NNNNN.array_record shards, meta.json
+                                   (caches written before shards: {train,validation}.array_record)
 
 A second call with the same config only stats the source files and reads meta.json.
+
+Every step streams, so memory does not grow with the corpus: the source is read a
+document at a time (once to split it, keeping a number per document, then once per
+split while TFDS writes it); the tokenizer streams the training split (sentencepiece
+keeps only its max_train_chars sample); packing reads documents by index in the fixed
+shuffled order, tokenizes them PACK_BATCH_DOCS at a time, packs them into rows as they
+come (packing.pack_stream) and writes shards of at most ROWS_PER_SHARD_BYTES as they
+fill. The rows are those `packing.pack` gives the whole split in memory.
+
+Multi-host: every host opens the shards and reads only its own rows (the loader's
+index order, process p taking rows p, p+P, ...: lm/data/loader.py), by random access.
 """
 
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -23,6 +35,8 @@ from lm.data.tokenizers import Tokenizer
 
 FORMAT = 1  # bump when the on-disk layout changes, so old caches are not reused
 Log = Callable[[str], None]
+PACK_BATCH_DOCS = 256  # documents tokenized at once while packing
+ROWS_PER_SHARD_BYTES = 256 << 20  # a packed shard holds at most this many bytes of rows
 
 
 class PreparedData:
@@ -38,32 +52,31 @@ class PreparedData:
     self.seq_len = seq_len
     self.stats = stats
     self.tokenizer = tokenizer
-    self._val_texts: list[str] | None = None
 
-  def split_path(self, split_name: str) -> pathlib.Path:
+  def split_paths(self, split_name: str) -> list[pathlib.Path]:
+    """The ArrayRecord shards of a packed split, in row order."""
     if split_name not in split.SPLITS:
       raise DataError(f'split {split_name!r}: expected one of {split.SPLITS}')
-    return self.packed_path / f'{split_name}.array_record'
+    names = self.stats.get(f'{split_name}_shards') or [f'{split_name}.array_record']
+    return [self.packed_path / name for name in names]
 
   def train_iterator(self, batch_size: int, seed: int, process_index: int = 0,
                      process_count: int = 1) -> loader.TrainIterator:
     """Endless shuffled training batches for this process (see lm/data/loader.py)."""
-    return loader.TrainIterator(self.split_path('train'), batch_size=batch_size, seed=seed,
+    return loader.TrainIterator(self.split_paths('train'), batch_size=batch_size, seed=seed,
                                 process_index=process_index, process_count=process_count)
 
   def eval_batches(self, batch_size: int, num_batches: int, process_index: int = 0,
                    process_count: int = 1) -> list[dict[str, np.ndarray]]:
     """The same validation batches on every call (no shuffle)."""
-    return loader.eval_batches(self.split_path('validation'), batch_size=batch_size,
+    return loader.eval_batches(self.split_paths('validation'), batch_size=batch_size,
                                num_batches=num_batches, process_index=process_index,
                                process_count=process_count)
 
   def val_text_sample(self, num_chars: int) -> str:
     """The first `num_chars` characters of the validation text (documents in order)."""
-    if self._val_texts is None:
-      self._val_texts = store.read_texts(self.docs_dir, 'validation')
     out, n = [], 0
-    for text in self._val_texts:
+    for text in store.iter_texts(self.docs_dir, 'validation'):
       if n >= num_chars:
         break
       out.append(text[:num_chars - n])
@@ -72,7 +85,7 @@ class PreparedData:
 
   def rows(self, split_name: str) -> np.ndarray:
     """[N, 2, seq_len + 1] int32: every packed row (tokens, segments) in stored order."""
-    return loader.read_all(self.split_path(split_name))
+    return loader.read_all(self.split_paths(split_name))
 
 
 def check_config(cfg: Any, seq_len: int) -> None:
@@ -117,7 +130,7 @@ def prepare(data_cfg: Any, seq_len: int | None = None, log: Log = print) -> Prep
   if not tok_dir.is_dir():
     start = time.perf_counter()
     with cache.atomic_dir(tok_dir) as tmp:
-      tokenizers.train(data_cfg.tokenizer, store.read_texts(docs_dir, 'train'), tmp, log)
+      tokenizers.train(data_cfg.tokenizer, lambda: store.iter_texts(docs_dir, 'train'), tmp, log)
     log(f'[data] tokenizer {tok_key} built in {time.perf_counter() - start:.1f}s')
   tokenizer = tokenizers.load(tok_dir)
 
@@ -142,19 +155,33 @@ def prepare(data_cfg: Any, seq_len: int | None = None, log: Log = print) -> Prep
 
 def _build_documents(cfg: Any, identity: dict[str, Any], docs_dir: pathlib.Path, log: Log) -> None:
   start = time.perf_counter()
-  corpus = sources.read(cfg)
-  splits = split.split_documents(corpus.documents, cfg.split, cfg.val_fraction)
-  stats: dict[str, Any] = {'replaced_bytes': corpus.replaced_bytes}
-  for name, docs in splits.items():
-    stats[f'{name}_docs'] = len(docs)
-    stats[f'{name}_chars'] = sum(len(d.text) for d in docs)
-    stats[f'{name}_bytes'] = sum(len(d.text.encode('utf-8')) for d in docs)
+  counts = {'replaced_bytes': 0}
+  first = [True]
+
+  def documents() -> Iterator[sources.Document]:  # the source, streamed (once per pass)
+    count = counts if first[0] else None
+    first[0] = False
+    return sources.stream(cfg, count)
+
+  splits = split.stream_splits(documents, cfg.split, cfg.val_fraction)
+  stats: dict[str, Any] = {'replaced_bytes': counts['replaced_bytes']}
+
+  def counted(name: str) -> Callable[[], Iterator[sources.Document]]:
+    def gen() -> Iterator[sources.Document]:
+      docs = chars = nbytes = 0
+      for d in splits[name]():
+        docs, chars, nbytes = docs + 1, chars + len(d.text), nbytes + len(d.text.encode('utf-8'))
+        yield d
+      stats.update({f'{name}_docs': docs, f'{name}_chars': chars, f'{name}_bytes': nbytes})
+    return gen
   with cache.atomic_dir(docs_dir) as tmp:
-    store.write(splits, tmp)
+    store.write({name: counted(name) for name in split.SPLITS}, tmp)
+    stats = {k: stats[k] for k in ['replaced_bytes'] + [
+        f'{n}_{f}' for n in split.SPLITS for f in ('docs', 'chars', 'bytes')]}
     cache.write_json(tmp / 'meta.json', {'identity': identity, 'stats': stats})
-  log(f'[data] read {len(corpus.documents)} documents '
+  log(f'[data] read {stats["train_docs"] + stats["validation_docs"]} documents '
       f'({(stats["train_chars"] + stats["validation_chars"]) / 1e6:.1f}M chars, '
-      f'{corpus.replaced_bytes} non-UTF-8 bytes replaced) from {sources.label(cfg)}; '
+      f'{stats["replaced_bytes"]} non-UTF-8 bytes replaced) from {sources.label(cfg)}; '
       f'{cfg.split} split: {stats["train_docs"]} train / {stats["validation_docs"]} validation; '
       f'written as TFDS ArrayRecord in {time.perf_counter() - start:.1f}s')
 
@@ -163,27 +190,45 @@ def _build_packed(tokenizer: Tokenizer, docs_dir: pathlib.Path, packed_dir: path
                   seq_len: int, log: Log, train_stride: int = 0) -> None:
   start = time.perf_counter()
   meta: dict[str, Any] = {}
+  rows_per_shard = max(1, ROWS_PER_SHARD_BYTES // (8 * (seq_len + 1)))
   with cache.atomic_dir(packed_dir) as tmp:
     for name in split.SPLITS:
-      texts = store.read_texts(docs_dir, name)
-      ids = tokenizer.encode_batch(texts)
-      order = packing.document_order(len(ids))
-      tokens_NL, segments_NL = packing.pack([ids[i] for i in order], seq_len,
-                                            tokenizer.bos_id, tokenizer.eos_id,
-                                            stride=train_stride if name == 'train' else 0)
-      num_tokens = sum(len(x) + 2 for x in ids)
+      texts = store.TextSource(docs_dir, name)
+      counts = {'docs': 0, 'tokens': 0, 'bytes': 0, 'unk': 0}
+      unk_id = getattr(tokenizer, 'unk_id', None)
+
+      def token_arrays(texts=texts, counts=counts, unk_id=unk_id) -> Iterator[np.ndarray]:
+        order = packing.document_order(len(texts))
+        for b in range(0, len(order), PACK_BATCH_DOCS):
+          batch = [texts[int(i)] for i in order[b:b + PACK_BATCH_DOCS]]
+          ids = tokenizer.encode_batch(batch)
+          counts['docs'] += len(ids)
+          counts['tokens'] += sum(len(x) + 2 for x in ids)
+          counts['bytes'] += sum(len(t.encode('utf-8')) for t in batch)
+          if unk_id is not None:
+            counts['unk'] += int(sum(int(np.sum(x == unk_id)) for x in ids))
+          yield from ids
+
+      writer = packing.ShardWriter(tmp, name, rows_per_shard)
+      for tokens_NL, segments_NL in packing.pack_stream(
+          token_arrays(), seq_len, tokenizer.bos_id, tokenizer.eos_id,
+          stride=train_stride if name == 'train' else 0):
+        writer.write(tokens_NL, segments_NL)
+      shards = writer.close()
+      num_tokens = counts['tokens']
       if num_tokens < seq_len + 1:
         raise DataError(f'the {name} split has {num_tokens} tokens, fewer than one row of '
                         f'seq_len + 1 = {seq_len + 1}; raise data.val_fraction or lower '
                         'data.seq_len')
-      packing.write_rows(tmp / f'{name}.array_record', tokens_NL, segments_NL)
-      num_bytes = sum(len(t.encode('utf-8')) for t in texts)
       meta[f'{name}_tokens'] = num_tokens
-      meta[f'{name}_rows'] = len(tokens_NL)
-      meta[f'{name}_bytes_per_token'] = round(num_bytes / max(1, num_tokens - 2 * len(ids)), 4)
-      if getattr(tokenizer, 'unk_id', None) is not None:
-        meta[f'{name}_unk_tokens'] = int(sum(int(np.sum(x == tokenizer.unk_id)) for x in ids))
+      meta[f'{name}_rows'] = writer.rows
+      meta[f'{name}_shards'] = shards
+      meta[f'{name}_bytes_per_token'] = round(
+          counts['bytes'] / max(1, num_tokens - 2 * counts['docs']), 4)
+      if unk_id is not None:
+        meta[f'{name}_unk_tokens'] = counts['unk']
     cache.write_json(tmp / 'meta.json', meta)
   log(f'[data] tokenized and packed into rows of {seq_len + 1} tokens in '
-      f'{time.perf_counter() - start:.1f}s: train {meta["train_rows"]} rows, validation '
-      f'{meta["validation_rows"]} rows ({meta["train_bytes_per_token"]} bytes/token)')
+      f'{time.perf_counter() - start:.1f}s: train {meta["train_rows"]} rows in '
+      f'{len(meta["train_shards"])} shard(s), validation {meta["validation_rows"]} rows '
+      f'({meta["train_bytes_per_token"]} bytes/token)')

@@ -15,6 +15,7 @@ import os
 import pathlib
 import sys
 import sysconfig
+from collections.abc import Iterator
 from typing import Any
 
 import tensorflow_datasets as tfds
@@ -155,34 +156,46 @@ def label(cfg: Any) -> str:
 
 def read(cfg: Any) -> Corpus:
   """All non-empty documents of the source, in a stable order (at most cfg.max_docs)."""
+  counts = {'replaced_bytes': 0}
+  docs = list(stream(cfg, counts))
+  return Corpus(docs, counts['replaced_bytes'])
+
+
+def stream(cfg: Any, counts: dict[str, int] | None = None) -> Iterator[Document]:
+  """`read(cfg).documents` one at a time (a file is read when its turn comes); adds the
+  non-UTF-8 bytes replaced to counts['replaced_bytes']. Each call reads the source again."""
+  counts = {'replaced_bytes': 0} if counts is None else counts
   if cfg.source == 'stdlib':
-    corpus = _read_files(stdlib_files(), cfg.jsonl_field, cfg.max_docs)
+    docs = _stream_files(stdlib_files(), cfg.jsonl_field, cfg.max_docs, counts)
     where = f'the stdlib at {stdlib_root()}'
   elif cfg.source == 'text':
-    corpus = _read_files(text_files(cfg.path), cfg.jsonl_field, cfg.max_docs)
+    docs = _stream_files(text_files(cfg.path), cfg.jsonl_field, cfg.max_docs, counts)
     where = f'data.path={cfg.path!r}'
   else:
     describe(cfg)  # argument checks
-    corpus = _read_tfds(cfg)
+    docs = _stream_tfds(cfg, counts)
     where = f'data.tfds_name={cfg.tfds_name!r}'
-  if not corpus.documents:
+  empty = True
+  for doc in docs:
+    empty = False
+    yield doc
+  if empty:
     raise DataError(f'{where} holds no non-empty text; point data.path at a corpus with text')
-  return corpus
 
 
-def _read_files(files: list[tuple[str, pathlib.Path]], jsonl_field: str, max_docs: int) -> Corpus:
-  docs: list[Document] = []
-  replaced = 0
+def _stream_files(files: list[tuple[str, pathlib.Path]], jsonl_field: str, max_docs: int,
+                  counts: dict[str, int]) -> Iterator[Document]:
+  n = 0
   for name, path in files:
-    text, n = decode_utf8(path.read_bytes())
-    replaced += n
-    if path.suffix == '.jsonl':
-      docs.extend(_jsonl_documents(name, path, text, jsonl_field))
-    elif text:
-      docs.append(Document(name, text))
-    if max_docs and len(docs) >= max_docs:
-      return Corpus(docs[:max_docs], replaced)
-  return Corpus(docs, replaced)
+    text, replaced = decode_utf8(path.read_bytes())
+    counts['replaced_bytes'] += replaced
+    file_docs = (_jsonl_documents(name, path, text, jsonl_field) if path.suffix == '.jsonl'
+                 else [Document(name, text)] if text else [])
+    for doc in file_docs:
+      yield doc
+      n += 1
+      if max_docs and n >= max_docs:
+        return
 
 
 def _jsonl_documents(name: str, path: pathlib.Path, text: str, field: str) -> list[Document]:
@@ -206,7 +219,7 @@ def _jsonl_documents(name: str, path: pathlib.Path, text: str, field: str) -> li
   return docs
 
 
-def _read_tfds(cfg: Any) -> Corpus:
+def _stream_tfds(cfg: Any, counts: dict[str, int]) -> Iterator[Document]:
   """Documents of a TFDS dataset's split (downloads and prepares it the first time)."""
   try:
     source = tfds.data_source(cfg.tfds_name, split=cfg.tfds_split,
@@ -219,7 +232,6 @@ def _read_tfds(cfg: Any) -> Corpus:
     raise DataError(f'data.tfds_name={cfg.tfds_name!r} (split data.tfds_split='
                     f'{cfg.tfds_split!r}) could not be loaded: {e}') from e
   n = len(source) if not cfg.max_docs else min(len(source), cfg.max_docs)
-  docs, replaced = [], 0
   for i in range(n):
     example = source[i]
     if cfg.tfds_text_feature not in example:
@@ -227,7 +239,6 @@ def _read_tfds(cfg: Any) -> Corpus:
                       f'of {cfg.tfds_name}; it has {sorted(example)}')
     value = example[cfg.tfds_text_feature]
     text, k = decode_utf8(value) if isinstance(value, bytes) else (str(value), 0)
-    replaced += k
+    counts['replaced_bytes'] += k
     if text:
-      docs.append(Document(f'{cfg.tfds_split}/{i}', text))
-  return Corpus(docs, replaced)
+      yield Document(f'{cfg.tfds_split}/{i}', text)

@@ -148,9 +148,8 @@ def check(config: ml_collections.ConfigDict) -> Clean:
   from configs import clean as clean_defaults
   base = clean_defaults.get_config()
   known, have = set(keys.all_keys(base)), set(keys.all_keys(config))
-  problems = [f"unknown key '{k}' (not in configs/clean.py)" +
-              (f"; did you mean '{c}'?" if (c := keys.closest(k, sorted(known))) else '')
-              for k in sorted(have - known) if k.rpartition('.')[0] not in have - known]
+  problems = [unknown_key(k, base) for k in sorted(have - known)
+              if k.rpartition('.')[0] not in have - known]
   problems += [f"missing key '{k}'; start from configs.clean.get_config() and override fields"
                for k in sorted(known - have) if k.rpartition('.')[0] not in known - have]
   if not problems:
@@ -163,6 +162,24 @@ def check(config: ml_collections.ConfigDict) -> Clean:
   if found:
     raise ConfigError(found)
   return cfg
+
+
+def unknown_key(key: str, base: ml_collections.ConfigDict | None = None) -> str:
+  """One line: the unknown dotted `key` (e.g. 'clean.minhash.n_gram'), the closest known
+  key, and the valid keys of its section in configs/clean.py."""
+  if base is None:
+    from configs import clean as clean_defaults
+    base = clean_defaults.get_config()
+  known = keys.all_keys(base)
+  parent = key.rpartition('.')[0]
+  while parent and not isinstance(keys.get(base, parent), ml_collections.ConfigDict):
+    parent = parent.rpartition('.')[0]  # inside an unknown section: the nearest known one
+  section = keys.get(base, parent) if parent else base
+  close = keys.closest(key, [k for k in known if k.rpartition('.')[0] == parent]) or (
+      keys.closest(key, known))
+  return (f"unknown key '{key}' (not in configs/clean.py)"
+          + (f"; did you mean '{close}'?" if close else '')
+          + f"; valid keys of {parent or 'the config'}: {', '.join(section.keys())}")
 
 
 @frozen

@@ -225,7 +225,7 @@ def clean(cfg: Clean, log: Log = print) -> dict[str, Any]:
   cache.write_json(started, ident)
   tasks = min(cfg.tasks, len(files))
   cfg_run = cfg if tasks == cfg.tasks else _with_tasks(cfg, tasks)
-  input_bytes = sum(pathlib.Path(p).stat().st_size for _, p in files)
+  input_bytes = readers.input_bytes(files)
   log(f'[clean] {len(files)} input files ({input_bytes / 1e6:.1f} MB) in {tasks} shards, '
       f'{cfg.workers} workers -> {paths.root}')
   start = time.perf_counter()

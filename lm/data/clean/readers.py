@@ -11,6 +11,15 @@ train/validation split (lm/data/split.py) hashes the same names as data.source='
 
 WARC files go through warcio; the HTML of each `response` record becomes text with
 trafilatura (the extractor FineWeb uses), and records it finds no text in are counted.
+
+A dataset name reads a TFDS or Hugging Face dataset instead of files:
+`clean.input='tfds:NAME[@SPLIT]'` (e.g. 'tfds:wikipedia/20230601.en@train[:1%]'; TFDS
+prepares it the first time, which needs network and, for Beam builders, apache-beam) or
+`'hf:NAME[@SPLIT]'` (`datasets.load_dataset`, network the first time). It is listed as
+DATASET_SHARDS entries that the tasks share, each reading a contiguous block of rows by
+random access; the text is the `clean.text_key` feature, the id `NAME@SPLIT/row`. Its
+fingerprint is the name and split only (a changed remote dataset is not detected). These
+readers are not exercised by the tests beyond their errors (no network here).
 """
 
 import glob
@@ -31,6 +40,8 @@ from lm.data.clean.config import CleanError
 from lm.data.clean.steps import CODE, PROSE
 
 COMPRESSIONS = ('.gz', '.zst', '.zstd')
+DATASET_PREFIXES = ('tfds:', 'hf:')
+DATASET_SHARDS = 16  # entries a dataset name is listed as (tasks take blocks of them)
 FORMATS = ('text', 'jsonl', 'parquet', 'warc')
 
 
@@ -52,6 +63,13 @@ def list_inputs(path: str, suffixes: tuple[str, ...]) -> list[tuple[str, str]]:
   """Sorted (relative name, absolute path) of the input files; raises CleanError if none."""
   if path == 'stdlib':
     return [(name, str(p)) for name, p in sources.stdlib_files()]
+  if path.startswith(DATASET_PREFIXES):
+    kind, _, rest = path.partition(':')
+    name, _, split = rest.partition('@')
+    if not name:
+      raise CleanError(f"clean.input={path!r} names no dataset; give '{kind}:NAME[@SPLIT]'")
+    spec = f'{kind}:{name}@{split or "train"}'
+    return [(f'{spec}#{k:03d}', spec) for k in range(DATASET_SHARDS)]
   if not path:
     raise CleanError("clean.input is empty; give a file, directory or glob (or 'stdlib')")
   p = pathlib.Path(path).expanduser()
@@ -85,9 +103,21 @@ def fingerprint(files: list[tuple[str, str]]) -> str:
   """A hash of the input's names, sizes and modification times (cheap; no bytes read)."""
   h = hashlib.sha256()
   for name, path in files:
+    if is_dataset(name):
+      h.update(f'{name}\n'.encode())
+      continue
     st = os.stat(path)
     h.update(f'{name}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
   return h.hexdigest()[:16]
+
+
+def is_dataset(name: str) -> bool:
+  return name.startswith(DATASET_PREFIXES)
+
+
+def input_bytes(files: list[tuple[str, str]]) -> int:
+  """Bytes of the input files (a dataset name counts 0: its size is not known up front)."""
+  return sum(os.stat(p).st_size for n, p in files if not is_dataset(n))
 
 
 def shard(items: list, rank: int, world_size: int) -> list:
@@ -122,6 +152,14 @@ class FileReader(PipelineStep):
   def run(self, data: DocumentsPipeline = None, rank: int = 0,
           world_size: int = 1) -> DocumentsPipeline:
     for name, path in shard(self.files, rank, world_size):
+      if is_dataset(name):
+        self.stat_update('input_files')
+        for doc_id, text in self._dataset(name, path):
+          self.stat_update('documents')
+          doc = Document(text=text, id=doc_id, metadata={'file': path, 'kind': PROSE})
+          self.update_doc_stats(doc)
+          yield doc
+        continue
       fmt, compression = split_suffix(name)
       kind = CODE if _wanted(name, self.code_suffixes) else PROSE
       self.stat_update('input_files')
@@ -134,6 +172,45 @@ class FileReader(PipelineStep):
         doc = Document(text=text, id=doc_id, metadata={'file': name, 'kind': kind, **extra})
         self.update_doc_stats(doc)
         yield doc
+
+  def _dataset(self, name: str, spec: str) -> Iterator[tuple[str, str]]:
+    """Rows of this entry's block of a 'tfds:NAME@SPLIT' / 'hf:NAME@SPLIT' dataset."""
+    kind, _, rest = spec.partition(':')
+    dataset, _, split = rest.rpartition('@')
+    k = int(name.rpartition('#')[2])
+    where = f'clean.input={spec!r}'
+    try:
+      if kind == 'tfds':
+        import tensorflow_datasets as tfds
+        try:
+          source = tfds.data_source(dataset, split=split,
+                                    builder_kwargs={'file_format': 'array_record'})
+        except tfds.core.registered.DatasetNotFoundError:
+          raise CleanError(f'{where}: {dataset!r} is not a TFDS dataset; see '
+                           'https://www.tensorflow.org/datasets/catalog') from None
+      else:
+        try:
+          import datasets
+        except ImportError:
+          raise CleanError(f'{where} needs the Hugging Face datasets library: pip install '
+                           'datasets') from None
+        source = datasets.load_dataset(dataset, split=split)
+    except CleanError:
+      raise
+    except Exception as e:  # network, missing split, Beam, ...
+      raise CleanError(f'{where} could not be loaded ({type(e).__name__}: '
+                       f'{" ".join(str(e).split())[:300]}); it needs network the first time '
+                       '(and apache-beam for a TFDS Beam builder)') from e
+    n = len(source)
+    for i in range(k * n // DATASET_SHARDS, (k + 1) * n // DATASET_SHARDS):
+      row = source[i]
+      if self.text_key not in row:
+        raise CleanError(f'{where}: no feature {self.text_key!r} (clean.text_key); it has '
+                         f'{sorted(row)}')
+      value = row[self.text_key]
+      text = sources.decode_utf8(value)[0] if isinstance(value, bytes) else str(value)
+      if text.strip():
+        yield f'{spec}/{i}', text
 
   def _text(self, name: str, path: str, compression: str) -> Iterator[tuple[str, str, dict]]:
     with _open(path, compression) as f:

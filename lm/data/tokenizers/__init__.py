@@ -2,7 +2,7 @@
 
 import json
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from lm.data.cache import short_hash
@@ -54,20 +54,24 @@ def key(tok_cfg: Any) -> str:
   return f'sp-{tok_cfg.model_type}-{tok_cfg.vocab_size}-{short_hash(fields, 6)}'
 
 
-def train(tok_cfg: Any, train_texts: Sequence[str], directory: pathlib.Path,
-          log: Callable[[str], None]) -> None:
-  """Builds the tokenizer `tok_cfg` describes from the training texts into `directory`."""
+def train(tok_cfg: Any, train_texts: Sequence[str] | Callable[[], Iterable[str]],
+          directory: pathlib.Path, log: Callable[[str], None]) -> None:
+  """Builds the tokenizer `tok_cfg` describes from the training texts into `directory`.
+
+  `train_texts` may be a function returning a fresh iterator over them (streamed, read
+  as often as the kind needs; sentencepiece holds only its max_train_chars sample)."""
+  again = train_texts if callable(train_texts) else lambda: train_texts
   if tok_cfg.kind == 'sentencepiece':
-    chars = sum(len(t) for t in train_texts)
+    chars = sum(len(t) for t in again())
     log(f'[data] training sentencepiece {tok_cfg.model_type} (vocab {tok_cfg.vocab_size}) on '
         f'{min(chars, tok_cfg.max_train_chars or chars) / 1e6:.1f}M of {chars / 1e6:.1f}M chars')
     tokenizer: Tokenizer = SentencePieceTokenizer(spm.train(
-        train_texts, model_type=tok_cfg.model_type, vocab_size=tok_cfg.vocab_size,
+        again, model_type=tok_cfg.model_type, vocab_size=tok_cfg.vocab_size,
         max_chars=tok_cfg.max_train_chars))
   elif tok_cfg.kind == 'hf':
     tokenizer = HFTokenizer.from_hf_dir(tok_cfg.path)  # nothing to train: a copy
   elif tok_cfg.kind == 'char':
-    tokenizer = CharTokenizer.train(train_texts)
+    tokenizer = CharTokenizer.train(again())
   else:
     tokenizer = ByteTokenizer()
   tokenizer.save(directory)

@@ -10,7 +10,7 @@ spells it with its three byte pieces, which decode back to '▁'.
 
 import io
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,31 +26,39 @@ _SAMPLE_SEED = 20_240_917  # fixed: the tokenizer must not depend on the trainin
 _SPACE = '\u2581'
 
 
-def training_chunks(texts: Sequence[str], max_chars: int) -> list[str]:
-  """Texts cut into multi-line chunks; a deterministic sample of at most max_chars."""
-  chunks = []
+def _chunks(texts: Iterable[str]) -> Iterator[str]:
   for text in texts:
     current = ''
     for line in text.splitlines(keepends=True):
       while len(line) > CHUNK_CHARS:  # minified or binary-ish text
-        chunks.append(line[:CHUNK_CHARS])
+        yield line[:CHUNK_CHARS]
         line = line[CHUNK_CHARS:]
       if current and len(current) + len(line) > CHUNK_CHARS:
-        chunks.append(current)
+        yield current
         current = ''
       current += line
     if current:
-      chunks.append(current)
-  total = sum(len(c) for c in chunks)
-  if max_chars and total > max_chars:
-    order = np.random.default_rng(_SAMPLE_SEED).permutation(len(chunks))
-    lengths = np.array([len(c) for c in chunks])[order]
-    keep = np.sort(order[np.cumsum(lengths) <= max_chars])
-    chunks = [chunks[i] for i in keep]
-  return chunks
+      yield current
 
 
-def train(texts: Sequence[str], *, model_type: str, vocab_size: int, max_chars: int) -> bytes:
+def training_chunks(texts: Sequence[str] | Callable[[], Iterable[str]],
+                    max_chars: int) -> list[str]:
+  """Texts cut into multi-line chunks; a deterministic sample of at most max_chars.
+
+  `texts` may be a function returning a fresh iterator: then the texts are streamed
+  twice (chunk lengths, then the sampled chunks) and only the sample is held."""
+  again = texts if callable(texts) else lambda: texts
+  lengths = np.fromiter((len(c) for c in _chunks(again())), np.int64)
+  if not (max_chars and int(lengths.sum()) > max_chars):
+    return list(_chunks(again()))
+  order = np.random.default_rng(_SAMPLE_SEED).permutation(len(lengths))
+  keep = np.zeros(len(lengths), bool)
+  keep[order[np.cumsum(lengths[order]) <= max_chars]] = True
+  return [c for c, k in zip(_chunks(again()), keep, strict=True) if k]
+
+
+def train(texts: Sequence[str] | Callable[[], Iterable[str]], *, model_type: str,
+          vocab_size: int, max_chars: int) -> bytes:
   """Trains a model on `texts`; returns the serialized model."""
   chunks = training_chunks(texts, max_chars)
   model = io.BytesIO()

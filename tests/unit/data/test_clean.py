@@ -192,8 +192,17 @@ def test_config_problems_name_the_key(tmp_path):
   c = clean_defaults.get_config()
   c.clean.output = str(tmp_path)
   c.clean.minhash.num_buckest = 3
-  with pytest.raises(ConfigError, match="clean.minhash.num_buckest.*num_buckets"):
+  with pytest.raises(ConfigError, match="clean.minhash.num_buckest.*num_buckets") as e:
     clean_config.check(c)
+  assert str(e.value).count('\n') == 0 and str(e.value).endswith(
+      'valid keys of clean.minhash: enabled, hashes_per_bucket, n_grams, num_buckets, seed')
+  # On the command line: one line on stderr, not a traceback.
+  cli = subprocess.run([sys.executable, '-m', 'lm', 'clean', '--config.clean.minhsh.seed=1'],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert cli.returncode == 1 and 'Traceback' not in cli.stderr
+  assert cli.stderr.strip().splitlines()[-1].startswith(
+      "error: --config.clean.minhsh: unknown key 'clean.minhsh' (not in configs/clean.py); "
+      "did you mean 'clean.minhash'?; valid keys of clean: c4, code_suffixes, ")
   c = clean_defaults.get_config()
   c.clean.output = str(tmp_path)
   c.clean.tasks = 0
@@ -218,3 +227,21 @@ def test_trains_on_the_cleaned_dataset(cleaned, tmp_path):
   assert saved['data']['source'] == 'cleaned'
   assert meta['identity']['config_hash'] in json.dumps(
       json.loads((root / 'one' / 'meta.json').read_text())['identity'])
+
+
+def test_dataset_name_inputs_are_listed_and_fail_clearly(monkeypatch):
+  """TFDS / Hugging Face dataset names (no network here: only listing and the errors)."""
+  files = readers.list_inputs('tfds:no_such_dataset_xyz@validation', ())
+  assert len(files) == readers.DATASET_SHARDS and files[0] == (
+      'tfds:no_such_dataset_xyz@validation#000', 'tfds:no_such_dataset_xyz@validation')
+  assert readers.input_bytes(files) == 0 and len(readers.fingerprint(files)) == 16
+  reader = readers.FileReader(files[:1], 'text', ())
+  with pytest.raises(clean_config.CleanError, match="'no_such_dataset_xyz' is not a TFDS"):
+    list(reader.run(None, 0, 1))
+  monkeypatch.setitem(sys.modules, 'datasets', None)  # the library missing
+  hf = readers.FileReader(readers.list_inputs('hf:someone/corpus', ())[:1], 'text', ())
+  with pytest.raises(clean_config.CleanError, match=r"'hf:someone/corpus@train' needs the "
+                     'Hugging Face datasets library: pip install datasets'):
+    list(hf.run(None, 0, 1))
+  with pytest.raises(clean_config.CleanError, match='names no dataset'):
+    readers.list_inputs('hf:', ())

@@ -127,3 +127,54 @@ def test_stride_gives_overlapping_windows_with_their_own_segments():
     assert row.tolist() == stream[3 * n:3 * n + 8].tolist()
   assert segments_NL[0].tolist() == [1] * 8
   assert segments_NL[6].tolist() == [1, 1, 1, 1, 2, 2, 2, 2]  # the second document starts
+
+
+def _blocks(blocks) -> tuple[np.ndarray, np.ndarray]:
+  blocks = list(blocks)
+  return np.concatenate([t for t, _ in blocks]), np.concatenate([s for _, s in blocks])
+
+
+@pytest.mark.parametrize('seq_len,stride', [(4, 0), (7, 8), (7, 3), (5, 1), (16, 0), (40, 0),
+                                            (40, 7)])
+def test_pack_stream_equals_pack(seq_len, stride):
+  rng = np.random.default_rng(seq_len + stride)
+  docs = [rng.integers(3, 100, size=rng.integers(0, 30)).astype(np.int32) for _ in range(40)]
+  want = packing.pack(docs, seq_len, 1, 2, stride=stride)
+  for chunk in (1, 13, 100, 1 << 20):  # block boundaries anywhere, or one block
+    got = _blocks(packing.pack_stream(iter(docs), seq_len, 1, 2, stride=stride,
+                                      chunk_tokens=chunk))
+    assert got[0].dtype == got[1].dtype == np.int32
+    assert got[0].shape == want[0].shape
+    assert (got[0] == want[0]).all() and (got[1] == want[1]).all()
+  # A stream shorter than a row is one padded row, with or without a stride.
+  short = [np.array([5, 6], np.int32)]
+  for s in (0, 3):
+    got = _blocks(packing.pack_stream(iter(short), 8, 1, 2, stride=s, chunk_tokens=1))
+    assert got[0].tolist() == [[1, 5, 6, 2, 0, 0, 0, 0, 0]]
+
+
+def test_pack_stream_consumes_documents_lazily():
+  taken = [0]
+
+  def docs():
+    for _ in range(1000):
+      taken[0] += 1
+      if taken[0] > 12:
+        raise AssertionError('read past the first block')
+      yield np.arange(3, 13, dtype=np.int32)  # 12 tokens with bos/eos
+
+  blocks = packing.pack_stream(docs(), seq_len=11, bos_id=1, eos_id=2, chunk_tokens=48)
+  tokens_NL, _ = next(blocks)  # four documents fill four rows; nothing more is read
+  assert tokens_NL.shape == (4, 12) and taken[0] == 4
+
+
+def test_shard_writer_splits_rows_into_bounded_shards(tmp_path):
+  tokens_NL, segments_NL = _hand_made()
+  writer = packing.ShardWriter(tmp_path, 'train', rows_per_shard=3)
+  writer.write(tokens_NL[:2], segments_NL[:2])
+  writer.write(tokens_NL[2:], segments_NL[2:])
+  names = writer.close()
+  assert names == ['train-00000.array_record', 'train-00001.array_record'] and writer.rows == 4
+  assert [len(loader.read_all(tmp_path / n)) for n in names] == [3, 1]
+  rows_N2L = loader.read_all([tmp_path / n for n in names])  # indexed across the shards
+  assert (rows_N2L[:, 0] == tokens_NL).all() and (rows_N2L[:, 1] == segments_NL).all()

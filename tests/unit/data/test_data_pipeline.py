@@ -2,14 +2,17 @@
 
 import json
 import pathlib
+import sys
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from configs.default import get_config
-from lm.data import DataError, PreparedData, prepare, store
+from lm.data import DataError, PreparedData, packing, prepare, sources, split, store
 from lm.data.tokenizers import spm
+
+prepare_lib = sys.modules['lm.data.prepare']  # the module (lm.data.prepare is also the function)
 
 SEQ_LEN = 32
 
@@ -85,6 +88,53 @@ def test_packed_rows_hold_every_train_document(prepared, corpus):
   assert set(train_texts) | set(val_texts) == all_texts
 
 
+def _in_memory_rows(p: PreparedData, split_name: str, stride: int = 0) -> np.ndarray:
+  """The rows the whole split packed in memory gives (what prepare wrote before it streamed)."""
+  ids = p.tokenizer.encode_batch(store.read_texts(p.docs_dir, split_name))
+  order = packing.document_order(len(ids))
+  tokens_NL, segments_NL = packing.pack([ids[i] for i in order], p.seq_len, p.tokenizer.bos_id,
+                                        p.tokenizer.eos_id, stride=stride)
+  return np.stack([tokens_NL, segments_NL], axis=1)
+
+
+@pytest.mark.parametrize('method,stride', [('document', 0), ('tail', 5)])
+def test_streamed_preparation_equals_the_in_memory_one(corpus, tmp_path, monkeypatch, method,
+                                                       stride):
+  monkeypatch.setattr(prepare_lib, 'PACK_BATCH_DOCS', 7)  # many tokenize batches ...
+  monkeypatch.setattr(prepare_lib, 'ROWS_PER_SHARD_BYTES', 8 * (SEQ_LEN + 1) * 50)  # ... shards
+  cfg = _cfg(tmp_path, source='text', path=str(corpus), val_fraction=0.2, tok_kind='char',
+             split=method, train_row_stride=stride)
+  p = prepare(cfg, seq_len=SEQ_LEN, log=lambda _: None)
+  docs = sources.read(cfg).documents
+  for name, want in split.split_documents(docs, method, 0.2).items():
+    assert store.read_texts(p.docs_dir, name) == [d.text for d in want]
+    assert list(store.iter_texts(p.docs_dir, name)) == [d.text for d in want]  # stored in order
+    assert p.stats[f'{name}_docs'] == len(want)
+    assert p.stats[f'{name}_bytes'] == sum(len(d.text.encode()) for d in want)
+  assert len(p.stats['train_shards']) == -(-p.stats['train_rows'] // 50) > 1
+  assert [q.name for q in p.split_paths('train')] == p.stats['train_shards']
+  assert np.array_equal(p.rows('train'), _in_memory_rows(p, 'train', stride))
+  assert np.array_equal(p.rows('validation'), _in_memory_rows(p, 'validation'))
+  # The loaders read across the shards: every row, in the single-shard order.
+  it = p.train_iterator(batch_size=p.stats['train_rows'], seed=0)
+  assert _row_keys(next(it)) == _row_keys(packing.rows_to_batch(p.rows('train')))
+
+
+def test_rows_of_a_cache_written_before_shards_are_read(prepared, tmp_path):
+  legacy = tmp_path / 'packed'
+  legacy.mkdir()
+  for name in split.SPLITS:
+    rows_N2L = prepared.rows(name)
+    packing.write_rows(legacy / f'{name}.array_record', rows_N2L[:, 0], rows_N2L[:, 1])
+  stats = {k: v for k, v in prepared.stats.items() if not k.endswith('_shards')}
+  old = PreparedData(root=prepared.root, tokenizer=prepared.tokenizer,
+                     tokenizer_path=prepared.tokenizer_path, packed_path=legacy,
+                     seq_len=SEQ_LEN, stats=stats)
+  assert np.array_equal(old.rows('train'), prepared.rows('train'))
+  assert _row_keys(next(old.train_iterator(batch_size=4, seed=1))) == _row_keys(
+      next(prepared.train_iterator(batch_size=4, seed=1)))
+
+
 def test_second_prepare_reuses_the_cache(corpus, tmp_path, monkeypatch):
   cfg = _cfg(tmp_path, source='text', path=str(corpus), val_fraction=0.2,
              tok_vocab_size=400, tok_kind='sentencepiece')
@@ -96,6 +146,7 @@ def test_second_prepare_reuses_the_cache(corpus, tmp_path, monkeypatch):
   monkeypatch.setattr(spm, 'train', fail)
   monkeypatch.setattr(store, 'write', fail)
   monkeypatch.setattr('lm.data.packing.pack', fail)
+  monkeypatch.setattr('lm.data.packing.pack_stream', fail)
   second = prepare(cfg, seq_len=SEQ_LEN, log=lambda _: None)
   assert second.stats == first.stats and second.root == first.root
   with pytest.raises(AssertionError, match='rebuilt'):  # a new seq_len repacks ...
