@@ -44,6 +44,9 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the arrivals, prompts and lengt
                              'request i\'s sampling: seed + i).')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Requests sent one by one before the load, not '
                                'counted (they absorb first-request compiles).')
+_ROUNDS = flags.DEFINE_integer(
+    'rounds', 1, 'Send the same load this many times, one after another, to the same server '
+    'and report each round (a later round runs on shapes the first one compiled).')
 _API_KEY = flags.DEFINE_string('api_key', None, 'Bearer key, if the server wants one; '
                                'default: the LM_API_KEY environment variable.')
 _TIMEOUT_S = flags.DEFINE_float('timeout_s', 600.0, 'Client timeout of each request, seconds.')
@@ -72,6 +75,8 @@ def main(argv: list[str]) -> None:
   load.check()
   if _WARMUP.value < 0:
     raise UserError(f'--warmup={_WARMUP.value} must be >= 0')
+  if _ROUNDS.value < 1:
+    raise UserError(f'--rounds={_ROUNDS.value} must be >= 1')
   api_key = _API_KEY.value if _API_KEY.value is not None else os.environ.get('LM_API_KEY')
   server = None
   if _WORKDIR.value:
@@ -79,14 +84,17 @@ def main(argv: list[str]) -> None:
                                  log_path=_SERVER_LOG.value)
   try:
     client = loadgen.Client(server.url if server else _URL.value, api_key, _TIMEOUT_S.value)
-    report = loadgen.run(client, load, warmup=_WARMUP.value)
+    reports = [loadgen.run(client, load, warmup=_WARMUP.value if r == 0 else 0)
+               for r in range(_ROUNDS.value)]
   finally:
     if server is not None:
       server.stop()
   if _JSON.value:
-    print(json.dumps(report))
+    print(json.dumps(reports[0] if len(reports) == 1 else reports))
   else:
-    print(loadgen.table(report))
+    for r, report in enumerate(reports):
+      print(f'round {r + 1} of {len(reports)}:\n' if len(reports) > 1 else '', end='')
+      print(loadgen.table(report))
 
 
 def run() -> None:
