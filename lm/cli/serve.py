@@ -50,6 +50,11 @@ _STEPS_PER_CALL = flags.DEFINE_integer(
 _PREFILL_CHUNK = flags.DEFINE_integer(
     'prefill_chunk', 32, 'Continuous scheduler: prompt tokens prefilled per dispatch, '
     'between decode steps of the running requests.')
+_PREFIX_CACHE_MB = flags.DEFINE_float(
+    'prefix_cache_mb', 64.0, 'Continuous scheduler: MiB of device memory for the prefix '
+    'cache, which keeps the K/V of prompt blocks (--prefill_chunk tokens each) and reuses them '
+    'for later prompts that start the same way; least recently used blocks are evicted '
+    'beyond it; 0 turns it off.')
 _MAX_QUEUE = flags.DEFINE_integer(
     'max_queue', 256, 'Prompts that may wait for the scheduler; a request beyond it gets a 429.')
 _TIMEOUT_S = flags.DEFINE_float(
@@ -85,6 +90,8 @@ def _check_flags() -> None:
       raise UserError(f'--{flag.name}={flag.value} must be > 0 (seconds)')
   if not _BATCH_WAIT_MS.value >= 0:
     raise UserError(f'--batch_wait_ms={_BATCH_WAIT_MS.value} must be >= 0')
+  if not _PREFIX_CACHE_MB.value >= 0:
+    raise UserError(f'--prefix_cache_mb={_PREFIX_CACHE_MB.value} must be >= 0 (0 = off)')
   if _CACHE_LEN.value < 0:
     raise UserError(f'--cache_len={_CACHE_LEN.value} must be >= 0 (0 = the model max_len)')
   if _STEP.value is not None and _STEP.value < 0:
@@ -105,6 +112,7 @@ def main(argv: list[str]) -> None:
         model_name=_MODEL_NAME.value, warmup=_WARMUP.value, scheduler=_SCHEDULER.value,
         steps_per_call=_STEPS_PER_CALL.value, prefill_chunk=_PREFILL_CHUNK.value,
         max_queue=_MAX_QUEUE.value, timeout_s=_TIMEOUT_S.value,
+        prefix_cache_mb=_PREFIX_CACHE_MB.value if _SCHEDULER.value == 'continuous' else 0,
         log=lambda s: print(s, flush=True))
   except BaseException:
     sock.close()

@@ -85,6 +85,8 @@ class SlotDecoder:
     self._chunk = jax.jit(self._chunk_fn, donate_argnums=(1,) if donate else ())
     self._insert = jax.jit(self._insert_fn, donate_argnums=(0,) if donate else ())
     self._first = jax.jit(self._first_fn)
+    self._read = jax.jit(self._read_fn)
+    self._write = jax.jit(self._write_fn, donate_argnums=(0,) if donate else ())
     self._steps = jax.jit(self._steps_fn, static_argnums=(3,),
                           donate_argnums=(1,) if donate else ())
 
@@ -110,6 +112,14 @@ class SlotDecoder:
   def _insert_fn(self, cache, row, slot):
     return {name: jax.lax.dynamic_update_slice_in_dim(cache[name], row[name], slot, axis=1)
             for name in cache}
+
+  def _read_fn(self, row, start):
+    return {name: jax.lax.dynamic_slice_in_dim(row[name], start, self.chunk, axis=2)
+            for name in row}
+
+  def _write_fn(self, row, block, start):
+    return {name: jax.lax.dynamic_update_slice_in_dim(row[name], block[name], start, axis=2)
+            for name in row}
 
   def _first_fn(self, logits_V, seed, temperature, top_k, top_p):
     token = _draw(logits_V, jnp.int32(0), seed, temperature, top_k, top_p)
@@ -165,6 +175,21 @@ class SlotDecoder:
                       np.int32(sampling.top_k), np.float32(sampling.top_p))
     token, lp, top_lp, top_id = (np.asarray(x) for x in out)
     return int(token), float(lp), top_lp, top_id
+
+  def read_block(self, row, start: int) -> dict[str, jax.Array]:
+    """The K/V of positions start..start + chunk of a prefill row: {'k', 'v'}: [layers, 1,
+    chunk, K, H] (a block of the prefix cache)."""
+    return self._read(row, np.int32(start))
+
+  def write_block(self, row, block: dict[str, jax.Array], start: int):
+    """`row` with positions start..start + chunk replaced by `block` (from `read_block`)."""
+    return self._write(row, block, np.int32(start))
+
+  def block_bytes(self) -> int:
+    """Bytes of one block (K and V of `chunk` positions over every layer)."""
+    cfg = self.decoder.cfg
+    return (2 * cfg.num_layers * self.chunk * cfg.num_kv_heads * cfg.head_dim
+            * np.dtype(cfg.jnp_dtype).itemsize)
 
   def insert(self, cache, row, slot: int):
     return self._insert(cache, row, np.int32(slot))

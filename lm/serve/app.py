@@ -314,6 +314,7 @@ def create_app(service: Service) -> FastAPI:
     if req.stream:
       async def chunks():
         offsets = [len(prompt_text(i)) for i in range(len(rows))]
+        completion_tokens = 0
         async for index, event in events_of(rows, events):
           if isinstance(event, Failed):
             metrics.errors.labels('generation').inc()
@@ -327,9 +328,16 @@ def create_app(service: Service) -> FastAPI:
             text, reason = event.text, getattr(event, 'finish_reason', None)
             lp = protocol.logprobs_json(tok, event.scores, k, offsets[index]) if want else None
             offsets[index] += len(text)
+            completion_tokens += getattr(event, 'completion_tokens', 0)
           yield protocol.sse({'id': request_id, 'object': 'text_completion',
                               'created': created, 'model': service.model_name,
                               'choices': [protocol.choice_json(index, text, reason, lp)]})
+        if req.include_usage:
+          yield protocol.sse({'id': request_id, 'object': 'text_completion',
+                              'created': created, 'model': service.model_name, 'choices': [],
+                              'usage': {'prompt_tokens': prompt_tokens,
+                                        'completion_tokens': completion_tokens,
+                                        'total_tokens': prompt_tokens + completion_tokens}})
         metrics.latency.observe(time.perf_counter() - start)
         yield protocol.sse('[DONE]')
       return stream_response(COMPLETIONS, chunks())

@@ -17,6 +17,12 @@ string (seen here), a cancel (client gone). Slots rather than pages: the cache i
 [layers, slots, cache_len, K, H] array, every slot can hold the longest request, and
 the model's decode (a scatter at each row's positions) needs no block table (see
 docs/serving.md).
+
+With a `prefix_cache` (prefix_cache.py), a prompt's full blocks of `chunk` tokens are
+stored as they are prefilled, and a later prompt that starts with the same blocks gets
+their K/V copied into its row; its chunked prefill starts at the first block not held
+(at least its last token is always computed, for the logits of its first new token).
+Rows with `echo` compute their whole prompt, for its log-probabilities.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from lm.errors import InputError
 from lm.infer.sampling import SamplingConfig
 from lm.infer.slots import SlotDecoder, empty_state
 from lm.serve.batcher import Prompt, Row, Score, _Progress
+from lm.serve.prefix_cache import PrefixCache, block_keys
 
 log = logging.getLogger('lm.serve')
 _GREEDY = SamplingConfig(temperature=0.0)
@@ -45,6 +52,7 @@ class _Prefill:
   progress: _Progress
   row_cache: dict
   start: int = 0
+  keys: list = dataclasses.field(default_factory=list)  # prefix-cache keys of its blocks
   scores: list = dataclasses.field(default_factory=list)  # (lp, top_lp, top_id) per chunk
 
 
@@ -57,9 +65,13 @@ class Engine:
   """Runs rows through `slots` (a SlotDecoder) on a background thread; the Batcher's API."""
 
   def __init__(self, slots: SlotDecoder, params, tokenizer, *, steps_per_call: int = 4,
-               metrics=None):
+               metrics=None, prefix_cache: PrefixCache | None = None):
     if steps_per_call < 1:
       raise InputError(f'steps_per_call={steps_per_call} must be >= 1')
+    if prefix_cache is not None and prefix_cache.block != slots.chunk:
+      raise InputError(f'prefix cache block={prefix_cache.block} must equal the prefill '
+                       f'chunk={slots.chunk}')
+    self.prefix_cache = prefix_cache
     self.slots, self.params, self.tokenizer, self.metrics = slots, params, tokenizer, metrics
     self.max_batch, self.steps_per_call = slots.slots, steps_per_call
     self._queue: collections.deque[Row] = collections.deque()
@@ -116,6 +128,9 @@ class Engine:
     self._start_prefill(row)
     while self._prefill is not None:
       self._prefill_step()
+    if self.prefix_cache is not None:  # compiles the block copies out and in
+      scratch = self.slots.new_row()
+      self.slots.write_block(scratch, self.slots.read_block(scratch, 0), 0)
     self._decode(1)
     self._decode(self.steps_per_call)
     for i, p in enumerate(self._running):  # the warm-up row, if it is still there
@@ -165,7 +180,21 @@ class Engine:
 
   def _start_prefill(self, row: Row) -> None:
     progress = _Progress(row, self.tokenizer, self.tokenizer.eos_id)
-    self._prefill = _Prefill(progress, self.slots.new_row())
+    pf = self._prefill = _Prefill(progress, self.slots.new_row())
+    cache = self.prefix_cache
+    if cache is None:
+      return
+    pf.keys = block_keys(row.prompt_ids, self.slots.chunk)
+    if row.echo:  # its prompt's log-probabilities need every position computed
+      return
+    usable = pf.keys[:(len(row.prompt_ids) - 1) // self.slots.chunk]  # keep the last token
+    hits, misses = cache.hits, cache.misses
+    for i, block in enumerate(cache.lookup(usable)):
+      pf.row_cache = self.slots.write_block(pf.row_cache, block, i * self.slots.chunk)
+      pf.start = (i + 1) * self.slots.chunk
+    if self.metrics:
+      self.metrics.prefix_cache_hits.inc(cache.hits - hits)
+      self.metrics.prefix_cache_misses.inc(cache.misses - misses)
 
   def _prefill_step(self) -> None:
     pf = self._prefill
@@ -175,6 +204,12 @@ class Engine:
       return
     scores, last_V, pf.row_cache = self.slots.prefill_chunk(self.params, pf.row_cache,
                                                             row.prompt_ids, pf.start)
+    block = pf.start // self.slots.chunk
+    if block < len(pf.keys) and pf.keys[block] not in self.prefix_cache:
+      evictions = self.prefix_cache.evictions
+      self.prefix_cache.put(pf.keys[block], self.slots.read_block(pf.row_cache, pf.start))
+      if self.metrics:
+        self.metrics.prefix_cache_evictions.inc(self.prefix_cache.evictions - evictions)
     pf.start += self.slots.chunk
     if row.echo:
       pf.scores.append(scores)
@@ -270,6 +305,8 @@ class Engine:
       self._prefill.progress.fail(message)
       self._prefill = None
     self._cache = self.slots.new_cache()
+    if self.prefix_cache is not None:  # what it holds may come from what just failed
+      self.prefix_cache.clear()
 
   def _observe_first(self, row: Row) -> None:
     if self.metrics:
@@ -280,3 +317,9 @@ class Engine:
     if self.metrics:
       self.metrics.queued_prompts.set(len(self._queue))
       self.metrics.slots_busy.set(sum(p is not None for p in self._running))
+      if self.prefix_cache is not None:
+        cache = self.prefix_cache
+        self.metrics.prefix_cache_blocks.set(len(cache))
+        self.metrics.prefix_cache_bytes.set(cache.bytes)
+        looked = cache.hits + cache.misses
+        self.metrics.prefix_cache_hit_rate.set(cache.hits / looked if looked else 0.0)

@@ -56,5 +56,21 @@ class ServeMetrics:
     self.rejected = Counter('lm_serve_rejected', 'Requests refused before queueing, by reason '
                             '(queue_full 429, draining 503)', ['reason'], registry=r)
 
+    self.prefix_cache_hits = Counter(
+        'lm_serve_prefix_cache_hits', 'Prompt blocks whose K/V came from the prefix cache',
+        registry=r)
+    self.prefix_cache_misses = Counter(
+        'lm_serve_prefix_cache_misses', 'Full prompt blocks looked up and not held (computed)',
+        registry=r)
+    self.prefix_cache_evictions = Counter(
+        'lm_serve_prefix_cache_evictions', 'Blocks dropped (least recently used) to make room',
+        registry=r)
+    self.prefix_cache_hit_rate = Gauge(
+        'lm_serve_prefix_cache_hit_rate', 'hits / (hits + misses) since start', registry=r)
+    self.prefix_cache_blocks = Gauge('lm_serve_prefix_cache_blocks', 'Blocks held',
+                                     registry=r)
+    self.prefix_cache_bytes = Gauge('lm_serve_prefix_cache_bytes', 'Bytes of K/V held',
+                                    registry=r)
+
   def render(self) -> bytes:
     return generate_latest(self.registry)

@@ -23,8 +23,7 @@ DEFAULT_MAX_TOKENS = 16  # the OpenAI API's default
 EXAMPLE = '{"prompt": "Hello", "max_tokens": 16}'
 
 # Fields of the OpenAI completions API this server does not implement: named, not "unknown".
-UNSUPPORTED = ('best_of', 'frequency_penalty', 'logit_bias', 'presence_penalty',
-               'stream_options', 'suffix')
+UNSUPPORTED = ('best_of', 'frequency_penalty', 'logit_bias', 'presence_penalty', 'suffix')
 
 
 class RequestError(Exception):
@@ -60,6 +59,24 @@ class CompletionRequest:
   n: int = 1
   logprobs: int | None = None  # alternatives per token; None = no logprobs
   echo: bool = False
+  include_usage: bool = False  # stream_options.include_usage: a last chunk with the usage
+
+
+def _stream_options(v: Any, stream: bool) -> bool:
+  """include_usage of a stream_options object ({"include_usage": true})."""
+  if v is None:
+    return False
+  if not stream:
+    raise RequestError('stream_options is allowed only with "stream": true; remove it or '
+                       'stream', param='stream_options')
+  if not isinstance(v, dict) or set(v) - {'include_usage'}:
+    raise RequestError('stream_options must be an object with the one field include_usage, '
+                       f'got {json.dumps(v)[:100]}', param='stream_options')
+  usage = v.get('include_usage', False)
+  if not isinstance(usage, bool):
+    raise RequestError(f'stream_options.include_usage must be true or false, got '
+                       f'{_type_name(usage)} {usage!r}', param='stream_options')
+  return usage
 
 
 def _is_int(v: Any) -> bool:
@@ -252,11 +269,11 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
   """The validated request of a POST /v1/completions body; RequestError on any problem.
 
   Fields: prompt (required: text or token ids), max_tokens, temperature, top_p, top_k,
-  seed, stop, n, stream, logprobs, echo, model and user (accepted, not used). JSON null
-  means "the default"."""
+  seed, stop, n, stream, stream_options, logprobs, echo, model and user (accepted, not
+  used). JSON null means "the default"."""
   data = parse_json_object(body)
   known = ('prompt', 'max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'n',
-           'stream', 'logprobs', 'echo', 'model', 'user')
+           'stream', 'stream_options', 'logprobs', 'echo', 'model', 'user')
   for name in data:
     if name in UNSUPPORTED:
       raise RequestError(f'field {name!r} is not supported by this server; remove it',
@@ -277,7 +294,8 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
       max_tokens=_int_field(data, 'max_tokens', 0 if echo else 1, 1 << 20,
                             'tokens to generate per prompt; 0 only with echo'),
       logprobs=_int_field(data, 'logprobs', 0, MAX_LOGPROBS, 'alternatives per token'),
-      echo=echo)
+      echo=echo,
+      include_usage=_stream_options(data.get('stream_options'), bool(fields['stream'])))
   return CompletionRequest(prompts=prompts,
                            **{k: v for k, v in fields.items() if v is not None})
 

@@ -14,6 +14,11 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
 
+class StreamOptions(BaseModel):
+  include_usage: bool = Field(False, description='A last chunk, with no choices, carries the '
+                              'usage of the whole request.')
+
+
 class CompletionRequest(BaseModel):
   prompt: str | list[str] | list[int] | list[list[int]] = Field(
       description='Text, texts, token ids or lists of token ids (one choice set each).')
@@ -25,6 +30,7 @@ class CompletionRequest(BaseModel):
   stop: str | list[str] | None = Field(None, description='Up to 4 stop strings.')
   n: int = Field(1, ge=1, le=16, description='Choices per prompt.')
   stream: bool = False
+  stream_options: StreamOptions | None = Field(None, description='Only with stream.')
   logprobs: int | None = Field(None, ge=0, le=5, description='Alternatives per token.')
   echo: bool = Field(False, description="Return the prompt's tokens and logprobs first.")
   model: str | None = None

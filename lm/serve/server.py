@@ -22,6 +22,7 @@ from lm.serve.app import Service, create_app
 from lm.serve.batcher import Batcher
 from lm.serve.engine import Engine
 from lm.serve.metrics import ServeMetrics
+from lm.serve.prefix_cache import PrefixCache
 
 SCHEDULERS = ('continuous', 'static')
 
@@ -29,12 +30,14 @@ SCHEDULERS = ('continuous', 'static')
 def build(run: Run, *, cache_len: int = 0, max_batch: int = 8, batch_wait_s: float = 0.01,
           api_key: str | None = None, model_name: str | None = None, warmup: bool = True,
           scheduler: str = 'continuous', steps_per_call: int = 4, prefill_chunk: int = 32,
-          max_queue: int = 256, timeout_s: float = 600.0, mesh=None, rules=(),
+          max_queue: int = 256, timeout_s: float = 600.0, prefix_cache_mb: float = 64.0,
+          mesh=None, rules=(),
           log: Callable[[str], None] = print) -> tuple[FastAPI, Engine | Batcher]:
   """(app, scheduler) serving `run`: every request's context is `cache_len` tokens (0 = the
   model's max_len). `scheduler` 'continuous' runs `max_batch` decode slots (engine.py);
   'static' the batcher that runs each batch to its longest row (batcher.py). With `warmup`
-  every shape is compiled before it returns."""
+  every shape is compiled before it returns. `prefix_cache_mb` > 0 gives the continuous
+  scheduler a prefix cache of at most that many MiB (prefix_cache.py)."""
   if scheduler not in SCHEDULERS:
     raise UserError(f'scheduler={scheduler!r}; give one of {", ".join(SCHEDULERS)}')
   decoder = Decoder(run.model_def, cache_len=cache_len or run.model_def.cfg.max_len,
@@ -43,8 +46,17 @@ def build(run: Run, *, cache_len: int = 0, max_batch: int = 8, batch_wait_s: flo
   if scheduler == 'continuous':
     slots = SlotDecoder(decoder, slots=max_batch, eos_id=run.tokenizer.eos_id,
                         chunk=prefill_chunk)
+    prefix = None
+    if prefix_cache_mb > 0:
+      capacity = int(prefix_cache_mb * (1 << 20)) // slots.block_bytes()
+      if capacity < 1:
+        raise UserError(f'prefix_cache_mb={prefix_cache_mb} holds no block of '
+                        f'{slots.block_bytes()} bytes ({slots.chunk} tokens); give more, or '
+                        '0 to turn the prefix cache off')
+      prefix = PrefixCache(block=slots.chunk, capacity=capacity,
+                           block_bytes=slots.block_bytes())
     batcher = Engine(slots, run.params, run.tokenizer, steps_per_call=steps_per_call,
-                     metrics=metrics)
+                     metrics=metrics, prefix_cache=prefix)
     metrics.slots_total.set(max_batch)
   else:
     batcher = Batcher(decoder, run.params, run.tokenizer, max_batch=max_batch,

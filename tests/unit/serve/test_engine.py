@@ -204,3 +204,103 @@ def test_a_full_queue_is_a_429_draining_a_503_and_a_slow_request_a_504(tiny):
   text = metrics.render().decode()
   assert 'lm_serve_rejected_total{reason="queue_full"} 1.0' in text
   assert 'lm_serve_rejected_total{reason="draining"} 1.0' in text
+
+
+def _logprobs_run(engine, rows):
+  """Runs rows one after another: [(text, [Score])] of each."""
+  out = []
+  for ids, n in rows:
+    got = queue.Queue()
+    engine.submit([Row(ids, n, SamplingConfig(temperature=0.0), 0, (), got.put, logprobs=5)])
+    events = []
+    while not events or not isinstance(events[-1], Finished | Failed):
+      events.append(got.get(timeout=60))
+    assert isinstance(events[-1], Finished), events[-1]
+    out.append((''.join(e.text for e in events if isinstance(e, Text | Finished)),
+                [s for e in events if isinstance(e, Text) for s in e.scores]))
+  return out
+
+
+def test_a_prefix_cache_hit_gives_the_logits_and_tokens_of_a_cold_prefill(tiny, slot_decoder):
+  from lm.serve.metrics import ServeMetrics
+  from lm.serve.prefix_cache import PrefixCache
+
+  model_def, params, tokenizer = tiny
+  first = tokenizer.encode('the quick brown fox jumps over th')  # 33 tokens: 4 full blocks
+  second = first[:16] + tokenizer.encode('a lazy dog!')  # shares its first 2 blocks
+  sd = slot_decoder
+
+  # The logits after the prompt: blocks 0-1 copied from `first`'s row, against a cold row.
+  def prefill(prompt, row, start):
+    while True:
+      _, last_V, row = sd.prefill_chunk(params, row, prompt, start)
+      if last_V is not None:
+        return np.asarray(last_V)
+      start += sd.chunk
+  row = sd.new_row()
+  for start in range(0, 32, sd.chunk):
+    _, _, row = sd.prefill_chunk(params, row, first, start)
+  warm = sd.new_row()
+  for start in (0, 8):
+    warm = sd.write_block(warm, sd.read_block(row, start), start)
+  np.testing.assert_allclose(prefill(second, warm, 16), prefill(second, sd.new_row(), 0),
+                             atol=1e-5, rtol=0)
+
+  # Through the engine: the same tokens and log-probabilities as with no prefix cache.
+  metrics = ServeMetrics()
+  cache = PrefixCache(block=sd.chunk, capacity=16, block_bytes=sd.block_bytes())
+  cached = Engine(sd, params, tokenizer, steps_per_call=4, metrics=metrics, prefix_cache=cache)
+  cold = _engine(tiny, sd)
+  rows = [(first, 6), (second, 8), (second, 8)]
+  for engine in (cached, cold):
+    engine.start()
+  try:
+    got, want = _logprobs_run(cached, rows), _logprobs_run(cold, rows)
+  finally:
+    cached.stop()
+    cold.stop()
+  assert cold.prefix_cache is None
+  for (text, scores), (want_text, want_scores) in zip(got, want, strict=True):
+    assert text == want_text and len(scores) == len(want_scores) > 0
+    for s, w in zip(scores, want_scores, strict=True):
+      assert s.token == w.token and [t for t, _ in s.top] == [t for t, _ in w.top]
+      np.testing.assert_allclose([s.logprob] + [p for _, p in s.top],
+                                 [w.logprob] + [p for _, p in w.top], atol=1e-5, rtol=0)
+  # first (33 tokens): its 4 full blocks missed; second (27 tokens, 3 full blocks, none
+  # holding its last token): 2 hits and a miss; its repeat: 3 hits (the miss was stored).
+  assert (cache.hits, cache.misses) == (5, 5)
+  text = metrics.render().decode()
+  assert 'lm_serve_prefix_cache_hits_total 5.0' in text
+  assert 'lm_serve_prefix_cache_misses_total 5.0' in text
+  assert 'lm_serve_prefix_cache_hit_rate 0.5' in text
+  assert len(cache) == 5  # first's 4 blocks and the third block of second
+
+
+def test_the_prefix_cache_evicts_the_least_recently_used_within_its_bound(tiny, slot_decoder):
+  from lm.serve.prefix_cache import PrefixCache, block_keys
+
+  keys = block_keys(list(range(40)), 8)
+  assert len(keys) == 5 and len(set(keys)) == 5
+  assert block_keys(list(range(8)) + [99] * 8, 8)[0] == keys[0]
+  assert block_keys([99] * 8 + list(range(8, 16)), 8)[1] != keys[1]  # a key names its prefix
+  cache = PrefixCache(block=8, capacity=2)
+  cache.put(keys[0], {'b': 0})
+  cache.put(keys[1], {'b': 1})
+  assert cache.lookup(keys[:1]) == [{'b': 0}]  # block 0 is now the most recent
+  cache.put(keys[2], {'b': 2})
+  assert len(cache) == 2 and keys[1] not in cache and keys[0] in cache
+  assert cache.evictions == 1
+  assert cache.lookup(keys) == [{'b': 0}]  # stops at its first miss
+  with pytest.raises(Exception, match='capacity'):
+    PrefixCache(block=8, capacity=0)
+
+  # An engine whose store holds 2 blocks never holds more, however long the prompts.
+  _, params, tokenizer = tiny
+  small = PrefixCache(block=slot_decoder.chunk, capacity=2)
+  engine = Engine(slot_decoder, params, tokenizer, prefix_cache=small)
+  engine.start()
+  try:
+    _logprobs_run(engine, [(tokenizer.encode('x' * 40), 2), (tokenizer.encode('y' * 30), 2)])
+  finally:
+    engine.stop()
+  assert len(small) == 2 and small.evictions == 5 + 3 - 2

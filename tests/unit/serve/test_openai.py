@@ -64,10 +64,13 @@ def test_completions_and_their_streams(client, model):
   assert 2 <= out.usage.completion_tokens <= 20
   assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
   pieces = {0: '', 1: ''}
-  for chunk in client.completions.create(model='tiny', prompt=['the quick', 'lazy'],
-                                         max_tokens=10, temperature=0, stream=True):
+  chunks = list(client.completions.create(model='tiny', prompt=['the quick', 'lazy'],
+                                          max_tokens=10, temperature=0, stream=True,
+                                          stream_options={'include_usage': True}))
+  for chunk in chunks[:-1]:
     pieces[chunk.choices[0].index] += chunk.choices[0].text
   assert [pieces[0], pieces[1]] == [c.text for c in out.choices]
+  assert chunks[-1].choices == [] and chunks[-1].usage == out.usage  # include_usage
   seeded = [client.completions.create(model='tiny', prompt='the', max_tokens=8, n=2, seed=5)
             for _ in range(2)]
   texts = [[c.text for c in s.choices] for s in seeded]

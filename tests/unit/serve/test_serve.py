@@ -272,6 +272,10 @@ BAD_REQUESTS = [  # (raw body, status, the field the error names, words of the m
     (b'{"prompt": "hi", "temperature": "hot"}', 400, 'temperature', 'must be a number'),
     (b'{"prompt": "hi", "top_p": 0}', 400, 'top_p', 'out of range'),
     (b'{"prompt": "hi", "stream": "yes"}', 400, 'stream', 'true or false'),
+    (b'{"prompt": "hi", "stream_options": {"include_usage": true}}', 400, 'stream_options',
+     'only with "stream": true'),
+    (b'{"prompt": "hi", "stream": true, "stream_options": {"x": 1}}', 400, 'stream_options',
+     'the one field include_usage'),
     (b'{"prompt": "hi", "stop": [""]}', 400, 'stop', 'empty string'),
     (b'{"prompt": "hi", "n": 17}', 400, 'n', 'out of range'),
     (b'{"prompt": "hi", "seed": -3}', 400, 'seed', 'out of range'),
@@ -466,3 +470,36 @@ def test_the_load_generator_reports_throughput_and_batching(server, capsys):
   out = capsys.readouterr().out
   assert out.startswith('6 requests, concurrency 3, max_tokens 3: ')
   assert 'generated tokens/s' in out and float(re.search(r'mean batch (\S+)', out)[1]) >= 1
+
+
+def test_the_open_loop_load_generator_counts_add_up_and_hits_the_prefix_cache(server):
+  """`python -m lm bench_serve`'s library against the module's server: 5 Poisson arrivals
+  sharing a 34-token prefix (one 32-token block: the first request stores it, the other
+  four reuse it); the report's counts equal the server's own."""
+  from lm.serve import loadgen
+
+  client = loadgen.Client(f'http://127.0.0.1:{server.port}', API_KEY)
+  load = loadgen.Load(rate=20.0, requests=5, prompt_tokens=(1, 4), max_tokens=(1, 4),
+                      shared_prefix=34, seed=3)
+  before = server.request('GET', '/metrics', headers=AUTH)[1]
+  report = loadgen.run(client, load, warmup=0)
+  after = server.request('GET', '/metrics', headers=AUTH)[1]
+
+  def delta(name):
+    return _metric(after, name) - _metric(before, name)
+
+  assert (report['requests'], report['completed'], report['failed']) == (5, 5, 0), report
+  per = report['per_request']
+  info = client.get_json('/tokenizer_info')
+  planned = loadgen.plan(load, info['vocab_size'], (info['bos_token_id'], info['eos_token_id']))
+  assert report['completion_tokens'] == sum(r['completion_tokens'] for r in per)
+  assert report['completion_tokens'] == delta('lm_serve_generated_tokens_total')
+  assert report['prompt_tokens'] == delta('lm_serve_prompt_tokens_total')
+  for r, p in zip(per, planned, strict=True):
+    assert 1 <= r['completion_tokens'] <= p.max_tokens
+    assert r['prompt_tokens'] >= len(p.prompt) and 0 < r['ttft_s'] <= r['latency_s']
+  assert report['ttft_s']['p50'] <= report['ttft_s']['p99'] <= report['duration_s']
+  assert report['output_tokens_per_s'] == report['completion_tokens'] / report['duration_s']
+  assert (delta('lm_serve_prefix_cache_hits_total'),
+          delta('lm_serve_prefix_cache_misses_total')) == (4, 1)
+  assert '| TTFT p50 / p99 / mean |' in loadgen.table(report)
