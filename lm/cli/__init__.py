@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'plan': ('lm.cli.plan', 'parameters, FLOPs and memory per device of a config on a mesh'),
     'bench': ('lm.cli.bench', 'time the train step: tokens/s and MFU'),
     'bench_decode': ('lm.cli.bench_decode', 'time decoding: KV cache vs recomputation'),
+    'bench_attention': ('lm.cli.bench_attention', 'attention implementations: time, memory, MFU'),
     'sweep': ('lm.cli.sweep', 'train a grid of configs, one workdir each, and tabulate them'),
     'plot': ('lm.cli.plot', 'loss curves of several runs on one figure'),
     'inspect': ('lm.cli.inspect', 'attention maps, per-token loss and top-k predictions'),
