@@ -85,14 +85,12 @@ class Attention(nnx.Module):
     logits_BNTS = jnp.where(mask.dense(), logits_BNTS, -jnp.inf)
     return jax.nn.softmax(logits_BNTS, axis=-1)
 
-  def head_outputs(self, x_BTD: jax.Array, positions_BT: jax.Array, mask_B1TT: jax.Array
+  def head_outputs(self, x_BTD: jax.Array, positions_BT: jax.Array, mask: AttentionMask
                    ) -> jax.Array:
     """Every query head's output [B, T, N, H], what __call__ then projects with `out`
     (without dropout; lm.tools.prune scores the heads by it)."""
     q_BTNH, k_BTKH, v_BTKH = self._project(x_BTD, positions_BT)
-    implementation = None if self.cfg.attention == 'auto' else self.cfg.attention
-    return jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_B1TT,
-                                        implementation=implementation)
+    return self._heads(q_BTNH, k_BTKH, v_BTKH, mask)
 
   def _project(self, x_BTD: jax.Array, positions_BT: jax.Array):
     """q [B, T, N, H], k and v [B, T, K, H], with RoPE applied when configured."""
@@ -107,8 +105,12 @@ class Attention(nnx.Module):
       k_BTKH = rope(k_BTKH, positions_BT, cfg.rope_theta)
     return q_BTNH, k_BTKH, v_BTKH
 
-  def _attend(self, q_BTNH, k_BSKH, v_BSKH, mask: AttentionMask, dropout_key):
+  def _heads(self, q_BTNH, k_BSKH, v_BSKH, mask: AttentionMask) -> jax.Array:
+    """o [B, T, N, H] through the implementation `model.attention` resolves to here."""
     impl, _ = choose(self.cfg, jax.default_backend(), q_len=q_BTNH.shape[1],
                      kv_len=k_BSKH.shape[1], self_attention=mask.self_attention)
-    o_BTNH = attend(impl, q_BTNH, k_BSKH, v_BSKH, mask)
+    return attend(impl, q_BTNH, k_BSKH, v_BSKH, mask)
+
+  def _attend(self, q_BTNH, k_BSKH, v_BSKH, mask: AttentionMask, dropout_key):
+    o_BTNH = self._heads(q_BTNH, k_BSKH, v_BSKH, mask)
     return dropout(self.out(o_BTNH), self.cfg.dropout, dropout_key)
