@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lm.errors import ConfigError
 from lm.model.attention_blockwise import blockwise_attention
@@ -37,11 +38,15 @@ DENSE_MAX_SCORE_BYTES = 64 * 2**20
 DENSE_MAX_LEN = 2048
 
 
-def choose(cfg, platform: str, *, q_len: int, kv_len: int, self_attention: bool = True
+def choose(cfg, platform: str, *, q_len, kv_len, self_attention: bool = True
            ) -> tuple[str, str]:
   """(implementation, why) for `cfg.attention` on `platform` ('cpu' | 'gpu' | 'tpu') and
-  these lengths. An explicit choice the platform cannot run is a ConfigError naming
-  model.attention (raised while tracing, before anything compiles)."""
+  these lengths. An explicit choice the platform or the model cannot run is a ConfigError
+  naming model.attention (raised while tracing, before anything compiles).
+
+  A length may be symbolic (jax.export's shape polymorphism, e.g. any prompt length): its
+  size is then unknown and 'auto' takes the dense XLA path, the one that traces for any
+  length (as the exported decode always did); an explicit choice is kept."""
   want = cfg.attention
   if want not in IMPLEMENTATIONS:
     raise ConfigError(f'model.attention={want!r} is not one of {", ".join(IMPLEMENTATIONS)}.')
@@ -50,11 +55,18 @@ def choose(cfg, platform: str, *, q_len: int, kv_len: int, self_attention: bool 
     raise ConfigError(
         f"model.attention={want!r} runs on {need.upper()}s only, but this is {platform}; use "
         "model.attention='auto' (blockwise or dense XLA here) or 'blockwise'.")
-  score_bytes = cfg.num_heads * q_len * kv_len * 4
-  dense_ok = score_bytes <= DENSE_MAX_SCORE_BYTES and q_len <= DENSE_MAX_LEN
-  fallback = (('xla', f'dense scores {score_bytes / 2**20:.1f} MiB per row are small')
-              if dense_ok else
-              ('blockwise', f'dense scores would be {score_bytes / 2**20:.1f} MiB per row'))
+  if want in ('cudnn', 'flash'):
+    problem = kernel_problem(want, cfg)
+    if problem:
+      raise ConfigError(problem)
+  if not (_is_int(q_len) and _is_int(kv_len)):
+    fallback = ('xla', 'symbolic lengths (jax.export): dense XLA, which traces for any length')
+  else:
+    score_bytes = cfg.num_heads * q_len * kv_len * 4
+    dense_ok = score_bytes <= DENSE_MAX_SCORE_BYTES and q_len <= DENSE_MAX_LEN
+    fallback = (('xla', f'dense scores {score_bytes / 2**20:.1f} MiB per row are small')
+                if dense_ok else
+                ('blockwise', f'dense scores would be {score_bytes / 2**20:.1f} MiB per row'))
   if want in ('xla', 'blockwise'):
     return want, 'model.attention'
   if want in ('cudnn', 'flash'):
@@ -62,17 +74,38 @@ def choose(cfg, platform: str, *, q_len: int, kv_len: int, self_attention: bool 
       return fallback[0], f'{want} takes no KV-cache decode layout; {fallback[1]}'
     return want, 'model.attention'
   # auto
-  if platform == 'gpu' and self_attention and cudnn_fits(cfg):
+  if platform == 'gpu' and self_attention and not kernel_problem('cudnn', cfg):
     return 'cudnn', 'auto on GPU: cuDNN fused attention (bfloat16, head dim fits)'
   return fallback[0], f'auto on {platform}: {fallback[1]}'
 
 
-def cudnn_fits(cfg) -> bool:
-  """cuDNN flash attention takes the model (jax/_src/cudnn/fused_attention_stablehlo.py,
-  jax 0.10: 16-bit inputs, head dim a multiple of 8 and <= 256 on Hopper and later; the
-  config section names each problem for an explicit 'cudnn')."""
-  hd = cfg.width // cfg.num_heads
-  return cfg.dtype == 'bfloat16' and hd % 8 == 0 and hd <= 256
+def _is_int(n) -> bool:
+  """A concrete length (not a jax.export symbolic dimension)."""
+  return isinstance(n, (int, np.integer))
+
+
+def kernel_problem(impl: str, cfg) -> str | None:
+  """Why the fused kernel `impl` ('cudnn' | 'flash') cannot take this model, naming the
+  config keys (None when it can). cuDNN flash attention (jax/_src/cudnn/
+  fused_attention_stablehlo.py, jax 0.10): 16-bit inputs, head dim a multiple of 8 and
+  <= 256 on Hopper and later (<= 128 before, which jax names itself). The Pallas GPU kernel
+  (jax.experimental.pallas.ops.gpu.attention): head dim 16..256. lm/config/sections/model.py
+  reports the same problems when a config file is checked."""
+  hd = cfg.head_dim
+  if impl == 'cudnn':
+    if cfg.dtype != 'bfloat16':
+      return (f"model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN flash attention "
+              f'takes 16-bit inputs), but model.dtype={cfg.dtype!r}; set model.dtype=bfloat16 '
+              "or use model.attention='auto'.")
+    if hd % 8 or hd > 256:
+      return (f"model.attention='cudnn' needs a head dimension that is a multiple of 8 and "
+              f'<= 256, but it is {hd}; change model.width, model.num_heads or model.head_dim, '
+              "or use model.attention='auto'.")
+  if impl == 'flash' and not 16 <= hd <= 256:
+    return (f"model.attention='flash' needs a head dimension between 16 and 256, but it is "
+            f'{hd}; change model.width, model.num_heads or model.head_dim, or use '
+            "model.attention='auto'.")
+  return None
 
 
 def attend(impl: str, q_BTNH, k_BSKH, v_BSKH, mask: AttentionMask) -> jax.Array:

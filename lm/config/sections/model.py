@@ -92,12 +92,13 @@ class Model(Section):
              'group).')
     if self.attention == 'cudnn':
       yield from self._cudnn_problems()
-    if self.attention == 'flash' and not w % h and not 16 <= w // h <= 256:
+    if (self.attention == 'flash' and (self.head_dim or not w % h)
+        and not 16 <= self.resolved_head_dim <= 256):
       # The Pallas GPU kernel (jax.experimental.pallas.ops.gpu.attention) pads the head dim
       # to a power of two; its Triton tiles need 16..256.
-      yield (f"model.attention='flash' needs a head dimension (model.width/model.num_heads) "
-             f'between 16 and 256, but it is {w}/{h} = {w // h}; change model.width or '
-             "model.num_heads, or use model.attention='auto'.")
+      yield (f"model.attention='flash' needs a head dimension between 16 and 256, but it is "
+             f'{self._head_dim_expr()}; change model.width, model.num_heads or model.head_dim, '
+             "or use model.attention='auto'.")
 
   def _cudnn_problems(self) -> Iterator[str]:
     # cuDNN flash attention (jax/_src/cudnn/fused_attention_stablehlo.py, jax 0.10:

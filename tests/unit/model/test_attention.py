@@ -130,3 +130,22 @@ def test_a_gpu_kernel_off_gpu_is_a_config_error_naming_the_key(attention):
   model = Transformer(cfg, rngs=nnx.Rngs(0))
   with pytest.raises(ConfigError, match='model.attention'):  # while tracing, before compiling
     jax.jit(lambda t: model(t)).lower(jnp.zeros((1, 16), jnp.int32))
+
+
+def test_symbolic_lengths_take_the_path_that_traces_for_any_length():
+  """jax.export's symbolic prompt length (lm.infer.export): no size comparison is made."""
+  (p,) = jax.export.symbolic_shape('p')
+  assert choose(TINY, 'cpu', q_len=p, kv_len=256, self_attention=False)[0] == 'xla'
+  assert choose(dataclasses.replace(TINY, attention='blockwise'), 'cpu', q_len=p,
+                kv_len=256)[0] == 'blockwise'
+
+
+@pytest.mark.parametrize('overrides,match', [
+    (dict(attention='cudnn'), "model.attention='cudnn' needs model.dtype='bfloat16'"),
+    (dict(attention='cudnn', dtype='bfloat16', width=48, num_heads=4, head_dim=12),
+     'multiple of 8'),
+    (dict(attention='flash', width=32, num_heads=4), "model.attention='flash' needs a head"),
+], ids=['cudnn-float32', 'cudnn-head-dim', 'flash-head-dim'])
+def test_a_kernel_that_cannot_take_the_model_is_a_config_error_on_gpu(overrides, match):
+  with pytest.raises(ConfigError, match=match):
+    choose(dataclasses.replace(TINY, **overrides), 'gpu', q_len=16, kv_len=16)
