@@ -5,8 +5,7 @@ block a scan over key blocks keeps the running max, normaliser and weighted sum 
 so no more than one [B, N, block_q, block_kv] tile of scores exists at a time. The custom
 VJP needs only q, k, v, the output and the log-sum-exp per query ([B, N, T]) and recomputes
 each tile in the backward pass (one pass for dq, one for dk/dv), so activation memory grows
-linearly in T. The call is checkpointed (see blockwise_attention): the backward pass first
-reruns the forward, so training does about 1.4x the attention FLOPs of a kept forward.
+linearly in T, also inside the model's differentiated scan over layers (see _loop_variant).
 Who sees whom comes from an AttentionMask's segment ids and orders; for a
 causal self-attention mask the tiles above the diagonal are skipped (a scalar `lax.cond`
 on the block indices, no cross-device reduction), which halves the work.
@@ -57,12 +56,7 @@ def blockwise_attention(q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array,
          blocks(mask.q_order, tp, bq), blocks(mask.kv_order, sp, bk))
   # Only a causal self-attention mask has tiles that are hidden whatever the ids.
   skip = (bq, bk) if (mask.causal and mask.self_attention) else None
-  # Inside the model's lax.scan over layers, differentiating the scan (jax 0.10) linearized
-  # this forward loop and kept every score tile ([nq, nk, ..., bq, bk]: quadratic in T;
-  # tests/unit/model/test_attention_memory.py). Under a checkpoint the backward pass runs
-  # the custom VJP instead, at the price of one more forward pass of attention.
-  attend = jax.checkpoint(functools.partial(_attend, mask.causal, skip, scale))
-  o = attend(q, k, v, *ids)  # [nq, B, K, G, bq, H]
+  o = _attend(mask.causal, skip, scale, q, k, v, *ids)  # [nq, B, K, G, bq, H]
   o = jnp.moveaxis(o, 0, 1)  # [B, nq, K, G, bq, H]
   o = jnp.transpose(o, (0, 1, 4, 2, 3, 5)).reshape(b, tp, n, h)
   return o[:, :t]
@@ -77,16 +71,32 @@ def _needed(skip, i, j):
 
 
 def _tile(causal, scale, q, k, qs, ks, qo, ko):
-  """Scores [B, K, G, bq, bk] (float32) of one tile and its [B, 1, 1, bq, bk] mask."""
-  seen = visible(causal, qs, ks, qo, ko)[:, None, None]
+  """Scores [B, K, G, bq, bk] (float32) of one tile, a masked score pushed to ~NEG, and the
+  tile's mask as 0/1 floats [B, 1, 1, bq, bk] (probabilities are multiplied by it)."""
+  keep = visible(causal, qs, ks, qo, ko)[:, None, None]
   s = jnp.einsum('bqkgh,bskh->bkgqs', q, k, preferred_element_type=jnp.float32) * scale
-  return jnp.where(seen, s, NEG), seen
+  # `s + NEG`, not the literal NEG: see _loop_variant (no tile-sized constant in the loops).
+  return jnp.where(keep, s, s + NEG), keep.astype(jnp.float32)
+
+
+def _loop_variant(*xs):
+  """`xs` through an optimization barrier, so that everything computed from them (the tile
+  masks from the ids) depends on q for JAX's partial evaluation.
+
+  When the model's lax.scan over layers is differentiated, JAX (jax/_src/lax/control_flow/
+  loops.py, _scan_known_hoisting) evaluates ahead of the loop every computation of the
+  forward body that depends on the scan's constants alone (the ids of the mask are the same
+  for every layer) or on nothing (a broadcast literal): inside these nested block loops that
+  would be a mask or a constant for every (query block, key block) tile at once, stacked:
+  quadratic in T (tests/unit/model/test_attention_memory.py)."""
+  return jax.lax.optimization_barrier(xs)
 
 
 def _forward(causal, skip, scale, q, k, v, qs, ks, qo, ko):
   """(out [nq, B, K, G, bq, H], log-sum-exp [nq, B, K, G, bq])."""
   nq, nk = q.shape[0], k.shape[0]
   b, bq, kh, g, h = q.shape[1:]
+  q, k, v, qs, ks, qo, ko = _loop_variant(q, k, v, qs, ks, qo, ko)
 
   def q_block(_, xs):
     i, q_i, qs_i, qo_i = xs
@@ -96,9 +106,9 @@ def _forward(causal, skip, scale, q, k, v, qs, ks, qo, ko):
 
       def update(carry):
         m, norm, acc = carry
-        s, seen = _tile(causal, scale, q_i, k_j, qs_i, ks_j, qo_i, ko_j)
+        s, keep = _tile(causal, scale, q_i, k_j, qs_i, ks_j, qo_i, ko_j)
         m_new = jnp.maximum(m, s.max(-1))
-        p = jnp.where(seen, jnp.exp(s - m_new[..., None]), 0.0)
+        p = jnp.exp(s - m_new[..., None]) * keep
         corr = jnp.exp(m - m_new)
         pv = jnp.einsum('bkgqs,bskh->bkgqh', p.astype(v_j.dtype), v_j,
                         preferred_element_type=jnp.float32)
@@ -135,8 +145,8 @@ def _attend_bwd(causal, skip, scale, res, do):
 
   def grads(q_i, k_j, v_j, qs_i, ks_j, qo_i, ko_j, do_i, lse_i, delta_i):
     """(probabilities, score gradients) [B, K, G, bq, bk] of one tile."""
-    s, seen = _tile(causal, scale, q_i, k_j, qs_i, ks_j, qo_i, ko_j)
-    p = jnp.where(seen, jnp.exp(s - lse_i[..., None]), 0.0)
+    s, keep = _tile(causal, scale, q_i, k_j, qs_i, ks_j, qo_i, ko_j)
+    p = jnp.exp(s - lse_i[..., None]) * keep
     dp = jnp.einsum('bkgqh,bskh->bkgqs', do_i, v_j, preferred_element_type=jnp.float32)
     return p, p * (dp - delta_i[..., None])
 
