@@ -88,8 +88,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.remat = 'none'  # 'none' | 'full' | 'dots' (save matmul outputs)
   # Same stacked layout either way: unrolled is faster on CPU, rolled compiles faster.
   c.model.unroll_layers = True
-  # jax.nn.dot_product_attention implementation: 'auto' (cuDNN where it applies, else
-  # XLA) | 'xla' | 'cudnn'
+  # Attention implementation (lm/model/attention_kernels.py; the start-up summary prints
+  # the pick): 'auto' (GPU: cuDNN in bfloat16 when the head dim fits; otherwise dense XLA
+  # while a row's scores are small and T <= 2048, else blockwise) | 'xla' (dense [T, T]
+  # scores) | 'blockwise' (plain JAX, O(T) memory, any backend) | 'cudnn' (GPU, bfloat16)
+  # | 'flash' (Pallas GPU kernel with segment ids, one device)
   c.model.attention = 'auto'
   # Mixture of experts in place of the dense MLP (lm/model/moe.py, docs/moe.md).
   c.model.moe = ml_collections.ConfigDict()

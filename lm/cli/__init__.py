@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'bench': ('lm.cli.bench', 'time the train step: tokens/s and MFU'),
     'bench_decode': ('lm.cli.bench_decode', 'time decoding: KV cache vs recomputation'),
     'bench_serve': ('lm.cli.bench_serve', 'load a server: Poisson arrivals, TTFT and latency'),
+    'bench_attention': ('lm.cli.bench_attention', 'attention implementations: time, memory, MFU'),
     'sweep': ('lm.cli.sweep', 'train a grid of configs, one workdir each, and tabulate them'),
     'plot': ('lm.cli.plot', 'loss curves of several runs on one figure'),
     'inspect': ('lm.cli.inspect', 'attention maps, per-token loss and top-k predictions'),

@@ -1,4 +1,8 @@
-"""Multi-head attention with grouped/multi-query KV heads, RoPE and packed-sequence masks."""
+"""Multi-head attention with grouped/multi-query KV heads, RoPE and packed-sequence masks.
+
+Who sees whom travels as an AttentionMask (segment ids and orders, lm/model/attention_mask.py),
+never as a dense [B, 1, T, T] array; the implementation (`model.attention`, resolved per
+backend and shape by lm.model.attention_kernels.choose) reads what it needs from it."""
 
 from __future__ import annotations
 
@@ -8,8 +12,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lm.model.attention_kernels import attend, choose
+from lm.model.attention_mask import AttentionMask, attention_mask, cache_attention_mask
 from lm.model.config import ModelConfig
 from lm.model.layers import Projection, dropout
+
+__all__ = ['Attention', 'AttentionMask', 'attention_mask', 'cache_attention_mask', 'rope']
 
 
 def rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
@@ -24,26 +32,9 @@ def rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
   return out.astype(x_BTNH.dtype)
 
 
-def attention_mask(segment_ids_BT: jax.Array, causal: bool = True) -> jax.Array:
-  """[B, 1, T, T] boolean: causal (unless `causal=False`, an encoder), and a token sees
-  only its own packed document."""
-  t = segment_ids_BT.shape[1]
-  causal_TT = jnp.tril(jnp.ones((t, t), dtype=bool))
-  same_BTT = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
-  if not causal:
-    return same_BTT[:, None]
-  return (causal_TT[None] & same_BTT)[:, None]
-
-
-def cache_attention_mask(positions_BT: jax.Array, cache_len: int) -> jax.Array:
-  """[B, 1, T, S] boolean for decoding with a KV cache whose slot s holds position s:
-  a token at position p sees slots 0..p (later slots are padding or not yet written)."""
-  slots_S = jnp.arange(cache_len, dtype=positions_BT.dtype)
-  return (slots_S[None, None, :] <= positions_BT[:, :, None])[:, None]
-
-
 class Attention(nnx.Module):
-  """Causal self-attention through `jax.nn.dot_product_attention`.
+  """Self-attention (causal, or bidirectional for an encoder) through the implementation
+  `model.attention` picks (lm.model.attention_kernels).
 
   Q, K and V come from one fused projection whose kernel is laid out per KV group,
   [D, K, G + 2, H] (G = query heads per KV head, then one K and one V head): one larger
@@ -64,27 +55,25 @@ class Attention(nnx.Module):
                           bias_dims=1, std=cfg.init_std / (2 * cfg.num_layers) ** 0.5, **common)
     self.cfg = cfg
 
-  def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array, mask_B1TT: jax.Array,
+  def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array, mask: AttentionMask,
                dropout_key: jax.Array | None = None) -> jax.Array:
     q_BTNH, k_BTKH, v_BTKH = self._project(x_BTD, positions_BT)
-    implementation = None if self.cfg.attention == 'auto' else self.cfg.attention
-    return self._attend(q_BTNH, k_BTKH, v_BTKH, mask_B1TT, dropout_key, implementation)
+    return self._attend(q_BTNH, k_BTKH, v_BTKH, mask, dropout_key)
 
-  def decode(self, x_BTD: jax.Array, positions_BT: jax.Array, mask_B1TS: jax.Array,
+  def decode(self, x_BTD: jax.Array, positions_BT: jax.Array, mask: AttentionMask,
              k_BSKH: jax.Array, v_BSKH: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Attention over a KV cache: writes this call's K/V at slots `positions_BT` of each
-    row, attends to the cache under `mask_B1TS` and returns (out, k cache, v cache)."""
+    row, attends to the cache under `mask` (cache_attention_mask) and returns (out, k cache,
+    v cache)."""
     q_BTNH, k_BTKH, v_BTKH = self._project(x_BTD, positions_BT)
     rows_B1 = jnp.arange(x_BTD.shape[0])[:, None]
     k_BSKH = k_BSKH.at[rows_B1, positions_BT].set(k_BTKH.astype(k_BSKH.dtype))
     v_BSKH = v_BSKH.at[rows_B1, positions_BT].set(v_BTKH.astype(v_BSKH.dtype))
-    # cuDNN's fused kernel does not take every decode shape (T=1 queries over S slots).
-    implementation = 'xla' if self.cfg.attention == 'xla' else None
     out = self._attend(q_BTNH, k_BSKH.astype(q_BTNH.dtype), v_BSKH.astype(q_BTNH.dtype),
-                       mask_B1TS, None, implementation)
+                       mask, None)
     return out, k_BSKH, v_BSKH
 
-  def probs(self, x_BTD: jax.Array, positions_BT: jax.Array, mask_B1TS: jax.Array
+  def probs(self, x_BTD: jax.Array, positions_BT: jax.Array, mask: AttentionMask
             ) -> jax.Array:
     """The attention weights [B, N, T, S] (float32) of every query head: softmax(q k^T /
     sqrt(H)) with the q and k (RoPE included) and the scale of __call__ (lm.tools.inspect)."""
@@ -93,17 +82,15 @@ class Attention(nnx.Module):
     scale = 1.0 / math.sqrt(q_BTNH.shape[-1])
     logits_BNTS = jnp.einsum('btnh,bsnh->bnts', q_BTNH.astype(jnp.float32),
                              k_BTNH.astype(jnp.float32)) * scale
-    logits_BNTS = jnp.where(mask_B1TS, logits_BNTS, -jnp.inf)
+    logits_BNTS = jnp.where(mask.dense(), logits_BNTS, -jnp.inf)
     return jax.nn.softmax(logits_BNTS, axis=-1)
 
-  def head_outputs(self, x_BTD: jax.Array, positions_BT: jax.Array, mask_B1TT: jax.Array
+  def head_outputs(self, x_BTD: jax.Array, positions_BT: jax.Array, mask: AttentionMask
                    ) -> jax.Array:
     """Every query head's output [B, T, N, H], what __call__ then projects with `out`
     (without dropout; lm.tools.prune scores the heads by it)."""
     q_BTNH, k_BTKH, v_BTKH = self._project(x_BTD, positions_BT)
-    implementation = None if self.cfg.attention == 'auto' else self.cfg.attention
-    return jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_B1TT,
-                                        implementation=implementation)
+    return self._heads(q_BTNH, k_BTKH, v_BTKH, mask)
 
   def _project(self, x_BTD: jax.Array, positions_BT: jax.Array):
     """q [B, T, N, H], k and v [B, T, K, H], with RoPE applied when configured."""
@@ -118,7 +105,12 @@ class Attention(nnx.Module):
       k_BTKH = rope(k_BTKH, positions_BT, cfg.rope_theta)
     return q_BTNH, k_BTKH, v_BTKH
 
-  def _attend(self, q_BTNH, k_BSKH, v_BSKH, mask_B1TS, dropout_key, implementation):
-    o_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=mask_B1TS,
-                                          implementation=implementation)
+  def _heads(self, q_BTNH, k_BSKH, v_BSKH, mask: AttentionMask) -> jax.Array:
+    """o [B, T, N, H] through the implementation `model.attention` resolves to here."""
+    impl, _ = choose(self.cfg, jax.default_backend(), q_len=q_BTNH.shape[1],
+                     kv_len=k_BSKH.shape[1], self_attention=mask.self_attention)
+    return attend(impl, q_BTNH, k_BSKH, v_BSKH, mask)
+
+  def _attend(self, q_BTNH, k_BSKH, v_BSKH, mask: AttentionMask, dropout_key):
+    o_BTNH = self._heads(q_BTNH, k_BSKH, v_BSKH, mask)
     return dropout(self.out(o_BTNH), self.cfg.dropout, dropout_key)

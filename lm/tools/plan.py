@@ -22,6 +22,7 @@ import numpy as np
 from lm import parallel
 from lm.data.tokenizers import ByteTokenizer
 from lm.errors import ConfigError
+from lm.model import attention_kernels
 from lm.runtime import DEVICE_COUNT_FLAG
 from lm.train import build
 
@@ -86,8 +87,16 @@ def _shard_bytes(abstract, shardings) -> tuple[int, int]:
   return total, per_device
 
 
+def attention_impl(model_cfg, platform: str, seq_len: int) -> str:
+  """The attention implementation the model runs on `platform` at `seq_len` (an explicit
+  model.attention as given, even off its hardware: a plan may be made elsewhere)."""
+  if model_cfg.attention != 'auto':
+    return model_cfg.attention
+  return attention_kernels.choose(model_cfg, platform, q_len=seq_len, kv_len=seq_len)[0]
+
+
 def activation_bytes(model_cfg, *, rows: int, seq_len: int, tensor: int,
-                     sequence: int = 1) -> int:
+                     sequence: int = 1, platform: str = 'cpu') -> int:
   """Activations one device keeps for the backward pass of `rows` rows [T tokens each].
 
   Counts the tensors the chosen remat policy saves per layer, plus one layer's full set
@@ -104,12 +113,15 @@ def activation_bytes(model_cfg, *, rows: int, seq_len: int, tensor: int,
   qkv = b * t * (n + 2 * k) * h * a // tensor
   mlp_in = b * t * f * (2 if m.mlp == 'swiglu' else 1) * a // tensor
   mlp_hidden = b * t * f * a // tensor
-  # float32 attention probabilities, as XLA's attention keeps them; cuDNN's fused kernel
-  # recomputes them instead.
-  scores = 0 if m.attention == 'cudnn' else b * n * t * t * 4 // tensor
+  # What the attention implementation keeps: XLA the float32 probabilities [B, N, T, T];
+  # the blockwise and fused kernels a log-sum-exp per query (+ their working tiles, and
+  # cuDNN the [B, 1, T, T] segment bias) and recompute the rest in the backward pass.
+  # Under context parallelism this device's T / sequence queries see all T keys.
+  scores = attention_kernels.score_bytes_kept(
+      attention_impl(m, platform, seq_len), rows=b, heads=n, q_len=t, kv_len=t * sequence
+  ) // tensor
   # Everything one block keeps when nothing is rematerialized: residual stream, norm outputs,
   # q/k/v (before and after RoPE), attention probabilities and output, MLP in/hidden/out.
-  scores = scores * sequence  # T / sequence queries against all T keys
   gathered_kv = 2 * b * t * sequence * k * h * a // tensor if sequence > 1 else 0
   full_layer = (6 * btd + qkv + gathered_kv + b * t * (n + k) * h * a // tensor + scores
                 + b * t * n * h * a // tensor + mlp_in + mlp_hidden)
@@ -147,7 +159,8 @@ def make_plan(config, *, num_devices: int, vocab_size: int = 0, devices=None) ->
   micro_rows = cfg.train.batch_size // cfg.train.grad_accum
   rows_per_device = max(micro_rows // setup.batch_ways, 1)
   act = activation_bytes(model_cfg, rows=rows_per_device, seq_len=cfg.data.seq_len,
-                         tensor=sizes.get('tensor', 1), sequence=sizes.get('sequence', 1))
+                         tensor=sizes.get('tensor', 1), sequence=sizes.get('sequence', 1),
+                         platform=devices[0].platform)
   # Activations are not replicated: each device holds its rows' (total = per device x N).
   memory = {'parameters': params, 'optimizer state': opt, 'gradients': grads,
             'activations': (act * num_devices, act)}

@@ -65,12 +65,12 @@ def forward_with_stats(model_def: ModelDef, params: dict, batch: dict) -> tuple[
   tokens_BT, positions_BT = batch['inputs'], batch['positions']
   segments_BT = batch['segment_ids']
   valid_BT = segments_BT != 0
-  mask_B1TT = attention_mask(segments_BT, causal=cfg.causal)
+  mask = attention_mask(segments_BT, causal=cfg.causal)
   x_BTD = model.embed_tokens(tokens_BT, positions_BT)
   neurons, heads, channels, layers = [], [], 0.0, []
   for block in model.layer_blocks():
     h_BTD = block.attn_norm(x_BTD)
-    o_BTNH = block.attn.head_outputs(h_BTD, positions_BT, mask_B1TT)
+    o_BTNH = block.attn.head_outputs(h_BTD, positions_BT, mask)
     mid_BTD = x_BTD + block.attn.out(o_BTNH)
     g_BTD = block.mlp_norm(mid_BTD)
     a_BTF = block.mlp.hidden(g_BTD)

@@ -20,6 +20,7 @@ from lm import parallel
 from lm import workdir as workdir_lib
 from lm.checkpoint import Checkpointer
 from lm.errors import TrainingDiverged
+from lm.model import attention_kernels
 from lm.train import build, finetune, frozen
 from lm.train.metrics import MetricsWriter
 from lm.train.sample import sample_tokens
@@ -149,7 +150,15 @@ class Trainer:
         f'batch: {cfg.train.batch_size} x {cfg.data.seq_len} = {tokens_per_step:,} tokens/step; '
         f'{cfg.train.steps} steps = {tokens_per_step * cfg.train.steps:,} tokens',
         f'workdir: {self.workdir}',
+        self._attention_line(),
     ] + build.summary_lines(self.model_def, self.optimizer, cfg))
+
+  def _attention_line(self) -> str:
+    """Which attention implementation the model runs here and why (model.attention)."""
+    t = self.config.data.seq_len
+    impl, why = attention_kernels.choose(self.model_def.cfg, jax.default_backend(), q_len=t,
+                                         kv_len=t)
+    return f'attention: {impl} (model.attention={self.config.model.attention!r}; {why})'
 
   # ---- the loop ---------------------------------------------------------------------------
 

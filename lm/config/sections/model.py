@@ -70,7 +70,7 @@ class Model(Section):
   dtype: Literal['float32', 'bfloat16']
   remat: Literal['none', 'full', 'dots']
   unroll_layers: bool
-  attention: Literal['xla', 'cudnn', 'auto']
+  attention: Literal['auto', 'xla', 'blockwise', 'cudnn', 'flash']
   moe: MoE
   causal: bool
   num_classes: int = non_negative()
@@ -92,6 +92,13 @@ class Model(Section):
              'group).')
     if self.attention == 'cudnn':
       yield from self._cudnn_problems()
+    if (self.attention == 'flash' and (self.head_dim or not w % h)
+        and not 16 <= self.resolved_head_dim <= 256):
+      # The Pallas GPU kernel (jax.experimental.pallas.ops.gpu.attention) pads the head dim
+      # to a power of two; its Triton tiles need 16..256.
+      yield (f"model.attention='flash' needs a head dimension between 16 and 256, but it is "
+             f'{self._head_dim_expr()}; change model.width, model.num_heads or model.head_dim, '
+             "or use model.attention='auto'.")
 
   def _cudnn_problems(self) -> Iterator[str]:
     # cuDNN flash attention (jax/_src/cudnn/fused_attention_stablehlo.py, jax 0.10:
@@ -102,7 +109,8 @@ class Model(Section):
     if self.dtype != 'bfloat16':
       yield (f"model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN flash attention "
              f"takes 16-bit inputs), but model.dtype={self.dtype!r}; set "
-             "--config.model.dtype=bfloat16, or model.attention='auto' (cuDNN where it applies).")
+             "--config.model.dtype=bfloat16, or model.attention='auto' (blockwise or dense XLA "
+             'in float32).')
     if self.head_dim or self.width % self.num_heads == 0:
       hd = self.resolved_head_dim
       if hd % 8 or hd > 256:

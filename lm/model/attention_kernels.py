@@ -1,0 +1,170 @@
+"""The attention implementations behind `model.attention`, and what 'auto' picks.
+
+- 'xla': jax.nn.dot_product_attention(implementation='xla') under the dense [B, 1, T, S]
+  mask; it materializes [B, N, T, S] float32 scores (and keeps the probabilities for the
+  backward pass). Fastest on CPU for short rows.
+- 'blockwise': lm.model.attention_blockwise, plain JAX, O(T) memory, any backend.
+- 'cudnn': jax.nn.dot_product_attention(implementation='cudnn', is_causal=...): cuDNN's
+  fused flash kernel on NVIDIA GPUs (bfloat16, head dim a multiple of 8 and <= 256). The
+  public jax API takes no segment ids, so the packed-document mask goes in as a [B, 1, T, T]
+  boolean (turned into an additive bias, per row and not per head); causality takes the
+  kernel's causal path. Scores are never materialized.
+- 'flash': the Pallas (Triton) flash-attention kernel of jax.experimental.pallas.ops.gpu
+  with segment ids (no dense mask at all), on GPUs. It is one custom call: under a mesh of
+  several devices XLA cannot split it, so it is meant for one-device runs and benchmarks.
+
+A KV-cache decode (queries at positions over cache slots) is a layout the fused kernels
+do not take: it runs 'blockwise' where that was chosen, else 'xla', or 'blockwise' when the
+dense scores would be large (see `choose`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm.errors import ConfigError
+from lm.model.attention_blockwise import blockwise_attention
+from lm.model.attention_mask import AttentionMask
+
+IMPLEMENTATIONS = ('auto', 'xla', 'blockwise', 'cudnn', 'flash')
+NEEDS_PLATFORM = {'cudnn': 'gpu', 'flash': 'gpu'}
+# 'auto' keeps the dense XLA path while one row's float32 scores over all heads stay below
+# this (and T <= DENSE_MAX_LEN). A heuristic, not a measured crossover: on the loaded CPU
+# of docs/benchmarks.md ("Attention implementations") the two were level at T=128 and
+# blockwise was already faster at 1024.
+DENSE_MAX_SCORE_BYTES = 64 * 2**20
+DENSE_MAX_LEN = 2048
+
+
+def choose(cfg, platform: str, *, q_len, kv_len, self_attention: bool = True
+           ) -> tuple[str, str]:
+  """(implementation, why) for `cfg.attention` on `platform` ('cpu' | 'gpu' | 'tpu') and
+  these lengths. An explicit choice the platform or the model cannot run is a ConfigError
+  naming model.attention (raised while tracing, before anything compiles).
+
+  A length may be symbolic (jax.export's shape polymorphism, e.g. any prompt length): its
+  size is then unknown and 'auto' takes the dense XLA path, the one that traces for any
+  length (as the exported decode always did); an explicit choice is kept."""
+  want = cfg.attention
+  if want not in IMPLEMENTATIONS:
+    raise ConfigError(f'model.attention={want!r} is not one of {", ".join(IMPLEMENTATIONS)}.')
+  need = NEEDS_PLATFORM.get(want)
+  if need and platform != need:
+    raise ConfigError(
+        f"model.attention={want!r} runs on {need.upper()}s only, but this is {platform}; use "
+        "model.attention='auto' (blockwise or dense XLA here) or 'blockwise'.")
+  if want in ('cudnn', 'flash'):
+    problem = kernel_problem(want, cfg)
+    if problem:
+      raise ConfigError(problem)
+  if not (_is_int(q_len) and _is_int(kv_len)):
+    fallback = ('xla', 'symbolic lengths (jax.export): dense XLA, which traces for any length')
+  else:
+    score_bytes = cfg.num_heads * q_len * kv_len * 4
+    dense_ok = score_bytes <= DENSE_MAX_SCORE_BYTES and q_len <= DENSE_MAX_LEN
+    fallback = (('xla', f'dense scores {score_bytes / 2**20:.1f} MiB per row are small')
+                if dense_ok else
+                ('blockwise', f'dense scores would be {score_bytes / 2**20:.1f} MiB per row'))
+  if want in ('xla', 'blockwise'):
+    return want, 'model.attention'
+  if want in ('cudnn', 'flash'):
+    if not self_attention:
+      return fallback[0], f'{want} takes no KV-cache decode layout; {fallback[1]}'
+    return want, 'model.attention'
+  # auto
+  if platform == 'gpu' and self_attention and not kernel_problem('cudnn', cfg):
+    return 'cudnn', 'auto on GPU: cuDNN fused attention (bfloat16, head dim fits)'
+  return fallback[0], f'auto on {platform}: {fallback[1]}'
+
+
+def _is_int(n) -> bool:
+  """A concrete length (not a jax.export symbolic dimension)."""
+  return isinstance(n, (int, np.integer))
+
+
+def kernel_problem(impl: str, cfg) -> str | None:
+  """Why the fused kernel `impl` ('cudnn' | 'flash') cannot take this model, naming the
+  config keys (None when it can). cuDNN flash attention (jax/_src/cudnn/
+  fused_attention_stablehlo.py, jax 0.10): 16-bit inputs, head dim a multiple of 8 and
+  <= 256 on Hopper and later (<= 128 before, which jax names itself). The Pallas GPU kernel
+  (jax.experimental.pallas.ops.gpu.attention): head dim 16..256. lm/config/sections/model.py
+  reports the same problems when a config file is checked."""
+  hd = cfg.head_dim
+  if impl == 'cudnn':
+    if cfg.dtype != 'bfloat16':
+      return (f"model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN flash attention "
+              f'takes 16-bit inputs), but model.dtype={cfg.dtype!r}; set model.dtype=bfloat16 '
+              "or use model.attention='auto'.")
+    if hd % 8 or hd > 256:
+      return (f"model.attention='cudnn' needs a head dimension that is a multiple of 8 and "
+              f'<= 256, but it is {hd}; change model.width, model.num_heads or model.head_dim, '
+              "or use model.attention='auto'.")
+  if impl == 'flash' and not 16 <= hd <= 256:
+    return (f"model.attention='flash' needs a head dimension between 16 and 256, but it is "
+            f'{hd}; change model.width, model.num_heads or model.head_dim, or use '
+            "model.attention='auto'.")
+  return None
+
+
+def attend(impl: str, q_BTNH, k_BSKH, v_BSKH, mask: AttentionMask) -> jax.Array:
+  """o [B, T, N, H] of implementation `impl` (a name `choose` returned)."""
+  if impl == 'xla':
+    return jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=mask.dense(),
+                                        implementation='xla')
+  if impl == 'blockwise':
+    return blockwise_attention(q_BTNH, k_BSKH, v_BSKH, mask)
+  if impl == 'cudnn':
+    return cudnn_attention(q_BTNH, k_BSKH, v_BSKH, mask)
+  if impl == 'flash':
+    return flash_attention(q_BTNH, k_BSKH, v_BSKH, mask)
+  raise ValueError(f'unknown attention implementation {impl!r}')
+
+
+def cudnn_attention(q_BTNH, k_BTKH, v_BTKH, mask: AttentionMask) -> jax.Array:
+  """cuDNN through jax: the causal structure as is_causal, the segments as a mask."""
+  seg_B1TT = (mask.q_segments[:, :, None] == mask.kv_segments[:, None, :])[:, None]
+  return jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=seg_B1TT,
+                                      is_causal=mask.causal, implementation='cudnn')
+
+
+def flash_attention(q_BTNH, k_BTKH, v_BTKH, mask: AttentionMask, *, interpret: bool = False
+                    ) -> jax.Array:
+  """The Pallas GPU flash kernel with segment ids (`interpret`: run it in Pallas's
+  interpreter, on any backend, as the tests do). T is padded to a multiple of 16 with a
+  segment id no real token has; K/V heads are repeated to the query heads (the kernel has
+  no grouped heads)."""
+  from jax.experimental.pallas.ops.gpu import attention as pallas_gpu  # GPU kernels: heavy
+
+  b, t, n, h = q_BTNH.shape
+  groups = n // k_BTKH.shape[2]
+  k_BTNH = jnp.repeat(k_BTKH, groups, axis=2)
+  v_BTNH = jnp.repeat(v_BTKH, groups, axis=2)
+  tp = -(-t // 16) * 16
+  pad = ((0, 0), (0, tp - t), (0, 0), (0, 0))
+  seg_BT = jnp.pad(mask.q_segments, ((0, 0), (0, tp - t)), constant_values=-2**31)
+  block = next(s for s in (128, 64, 32, 16) if tp % s == 0)
+  bwd = min(32, block)
+  sizes = pallas_gpu.BlockSizes(block_q=block, block_k=block, block_q_dkv=bwd,
+                                block_kv_dkv=bwd, block_q_dq=bwd, block_kv_dq=bwd)
+  o = pallas_gpu.mha(jnp.pad(q_BTNH, pad), jnp.pad(k_BTNH, pad), jnp.pad(v_BTNH, pad), seg_BT,
+                     sm_scale=h ** -0.5, causal=mask.causal, block_sizes=sizes,
+                     interpret=interpret)
+  return o[:, :t]
+
+
+def score_bytes_kept(impl: str, *, rows: int, heads: int, q_len: int, kv_len: int,
+                     block: int = 512) -> int:
+  """Bytes of attention scores/probabilities one layer keeps for the backward pass (and the
+  peak of its working tiles) for `rows` rows: what lm.plan counts per implementation."""
+  if impl == 'xla':  # float32 probabilities [B, N, T, S], kept
+    return rows * heads * q_len * kv_len * 4
+  if impl == 'blockwise':  # log-sum-exp [B, N, T] kept, plus a few score tiles in flight
+    tile = rows * heads * min(block, q_len) * min(block, kv_len) * 4
+    return rows * heads * q_len * 4 + 3 * tile
+  if impl == 'cudnn':  # softmax statistics [B, N, T] + the [B, 1, T, S] segment bias
+    return rows * heads * q_len * 4 + rows * q_len * kv_len * 2
+  if impl == 'flash':  # log-sum-exp [B, N, T]
+    return rows * heads * q_len * 4
+  raise ValueError(f'unknown attention implementation {impl!r}')

@@ -1,0 +1,151 @@
+"""Attention implementations against the dense reference (outputs and gradients, float32,
+1e-5): blockwise and the Pallas GPU kernel in interpret mode; causal and bidirectional,
+GQA/MQA, packed rows of several documents, KV-cache decode; and what 'auto' picks."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lm.errors import ConfigError
+from lm.model import ModelConfig, Transformer
+from lm.model.attention_blockwise import blockwise_attention
+from lm.model.attention_kernels import choose, flash_attention
+from lm.model.attention_mask import attention_mask, cache_attention_mask
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def _reference(q, k, v, mask):
+  return jax.nn.dot_product_attention(q, k, v, mask=mask.dense(), implementation='xla')
+
+
+def _inputs(b=2, t=37, n=4, kv=2, h=8, docs=3, seed=0):
+  rng = np.random.default_rng(seed)
+  q = jnp.asarray(rng.normal(size=(b, t, n, h)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(b, t, kv, h)), jnp.float32)
+  v = jnp.asarray(rng.normal(size=(b, t, kv, h)), jnp.float32)
+  # Packed rows: `docs` documents of random lengths per row, ids 1.. (as lm.data packs them).
+  seg = np.sort(rng.integers(1, docs + 1, size=(b, t)), axis=1)
+  assert all(len(set(row)) > 1 for row in seg)
+  w = jnp.asarray(rng.normal(size=(b, t, n, h)), jnp.float32)  # a cotangent
+  return q, k, v, jnp.asarray(seg, jnp.int32), w
+
+
+def _assert_same(fn, q, k, v, mask, w):
+  def out_and_grads(f):
+    return jax.jit(lambda *a: (f(*a), jax.grad(lambda *b: jnp.sum(f(*b) * w),
+                                               argnums=(0, 1, 2))(*a)))(q, k, v)
+  got, got_g = out_and_grads(fn)
+  want, want_g = out_and_grads(lambda *a: _reference(*a, mask))
+  np.testing.assert_allclose(got, want, **TOL)
+  for name, g, r in zip('qkv', got_g, want_g, strict=True):
+    np.testing.assert_allclose(g, r, err_msg=f'd{name}', **TOL)
+
+
+@pytest.mark.parametrize('causal,kv', [(True, 4), (True, 2), (False, 1), (False, 2)],
+                         ids=['causal-mha', 'causal-gqa', 'bidirectional-mqa',
+                              'bidirectional-gqa'])
+def test_blockwise_equals_dense(causal, kv):
+  q, k, v, seg, w = _inputs(kv=kv)
+  mask = attention_mask(seg, causal=causal)
+  # T=37 is no multiple of either block: the padding must match nothing.
+  _assert_same(lambda *a: blockwise_attention(*a, mask, block_q=8, block_kv=16), q, k, v,
+               mask, w)
+
+
+def test_blockwise_kv_cache_decode_equals_dense():
+  q, k, v, _, w = _inputs(b=2, t=24, kv=1)
+  positions = jnp.asarray([[5, 6, 7], [20, 21, 22]], jnp.int32)  # 3 new tokens per row
+  mask = cache_attention_mask(positions, k.shape[1])
+  q3, w3 = q[:, :3], w[:, :3]
+  _assert_same(lambda *a: blockwise_attention(*a, mask, block_q=2, block_kv=8), q3, k, v,
+               mask, w3)
+
+
+def test_pallas_gpu_flash_kernel_in_interpret_mode_equals_dense():
+  q, k, v, seg, w = _inputs(b=1, t=24, n=2, kv=1, h=16, docs=2)  # padded to 32 inside
+  mask = attention_mask(seg, causal=True)
+  _assert_same(lambda *a: flash_attention(*a, mask, interpret=True), q, k, v, mask, w)
+
+
+TINY = ModelConfig(vocab_size=61, num_layers=1, width=32, num_heads=4, num_kv_heads=2,
+                   mlp_dim=48, max_len=64)
+
+
+def test_model_with_blockwise_equals_dense_in_training_and_decoding():
+  """The whole model: packed-row logits and parameter gradients, then a prefill and one
+  decode step through the KV cache."""
+  dense = Transformer(dataclasses.replace(TINY, attention='xla'), rngs=nnx.Rngs(0))
+  block = Transformer(dataclasses.replace(TINY, attention='blockwise'), rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(1)
+  tokens = jnp.asarray(rng.integers(0, TINY.vocab_size, (2, 20)), jnp.int32)
+  seg = jnp.asarray(np.repeat([[1, 2, 3, 4]], 5, axis=1), jnp.int32)
+  pos = jnp.asarray(np.tile(np.arange(5), 4)[None].repeat(2, 0), jnp.int32)
+
+  @nnx.jit
+  def train(model):
+    loss = lambda m: jnp.mean(m(tokens, pos, seg) ** 2)  # noqa: E731
+    return model(tokens, pos, seg), nnx.grad(loss)(model)
+
+  for a, b in zip(jax.tree.leaves(train(block)), jax.tree.leaves(train(dense)), strict=True):
+    np.testing.assert_allclose(a, b, **TOL)
+
+  @nnx.jit
+  def decode(model):
+    shape = (TINY.num_layers, 2, 16, TINY.num_kv_heads, TINY.head_dim)
+    cache = {'k': jnp.zeros(shape), 'v': jnp.zeros(shape)}
+    prompt = tokens[:, :5]
+    logits, cache = model.decode(prompt, jnp.broadcast_to(jnp.arange(5), (2, 5)), cache)
+    step, _ = model.decode(tokens[:, 5:6], jnp.full((2, 1), 5), cache)
+    return logits, step
+
+  for a, b in zip(decode(block), decode(dense), strict=True):
+    np.testing.assert_allclose(a, b, **TOL)
+
+
+def test_auto_picks_per_backend_and_length():
+  def pick(platform, t, self_attention=True, **kw):
+    return choose(dataclasses.replace(TINY, **kw), platform, q_len=t, kv_len=t,
+                  self_attention=self_attention)[0]
+
+  assert pick('cpu', 128) == 'xla'
+  assert pick('cpu', 4096) == 'blockwise'
+  assert pick('gpu', 4096, dtype='bfloat16') == 'cudnn'
+  assert pick('gpu', 4096) == 'blockwise'  # float32: cuDNN does not take it
+  assert pick('tpu', 4096) == 'blockwise'
+  assert pick('gpu', 4096, self_attention=False, attention='cudnn', dtype='bfloat16') == (
+      'blockwise')  # a KV-cache decode is not a layout the fused kernels take
+  assert pick('cpu', 128, attention='blockwise') == 'blockwise'
+
+
+@pytest.mark.parametrize('attention', ['cudnn', 'flash'])
+def test_a_gpu_kernel_off_gpu_is_a_config_error_naming_the_key(attention):
+  cfg = dataclasses.replace(TINY, attention=attention, dtype='bfloat16')
+  with pytest.raises(ConfigError, match=f"model.attention='{attention}' runs on GPUs only"):
+    choose(cfg, 'cpu', q_len=16, kv_len=16)
+  model = Transformer(cfg, rngs=nnx.Rngs(0))
+  with pytest.raises(ConfigError, match='model.attention'):  # while tracing, before compiling
+    jax.jit(lambda t: model(t)).lower(jnp.zeros((1, 16), jnp.int32))
+
+
+def test_symbolic_lengths_take_the_path_that_traces_for_any_length():
+  """jax.export's symbolic prompt length (lm.infer.export): no size comparison is made."""
+  (p,) = jax.export.symbolic_shape('p')
+  assert choose(TINY, 'cpu', q_len=p, kv_len=256, self_attention=False)[0] == 'xla'
+  assert choose(dataclasses.replace(TINY, attention='blockwise'), 'cpu', q_len=p,
+                kv_len=256)[0] == 'blockwise'
+
+
+@pytest.mark.parametrize('overrides,match', [
+    (dict(attention='cudnn'), "model.attention='cudnn' needs model.dtype='bfloat16'"),
+    (dict(attention='cudnn', dtype='bfloat16', width=48, num_heads=4, head_dim=12),
+     'multiple of 8'),
+    (dict(attention='flash', width=32, num_heads=4), "model.attention='flash' needs a head"),
+], ids=['cudnn-float32', 'cudnn-head-dim', 'flash-head-dim'])
+def test_a_kernel_that_cannot_take_the_model_is_a_config_error_on_gpu(overrides, match):
+  with pytest.raises(ConfigError, match=match):
+    choose(dataclasses.replace(TINY, **overrides), 'gpu', q_len=16, kv_len=16)
