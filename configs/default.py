@@ -174,11 +174,15 @@ def get_config() -> ml_collections.ConfigDict:
   # 'dpo': preference tuning on data.format='preference' from init_from (lm/train/preference.py)
   c.train.dpo = ml_collections.ConfigDict()
   # 'sigmoid': DPO, -log sigmoid(beta * margin of log-ratios to the reference) |
-  # 'simpo': SimPO, reference-free, beta * length-normalised log-prob margin - simpo_gamma
+  # 'simpo': SimPO, reference-free, beta * length-normalised log-prob margin - simpo_gamma |
+  # 'orpo': ORPO, reference-free, SFT loss on chosen + orpo_lambda * odds-ratio loss
   c.train.dpo.loss = 'sigmoid'
   c.train.dpo.beta = 0.1  # scale of the implicit reward (SimPO papers use about 2)
   c.train.dpo.label_smoothing = 0.0  # sigmoid: the share of pairs assumed mislabelled (cDPO)
   c.train.dpo.simpo_gamma = 0.5  # simpo: the target reward margin
+  # orpo: weight of -log sigmoid(log odds(chosen) - log odds(rejected)) next to the chosen
+  # response's mean NLL (the odds of a response: p / (1 - p), p its mean token probability)
+  c.train.dpo.orpo_lambda = 0.1
   # 'model': the frozen initial model runs in every step (with LoRA: the base, adapters off)
   # | 'precomputed': its log-probabilities are computed once before training
   c.train.dpo.reference = 'model'

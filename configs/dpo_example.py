@@ -6,8 +6,9 @@ reversed (docs/finetuning.md). The pairs are generated from the stdlib
   python -m lm.main --config=configs/dpo_example.py \\
       --config.init_from=workdirs/default --workdir=workdirs/dpo
 
-metrics.jsonl has eval/reward_accuracy (0.5 at step 0: every reward is 0), the chosen and
-rejected rewards and their margin. Your own pairs: --config.data.source=text
+metrics.jsonl has eval/reward_accuracy (its step-0 row: 0.5, every reward is 0), the chosen
+and rejected rewards and their margin; a shortened run's before/after is in
+docs/finetuning.md ("Measured"). Your own pairs: --config.data.source=text
 --config.data.path=pairs.jsonl (see examples/dpo_pairs.jsonl for the record forms).
 """
 

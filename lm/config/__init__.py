@@ -33,6 +33,7 @@ from lm.config.overrides import override
 from lm.config.sections import (
                                 LORA_TARGETS,
                                 MIN_SENTENCEPIECE_VOCAB,
+                                REFERENCE_FREE_LOSSES,
                                 WEIGHT_DECAY_KINDS,
                                 Checkpoint,
                                 Config,
@@ -65,9 +66,9 @@ def check_known_keys(config: ConfigDict, base: ConfigDict | None = None) -> None
 __all__ = [
     'ENUMS', 'LOGICAL_AXES', 'LORA_TARGETS', 'MESH_AXES', 'MIN_SENTENCEPIECE_VOCAB',
     'NON_NEGATIVE_FLOATS', 'NON_NEGATIVE_INTS', 'POSITIVE_FLOATS', 'POSITIVE_INTS',
-    'TASK_FORMATS', 'WEIGHT_DECAY_KINDS', 'Checkpoint', 'Config', 'ConfigDict', 'ConfigError',
-    'Data', 'Lora', 'Mesh', 'MoE', 'Model', 'Optimizer', 'Runtime', 'Tokenizer', 'Train',
-    'check_known_keys',
+    'REFERENCE_FREE_LOSSES', 'TASK_FORMATS', 'WEIGHT_DECAY_KINDS', 'Checkpoint', 'Config',
+    'ConfigDict', 'ConfigError', 'Data', 'Lora', 'Mesh', 'MoE', 'Model', 'Optimizer', 'Runtime',
+    'Tokenizer', 'Train', 'check_known_keys',
     'default_config', 'define_config_flag', 'override', 'fill_new_keys', 'from_flag', 'from_json',
     'load_file', 'resolve', 'to_json', 'typed', 'validate',
 ]

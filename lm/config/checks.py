@@ -16,7 +16,7 @@ import tokenizers
 
 from lm.config import fields, keys
 from lm.config.load import default_config
-from lm.config.sections import LORA_TARGETS, Config, dispatch_multiple
+from lm.config.sections import LORA_TARGETS, REFERENCE_FREE_LOSSES, Config, dispatch_multiple
 from lm.errors import ConfigError
 from lm.parallel import axes, presets
 
@@ -143,8 +143,9 @@ def _tasks(c: Config) -> Iterator[str]:
   if task == 'distill' and not c.train.distill.teacher:
     yield ("train.task='distill' needs a teacher: set train.distill.teacher to the workdir of "
            'a trained run with the same tokenizer.')
-  if task == 'dpo' and c.train.dpo.loss == 'simpo' and c.train.dpo.reference != 'model':
-    yield ("train.dpo.loss='simpo' is reference-free; train.dpo.reference="
+  if (task == 'dpo' and c.train.dpo.loss in REFERENCE_FREE_LOSSES
+      and c.train.dpo.reference != 'model'):
+    yield (f"train.dpo.loss={c.train.dpo.loss!r} is reference-free; train.dpo.reference="
            f"{c.train.dpo.reference!r} would compute reference log-probabilities it never uses."
            " Leave train.dpo.reference='model'.")
   if task == 'dpo' and m.moe.num_experts:

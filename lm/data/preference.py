@@ -20,14 +20,13 @@ leaves no room for a response token is dropped (counted).
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from lm.data import cache, examples, sources, split, supervised
+from lm.data import examples, split, supervised
 from lm.data.errors import DataError
 from lm.data.tokenizers import Tokenizer
 
@@ -88,42 +87,8 @@ def _check(record: Any, where: str) -> None:
 
 def read_records(cfg: Any, log: Log = print) -> list[dict]:
   """The preference records `cfg` (config.data) names, in file order (up to max_docs)."""
-  if cfg.source == 'stdlib':
-    root = cache.cache_root(cfg.cache_dir) / f'examples-preference-{cfg.max_docs}'
-    path = root / 'records.jsonl'
-    if not path.is_file():
-      with cache.atomic_dir(root) as tmp:
-        records = stdlib_records(cfg.max_docs)
-        (tmp / 'records.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
-      log(f'[data] generated {len(records)} preference records from the stdlib into {path}')
-    files = [('records.jsonl', path)]
-  elif cfg.source == 'text':
-    files = sources.text_files(cfg.path)
-  else:
-    raise DataError("data.format='preference' needs data.source='text' (JSONL at data.path) "
-                    "or 'stdlib' (generated pairs)")
-  records = []
-  for rel, path in files:
-    if path.suffix != '.jsonl':
-      raise DataError(f"{path}: data.format='preference' reads .jsonl files (one JSON record "
-                      'per line); point data.path at .jsonl files')
-    text, _ = sources.decode_utf8(path.read_bytes())
-    for lineno, line in enumerate(text.split('\n'), start=1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f'{path}:{lineno}: not valid JSON ({e.msg}); each line must be one '
-                        'JSON object') from None
-      _check(record, f'{path}:{lineno}')
-      records.append({**record, 'name': record.get('name') or f'{rel}:{lineno}'})
-      if cfg.max_docs and len(records) >= cfg.max_docs:
-        return records
-  if len(records) < 2:
-    raise DataError(f'{files[0][1] if files else cfg.path}: {len(records)} preference '
-                    'record(s); a train/validation split needs at least 2')
-  return records
+  return supervised.jsonl_records(cfg, generate=stdlib_records, check=_check, min_records=2,
+                                  log=log)
 
 
 def prompt_text(record: dict) -> str:

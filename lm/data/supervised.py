@@ -41,25 +41,38 @@ END_OF_TURN = '<|end|>'
 
 def read_records(cfg: Any, log: Log = print) -> list[dict]:
   """The records of `cfg.format` ('sft' | 'classify'), from JSONL or generated (cached)."""
+  make = examples.sft_records if cfg.format == 'sft' else examples.classify_records
+  return jsonl_records(cfg, generate=make,
+                       check=lambda record, where: _check_record(record, cfg.format, where),
+                       log=log)
+
+
+def jsonl_records(cfg: Any, *, generate: Callable[[int], list[dict]],
+                  check: Callable[[Any, str], None], min_records: int = 1,
+                  log: Log = print) -> list[dict]:
+  """The JSON records of data.format=`cfg.format` in file order (up to data.max_docs): the
+  .jsonl files at data.path (source='text'), or `generate(max_docs)` written once into the
+  data cache (source='stdlib'). `check(record, 'file:line')` raises on a bad record; a
+  record without 'name' is named 'file:line'."""
+  fmt = cfg.format
   if cfg.source == 'stdlib':
-    root = cache.cache_root(cfg.cache_dir) / f'examples-{cfg.format}-{cfg.max_docs}'
+    root = cache.cache_root(cfg.cache_dir) / f'examples-{fmt}-{cfg.max_docs}'
     path = root / 'records.jsonl'
     if not path.is_file():
-      make = examples.sft_records if cfg.format == 'sft' else examples.classify_records
       with cache.atomic_dir(root) as tmp:
-        records = make(cfg.max_docs)
+        records = generate(cfg.max_docs)
         (tmp / 'records.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
-      log(f'[data] generated {len(records)} {cfg.format} records from the stdlib into {path}')
+      log(f'[data] generated {len(records)} {fmt} records from the stdlib into {path}')
     files = [('records.jsonl', path)]
   elif cfg.source == 'text':
     files = sources.text_files(cfg.path)
   else:
-    raise DataError(f"data.format={cfg.format!r} needs data.source='text' (JSONL at data.path) "
+    raise DataError(f"data.format={fmt!r} needs data.source='text' (JSONL at data.path) "
                     "or 'stdlib' (generated records)")
   records = []
   for rel, path in files:
     if path.suffix != '.jsonl':
-      raise DataError(f'{path}: data.format={cfg.format!r} reads .jsonl files (one JSON record '
+      raise DataError(f'{path}: data.format={fmt!r} reads .jsonl files (one JSON record '
                       'per line); point data.path at .jsonl files')
     text, _ = sources.decode_utf8(path.read_bytes())
     for lineno, line in enumerate(text.split('\n'), start=1):
@@ -70,13 +83,15 @@ def read_records(cfg: Any, log: Log = print) -> list[dict]:
       except json.JSONDecodeError as e:
         raise DataError(f'{path}:{lineno}: not valid JSON ({e.msg}); each line must be one '
                         'JSON object') from None
-      _check_record(record, cfg.format, f'{path}:{lineno}')
+      check(record, f'{path}:{lineno}')
       records.append({**record, 'name': record.get('name') or f'{rel}:{lineno}'})
       if cfg.max_docs and len(records) >= cfg.max_docs:
         return records
-  if not records:
-    raise DataError(f'{files[0][1] if files else cfg.path}: no records; data.format='
-                    f'{cfg.format!r} needs at least one JSON object per line')
+  if len(records) < min_records:
+    why = ' (a train/validation split)' if min_records > 1 else ''
+    raise DataError(f'{files[0][1] if files else cfg.path}: {len(records)} record(s); '
+                    f'data.format={fmt!r} needs at least {min_records}{why}, one JSON object '
+                    'per line')
   return records
 
 

@@ -296,7 +296,8 @@ def frozen_model(cfg: ConfigDict, model_def: ModelDef, shardings: dict, mesh: Me
                  rules) -> Frozen:
   """What the step of `cfg.train.task` takes as frozen parameters (see Frozen)."""
   task, dpo, distill = cfg.train.task, cfg.train.dpo, cfg.train.distill
-  if task == 'dpo' and dpo.loss != 'simpo' and dpo.reference == 'model' and not cfg.lora.rank:
+  if (task == 'dpo' and dpo.loss not in config_lib.REFERENCE_FREE_LOSSES
+      and dpo.reference == 'model' and not cfg.lora.rank):
     return Frozen(model_def=model_def, shardings=shardings['params'])
   if task == 'distill' and not distill.offline_top_k:
     teacher_def = teacher_model_def(distill.teacher)

@@ -2,7 +2,8 @@
 
   dpo      the reference is the initial model: init_from's parameters (restored again on
            resume, so a resumed run compares to the same reference), or this config's
-           seeded initialisation without init_from. With LoRA or SimPO nothing is loaded.
+           seeded initialisation without init_from. With LoRA, SimPO or ORPO nothing is
+           loaded.
            train.dpo.reference='precomputed': the reference's log-probabilities of every
            train and validation pair are computed once here and ride in the batches; the
            reference's parameters are then dropped.
@@ -24,6 +25,7 @@ import numpy as np
 
 from lm import run as run_lib
 from lm import workdir as workdir_lib
+from lm.config import REFERENCE_FREE_LOSSES
 from lm.data import loader, packing
 from lm.data import preference as preference_data
 from lm.errors import ConfigError, DataError
@@ -40,7 +42,7 @@ def attach(setup: TrainSetup, data: Any, workdir: str, log: Log = print) -> Any:
   cfg = setup.config
   if cfg.train.task == 'dpo':
     dpo = cfg.train.dpo
-    if dpo.loss == 'simpo' or (cfg.lora.rank and dpo.reference == 'model'):
+    if dpo.loss in REFERENCE_FREE_LOSSES or (cfg.lora.rank and dpo.reference == 'model'):
       return data  # reference-free, or the base is the policy with its adapters off
     params = initial_params(setup, log)
     if dpo.reference == 'precomputed':

@@ -204,6 +204,8 @@ class Trainer:
     self.log(self.summary())
     self.writer = MetricsWriter(self.workdir, total_steps=cfg.train.steps, start_step=start)
     try:
+      if start == 0 and cfg.train.task == 'dpo':
+        self._eval_at_start(state['params'])
       with timing.phase('train'):
         state, step, final, last_row = self._loop(state, it, start)
       with timing.phase('checkpoint'):
@@ -302,6 +304,15 @@ class Trainer:
     finally:
       profile.stop()
     return state, step, final, None
+
+  def _eval_at_start(self, params) -> None:
+    """DPO's held-out metrics before the first step (metrics.jsonl step 0): the baseline
+    its reward accuracy rises from (0.5 exactly against the reference)."""
+    with self.timing.phase('eval'):
+      row = self.evaluate(params)
+    self.writer.write(0, row)
+    self.log(f'step 0: eval loss {row["eval/loss"]:.4f}, eval reward accuracy '
+             f'{row["eval/reward_accuracy"]:.4f}, margin {row["eval/margin"]:.4f}')
 
   def _train_row(self, pending: list[tuple[int, dict]], upto: int) -> dict[str, float]:
     """Reads back the metrics of the dispatches ending at or before `upto` (and removes

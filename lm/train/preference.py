@@ -10,10 +10,17 @@ of the response tokens (and eos) of one side (lm/data/preference.py lays pairs o
   simpo (SimPO)  reference-free; rewards are length-normalised log-probabilities:
                  z = beta * (log pi(y_w) / |y_w| - log pi(y_l) / |y_l|) - gamma
                  loss as above (eps = label smoothing too)
+  orpo (ORPO)    reference-free; the SFT loss on the chosen side plus an odds-ratio term:
+                 a(y) = log pi(y) / |y| (mean token log-probability, so p(y) = exp a < 1),
+                 log odds(y) = a(y) - log(1 - exp a(y)),
+                 z = log odds(y_w) - log odds(y_l),
+                 loss = -a(y_w) + lambda * [-(1 - eps) log sigmoid(z) - eps log sigmoid(-z)]
+                 lambda = train.dpo.orpo_lambda (ORPO's lambda, Hong et al. 2024)
 
 Rewards: r = beta * (log pi(y) - log ref(y)) (DPO's implicit reward) or beta * log pi(y) /
-|y| (SimPO). Reward accuracy is the share of pairs with r_w > r_l, a tie counting 1/2 (at the
-start of DPO every reward is exactly 0: the chance level 0.5).
+|y| (SimPO, and ORPO, whose loss does not use beta: its rewards order pairs as the log odds
+do). Reward accuracy is the share of pairs with r_w > r_l, a tie counting 1/2 (at the start
+of DPO every reward is exactly 0: the chance level 0.5).
 
 The reference is the frozen initial model: its parameters are a separate argument of the
 step, or, with LoRA, the policy's own with every adapter off (lora_b = 0: no second copy),
@@ -27,6 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from lm import parallel
+from lm.config import REFERENCE_FREE_LOSSES
 from lm.model import ModelDef
 from lm.model import lora as lora_lib
 
@@ -63,16 +71,23 @@ def adapters_off(params: dict) -> dict:
 def pair_losses(policy_BP2: jax.Array, reference_BP2: jax.Array | None,
                 lengths_BP2: jax.Array, dpo) -> tuple[jax.Array, jax.Array, dict]:
   """(loss [B, P], weight [B, P] (1 for a real pair), sums of STATS) of config `dpo`
-  (train.dpo). `reference_BP2` is None for the reference-free 'simpo'."""
+  (train.dpo). `reference_BP2` is None for the reference-free 'simpo' and 'orpo'."""
   valid_BP = (lengths_BP2[..., 0] > 0) & (lengths_BP2[..., 1] > 0)
+  mean_BP2 = policy_BP2 / jnp.maximum(lengths_BP2, 1.0)  # mean token log-probability
   if dpo.loss == 'simpo':
-    rewards_BP2 = dpo.beta * policy_BP2 / jnp.maximum(lengths_BP2, 1.0)
+    rewards_BP2 = dpo.beta * mean_BP2
     z_BP = rewards_BP2[..., 0] - rewards_BP2[..., 1] - dpo.simpo_gamma
+  elif dpo.loss == 'orpo':
+    rewards_BP2 = dpo.beta * mean_BP2
+    log_odds_BP2 = log_odds(mean_BP2)
+    z_BP = log_odds_BP2[..., 0] - log_odds_BP2[..., 1]
   else:
     rewards_BP2 = dpo.beta * (policy_BP2 - reference_BP2)
     z_BP = rewards_BP2[..., 0] - rewards_BP2[..., 1]
   eps = dpo.label_smoothing
   loss_BP = -(1.0 - eps) * jax.nn.log_sigmoid(z_BP) - eps * jax.nn.log_sigmoid(-z_BP)
+  if dpo.loss == 'orpo':  # the SFT loss on the chosen response plus lambda * the odds ratio
+    loss_BP = -mean_BP2[..., 0] + dpo.orpo_lambda * loss_BP
   w_BP = valid_BP.astype(jnp.float32)
   margin_BP = rewards_BP2[..., 0] - rewards_BP2[..., 1]
   correct_BP = jnp.where(margin_BP > 0, 1.0, jnp.where(margin_BP == 0, 0.5, 0.0))
@@ -82,11 +97,18 @@ def pair_losses(policy_BP2: jax.Array, reference_BP2: jax.Array | None,
   return loss_BP, w_BP, stats
 
 
+def log_odds(mean_logp: jax.Array) -> jax.Array:
+  """log(p / (1 - p)) of p = exp(mean_logp) <= 1, held finite where p rounds to 1 (a padding
+  pair's mean is 0)."""
+  a = jnp.minimum(mean_logp, -1e-6)
+  return a - jnp.log1p(-jnp.exp(a))
+
+
 def reference_logps(model_def: ModelDef, params: dict, frozen: dict, batch: dict, dpo, *,
                     num_pairs: int, lora: bool) -> jax.Array | None:
-  """The reference's log-probability sums [B, P, 2] for this batch (None for simpo):
+  """The reference's log-probability sums [B, P, 2] for this batch (None for simpo/orpo):
   precomputed in the batch, the base under LoRA, or the frozen parameters."""
-  if dpo.loss == 'simpo':
+  if dpo.loss in REFERENCE_FREE_LOSSES:
     return None
   if 'ref_logps' in batch:
     return batch['ref_logps']

@@ -24,6 +24,7 @@ from lm.config.sections.mesh import Mesh
 from lm.config.sections.model import Model, MoE
 from lm.config.sections.train import (
                                       LORA_TARGETS,
+                                      REFERENCE_FREE_LOSSES,
                                       WEIGHT_DECAY_KINDS,
                                       Checkpoint,
                                       Distill,
@@ -62,7 +63,8 @@ class Config(Section):
 
 
 __all__ = [
-    'LORA_TARGETS', 'MIN_SENTENCEPIECE_VOCAB', 'STDLIB_SOURCES', 'WEIGHT_DECAY_KINDS',
+    'LORA_TARGETS', 'MIN_SENTENCEPIECE_VOCAB', 'REFERENCE_FREE_LOSSES', 'STDLIB_SOURCES',
+    'WEIGHT_DECAY_KINDS',
     'Checkpoint', 'Config', 'Data', 'Distill', 'Dpo', 'Lora', 'Mesh', 'Model', 'MoE',
     'Optimizer', 'Runtime', 'Tokenizer', 'Train', 'dispatch_multiple',
 ]

@@ -61,13 +61,18 @@ class Optimizer(Section):
              'decays from lr to min_lr.')
 
 
+DpoLoss = Literal['sigmoid', 'simpo', 'orpo']
+REFERENCE_FREE_LOSSES: tuple[str, ...] = ('simpo', 'orpo')  # no reference model is run
+
+
 @frozen
 class Dpo(Section):
   """train.dpo: preference tuning (lm/train/preference.py)."""
-  loss: Literal['sigmoid', 'simpo']
+  loss: DpoLoss
   beta: float = positive()
   label_smoothing: float = in_range(0.0, 0.5, lo_inclusive=True)
   simpo_gamma: float = non_negative()
+  orpo_lambda: float = non_negative()
   reference: Literal['model', 'precomputed']
 
 

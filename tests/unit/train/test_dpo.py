@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
+from train_fixtures import module_xla_cache, tiny  # noqa: F401  (an autouse fixture)
 
 from configs.default import get_config
 from lm.config import ConfigDict, ConfigError, validate
@@ -20,41 +20,14 @@ from lm.data import preference as preference_data
 from lm.data.tokenizers import ByteTokenizer
 from lm.model import ModelConfig, ModelDef
 from lm.run import load_run
-from lm.train import Trainer, frozen, preference
+from lm.train import Trainer, preference
 from lm.train.metrics import read_metrics
 
 SEQ_LEN = 128
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _compilation_cache(tmp_path_factory):
-  """A persistent XLA cache for this module: Trainers of one model compile their steps once."""
-  options = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
-             'jax_persistent_cache_min_entry_size_bytes')
-  saved = {name: getattr(jax.config, name) for name in options}
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('xla_cache')))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
-  compilation_cache.reset_cache()
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-
-
 def _tiny(c, cache):
-  c.data.cache_dir = str(cache)
-  c.data.val_fraction = 0.2
-  c.data.seq_len = SEQ_LEN
-  c.data.tokenizer.kind = 'byte'
-  c.model.num_layers, c.model.width, c.model.mlp_dim = 2, 32, 64
-  c.model.num_heads = c.model.num_kv_heads = 2
-  c.optimizer.lr, c.optimizer.warmup_steps, c.optimizer.min_lr = 1e-2, 2, 1e-3
-  c.train.batch_size = 8
-  c.train.steps_per_dispatch = c.train.log_every = 5
-  c.train.eval_batches = 4
-  c.train.sample_tokens = 0
-  return c
+  return tiny(c, cache, seq_len=SEQ_LEN, eval_batches=4)
 
 
 @pytest.fixture(scope='module')
@@ -93,14 +66,12 @@ def _dpo(base, **overrides):
   return c
 
 
-def _step0(trainer):
-  """The eval metrics of the initial state (the reference attached, as run() does)."""
-  trainer.data = frozen.attach(trainer.setup, trainer.data, trainer.workdir, log=lambda _: None)
-  try:
-    state, _ = trainer._initial_state()
-  finally:
-    trainer.checkpoints.close()
-  return state, trainer.evaluate(state['params'])
+def _run(c, workdir):
+  """(the step-0 eval row, the final metrics) of a DPO run: it evaluates before step 1."""
+  final = Trainer(c, str(workdir), log=lambda _: None).run()
+  rows = read_metrics(workdir / 'metrics.jsonl')
+  assert rows[0]['step'] == 0
+  return rows[0], final
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -164,24 +135,42 @@ def test_pair_losses_match_a_hand_computation():
   assert float(stats['reward_correct']) == 0.5  # equal length-normalised rewards: a tie
 
 
+def test_orpo_loss_matches_a_hand_computation():
+  pol = jnp.asarray([[[-2.0, -6.0], [0.0, 0.0]]])
+  lengths = jnp.asarray([[[4.0, 3.0], [0.0, 0.0]]])  # the second pair is padding
+  orpo = ConfigDict({'loss': 'orpo', 'beta': 0.1, 'label_smoothing': 0.1, 'simpo_gamma': 0.5,
+                     'orpo_lambda': 0.25})
+  loss, w, stats = preference.pair_losses(pol, None, lengths, orpo)
+  a_w, a_l = -2.0 / 4, -6.0 / 3  # mean token log-probabilities
+  log_odds = lambda a: math.log(math.exp(a) / (1 - math.exp(a)))  # noqa: E731
+  z = log_odds(a_w) - log_odds(a_l)
+  sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+  odds_ratio = -0.9 * math.log(sig(z)) - 0.1 * math.log(sig(-z))
+  assert float(loss[0, 0]) == pytest.approx(-a_w + 0.25 * odds_ratio, rel=1e-5)
+  assert w.tolist() == [[1.0, 0.0]] and np.isfinite(np.asarray(loss)).all()  # padding: finite
+  assert float(stats['chosen_reward']) == pytest.approx(0.1 * a_w)
+  assert float(stats['reward_correct']) == 1.0
+  grads = jax.grad(lambda p: jnp.sum(preference.pair_losses(p, None, lengths, orpo)[0]))(pol)
+  assert np.isfinite(np.asarray(grads)).all()
+
+
 def test_config_checks_name_the_keys(base):
   bad = _dpo(base, **{'data.format': 'text'})
   with pytest.raises(ConfigError, match=r"data.format='preference'"):
     validate(bad, num_devices=8)
-  bad = _dpo(base, **{'train.dpo.loss': 'simpo', 'train.dpo.reference': 'precomputed'})
-  with pytest.raises(ConfigError, match=r'train.dpo.reference'):
-    validate(bad, num_devices=8)
+  for loss in ('simpo', 'orpo'):
+    bad = _dpo(base, **{'train.dpo.loss': loss, 'train.dpo.reference': 'precomputed'})
+    with pytest.raises(ConfigError, match=rf"train.dpo.loss='{loss}' is reference-free"):
+      validate(bad, num_devices=8)
 
 
 # ---- training -----------------------------------------------------------------------------
 
 
 def test_dpo_starts_at_log2_and_learns_to_prefer_real_code(base, tmp_path):
-  c = _dpo(base)
-  _, start = _step0(Trainer(c, str(tmp_path / 'probe'), log=lambda _: None))
+  start, final = _run(_dpo(base), tmp_path / 'dpo')
   assert start['eval/loss'] == pytest.approx(math.log(2), abs=1e-6)
   assert start['eval/reward_accuracy'] == 0.5 and start['eval/margin'] == 0.0
-  final = Trainer(c, str(tmp_path / 'dpo'), log=lambda _: None).run()
   assert final['eval/reward_accuracy'] >= 0.9, final
   assert final['eval/margin'] > 0 and final['eval/loss'] < 0.5
   rows = read_metrics(tmp_path / 'dpo' / 'metrics.jsonl')
@@ -191,9 +180,8 @@ def test_dpo_starts_at_log2_and_learns_to_prefer_real_code(base, tmp_path):
 def test_lora_dpo_changes_only_the_adapters(base, tmp_path):
   c = _dpo(base, **{'lora.rank': 4, 'train.steps': 10, 'train.eval_every': 10,
                     'checkpoint.every': 10, 'optimizer.lr': 3e-2})
-  _, start = _step0(Trainer(c, str(tmp_path / 'probe'), log=lambda _: None))
+  start, final = _run(c, tmp_path / 'lora')
   assert start['eval/loss'] == pytest.approx(math.log(2), abs=1e-6)  # the base: adapters off
-  final = Trainer(c, str(tmp_path / 'lora'), log=lambda _: None).run()
   assert final['eval/margin'] != 0.0
   tuned = jax.tree_util.tree_flatten_with_path(load_run(tmp_path / 'lora').params)[0]
   base_params = {jax.tree_util.keystr(p): x
@@ -205,6 +193,16 @@ def test_lora_dpo_changes_only_the_adapters(base, tmp_path):
     key = jax.tree_util.keystr(p)
     if 'lora' not in key:
       np.testing.assert_array_equal(np.asarray(x), np.asarray(base_params[key]), err_msg=key)
+
+
+def test_orpo_trains_without_a_reference(base, tmp_path):
+  c = _dpo(base, **{'train.dpo.loss': 'orpo', 'train.steps': 5, 'train.eval_every': 5,
+                    'checkpoint.every': 5})
+  trainer = Trainer(c, str(tmp_path / 'orpo'), log=lambda _: None)
+  final = trainer.run()
+  assert trainer.setup.frozen.params == {}  # reference-free: no second model was loaded
+  start = read_metrics(tmp_path / 'orpo' / 'metrics.jsonl')[0]
+  assert start['step'] == 0 and final['eval/loss'] < start['eval/loss'], (start, final)
 
 
 def test_precomputed_reference_trains_as_the_model_reference(base, tmp_path):

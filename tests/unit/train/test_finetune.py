@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from finetune_data import write_corpus, write_sft
-from jax.experimental.compilation_cache import compilation_cache
+from train_fixtures import module_xla_cache, tiny  # noqa: F401  (an autouse fixture)
 
 from configs.default import get_config
 from lm.checkpoint import CheckpointError
@@ -26,35 +26,8 @@ from lm.train.step import token_losses
 SEQ_LEN = 32
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _compilation_cache(tmp_path_factory):
-  """A persistent XLA cache for this module: Trainers of one model compile its steps once."""
-  options = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
-             'jax_persistent_cache_min_entry_size_bytes')
-  saved = {name: getattr(jax.config, name) for name in options}
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('xla_cache')))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
-  compilation_cache.reset_cache()
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-
-
 def _tiny(c, cache):
-  c.data.cache_dir = str(cache)
-  c.data.val_fraction = 0.2
-  c.data.seq_len = SEQ_LEN
-  c.data.tokenizer.kind = 'byte'
-  c.model.num_layers, c.model.width, c.model.mlp_dim = 2, 32, 64
-  c.model.num_heads = c.model.num_kv_heads = 2
-  c.optimizer.lr, c.optimizer.warmup_steps, c.optimizer.min_lr = 1e-2, 2, 1e-3
-  c.train.batch_size = 8
-  c.train.steps_per_dispatch = c.train.log_every = 5
-  c.train.eval_batches = 2
-  c.train.sample_tokens = 0
-  return c
+  return tiny(c, cache, seq_len=SEQ_LEN)
 
 
 @pytest.fixture(scope='module')

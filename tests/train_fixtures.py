@@ -1,0 +1,50 @@
+"""What the tests that train tiny runs share (imported by test_*.py; tests/ is on sys.path):
+a persistent XLA cache per module, so Trainers of one model compile their steps once, and
+the tiny model and optimizer settings.
+
+A module that imports `module_xla_cache` gets it (an autouse fixture found in its
+namespace): `from train_fixtures import module_xla_cache  # noqa: F401`.
+"""
+
+import pathlib
+
+import jax
+import ml_collections
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+
+_CACHE_OPTIONS = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
+                  'jax_persistent_cache_min_entry_size_bytes')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def module_xla_cache(tmp_path_factory):
+  """A persistent XLA cache for the importing module, every program stored; the previous
+  settings restored afterwards."""
+  saved = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
+  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('xla_cache')))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
+  compilation_cache.reset_cache()  # an earlier compile may have settled "no cache"
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+def tiny(c: ml_collections.ConfigDict, cache: pathlib.Path, *, seq_len: int, layers: int = 2,
+         width: int = 32, eval_batches: int = 2) -> ml_collections.ConfigDict:
+  """`c` made tiny: byte tokens, 2 heads, MLP 2 x width, lr 1e-2 (2 warmup steps), batch 8,
+  5 steps per dispatch, no samples; the data cache in `cache`."""
+  c.data.cache_dir = str(cache)
+  c.data.val_fraction = 0.2
+  c.data.seq_len = seq_len
+  c.data.tokenizer.kind = 'byte'
+  c.model.num_layers, c.model.width, c.model.mlp_dim = layers, width, 2 * width
+  c.model.num_heads = c.model.num_kv_heads = 2
+  c.optimizer.lr, c.optimizer.warmup_steps, c.optimizer.min_lr = 1e-2, 2, 1e-3
+  c.train.batch_size = 8
+  c.train.steps_per_dispatch = c.train.log_every = 5
+  c.train.eval_batches = eval_batches
+  c.train.sample_tokens = 0
+  return c
