@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
+from train_fixtures import module_xla_cache  # noqa: F401  (an autouse fixture: one XLA cache per module)
 
 from configs.default import get_config
 from lm import config as config_lib
@@ -60,22 +60,6 @@ def _write_corpus(root: pathlib.Path) -> pathlib.Path:
     picks = rng.choice(len(SENTENCES), size=14)
     (root / f'doc{i:02d}.txt').write_text(' '.join(SENTENCES[j] for j in picks) + '\n')
   return root
-
-
-@pytest.fixture(scope='module', autouse=True)
-def _compilation_cache(tmp_path_factory):
-  """A persistent XLA cache for this module: the Trainer runs of one config compile once."""
-  options = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
-             'jax_persistent_cache_min_entry_size_bytes')
-  saved = {name: getattr(jax.config, name) for name in options}
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('xla_cache')))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
-  compilation_cache.reset_cache()  # an earlier compile may have settled "no cache"
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope='module')
