@@ -23,13 +23,16 @@ LAUNCH = REPO / 'launch'
 SCRIPTS = ['local.sh', 'tpu_vm.sh', 'slurm.sbatch']
 
 # Plays `python -m lm.main`: prints its process id, its argv and what the launcher set in
-# its environment; FAKE_MODE=exit exits with its process id, FAKE_MODE=fail makes process 1
-# fail, otherwise it runs for ~10 s. `-c` (the free-port probe) goes to the real Python.
+# its environment; FAKE_MODE=exit exits with its process id (ignoring the launcher's Ctrl-C
+# to the others once process 1 has failed, which would otherwise race with process 2's own
+# exit), FAKE_MODE=fail makes process 1 fail, otherwise it runs for ~10 s. `-c` (the
+# free-port probe) goes to the real Python.
 FAKE_PYTHON = textwrap.dedent(f"""\
     #!/usr/bin/env bash
+    if [[ "${{FAKE_MODE:-}}" == exit ]]; then trap '' INT; fi
     if [[ "$1" == -c ]]; then exec {sys.executable} "$@"; fi
     id=""; for a in "$@"; do case "$a" in --process_id=*) id=${{a#*=}};; esac; done
-    trap 'echo "interrupted id=$id"; exit 130' INT
+    if [[ "${{FAKE_MODE:-}}" != exit ]]; then trap 'echo "interrupted id=$id"; exit 130' INT; fi
     gpus=${{CUDA_VISIBLE_DEVICES:-all}}
     devs=$JAX_LOCAL_DEVICE_IDS
     echo "id=$id xla=$XLA_FLAGS platforms=$JAX_PLATFORMS gpus=$gpus devs=$devs argv=$*"
