@@ -39,6 +39,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Training rows start every this many tokens: 0 = seq_len + 1 (no overlap); smaller
   # values give overlapping windows, like nanoGPT's random crops (validation never overlaps).
   c.data.train_row_stride = 0
+  # Multi-host: 0 = the train rows in shards of at most 256 MiB, every host reading its rows
+  # of one global shuffle from all of them; S > 0 = exactly S shards (row r in shard r % S),
+  # each host opening and reading only its own (shards p, p+P, ...; P must divide S), the
+  # union of the hosts' batches still the 1-host batch (lm/data/loader.py ShardTrainIterator).
+  c.data.train_shards = 0
   # Domains (lm/data/mixture.py): (domain name, source, weight) triples; when set it
   # replaces data.source. A source is 'stdlib' (all of it), 'stdlib:code' (the stdlib with
   # docstrings and comments removed), 'stdlib:prose' (only its docstrings and comments) or

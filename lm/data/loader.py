@@ -5,10 +5,19 @@ Multi-host contract: the global stream is one seeded shuffle of the rows, repeat
 forever with a different shuffle each epoch; process p of P takes elements p, p+P,
 p+2P, ... and batches them, so the union over processes of their batch b is the
 single-process batch b of size P * B.
+
+Shard order (`ShardTrainIterator`, data.train_shards = S > 0): the packed training rows
+are written round-robin into S shard files (row r of the packed stream is row r // S of
+shard r % S), and global element i of the stream is shard g = i % S's element i // S,
+where each shard is its own seeded shuffle repeated with a new shuffle each epoch.
+Process p still takes elements p, p+P, ..., so the union over processes of batch b is
+again the single-process batch b; when P divides S those elements all come from shards
+p, p+P, ... (`host_shards`), and a process opens and reads only those files.
 """
 
 import hashlib
 import pathlib
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -96,6 +105,69 @@ class TrainIterator(IndexBatchIterator):
 
     super().__init__(len(source), read_batch, batch_size=batch_size, seed=seed,
                      process_index=process_index, process_count=process_count)
+
+
+def host_shards(num_shards: int, process_index: int, process_count: int) -> list[int]:
+  """The shard files process p of P reads in the shard order: p, p+P, p+2P, ...
+
+  P must divide the shard count, so every process owns num_shards / P shards and the
+  global element i (shard i % S) falls to process i % P, the owner of that shard."""
+  _check_sharding(1, process_index, process_count)
+  if num_shards < 1 or num_shards % process_count:
+    raise DataError(f'the training rows are in {num_shards} shard(s), which '
+                    f'{process_count} processes cannot split evenly; set data.train_shards '
+                    f'to a multiple of the process count (e.g. {process_count * 8})')
+  return list(range(process_index, num_shards, process_count))
+
+
+def _shard_seed(seed: int, shard: int) -> int:
+  digest = hashlib.sha256(f'lm.data.train/{int(seed)}/shard{int(shard)}'.encode()).digest()
+  return int.from_bytes(digest[:4], 'little')
+
+
+class ShardTrainIterator:
+  """Training batches in the shard order (module docstring): process p opens only its own
+  shard files (`host_shards`) and reads rows from them alone.
+
+  `paths` are all S shards of the split in shard order; only this process's are opened
+  (their row counts come from `shard_rows` when given, else from opening them)."""
+
+  def __init__(self, paths: Sequence[pathlib.Path], *, batch_size: int, seed: int,
+               process_index: int, process_count: int,
+               shard_rows: Sequence[int] | None = None):
+    _check_sharding(batch_size, process_index, process_count)
+    paths = list(paths)
+    num_shards = len(paths)
+    self.shards = host_shards(num_shards, process_index, process_count)
+    self.sources = {g: _source([paths[g]]) for g in self.shards}
+    rows = {g: (int(shard_rows[g]) if shard_rows is not None else len(self.sources[g]))
+            for g in self.shards}
+    for g in self.shards:
+      if rows[g] < 1:
+        raise DataError(f'shard {paths[g]} holds no rows; lower data.train_shards so every '
+                        'shard gets at least one')
+    orders = {g: grain.MapDataset.range(rows[g]).shuffle(seed=_shard_seed(seed, g)).repeat()
+              for g in self.shards}
+
+    def read_batch(index_B: np.ndarray) -> dict[str, np.ndarray]:
+      records = []
+      for i in index_B:
+        g, k = int(i) % num_shards, int(i) // num_shards
+        records.append(self.sources[g][int(orders[g][k])])
+      return packing.rows_to_batch(np.stack([packing.parse_row(r) for r in records]))
+
+    dataset = (grain.MapDataset.range(sys.maxsize)[process_index::process_count]
+               .batch(batch_size, drop_remainder=True)
+               .map(lambda index_B: read_batch(np.asarray(index_B))))
+    self._iterator = dataset.__iter__()
+    self._pipeline = {'seed': int(seed), 'batch_size': int(batch_size),
+                      'process_count': int(process_count), 'order': 'shards',
+                      'shards': num_shards}
+
+  __iter__ = IndexBatchIterator.__iter__
+  __next__ = IndexBatchIterator.__next__
+  get_state = IndexBatchIterator.get_state
+  set_state = IndexBatchIterator.set_state
 
 
 def eval_batches(path: Paths, *, batch_size: int, num_batches: int,

@@ -9,24 +9,31 @@ a generator seeded by (seed, n), and the row uniformly from that domain's rows (
 replacement), so the iterator's whole state is n. Process p of P takes rows p, p+P, ...
 of the global batch, as the single-source loader does.
 
-Cache: <cache_dir>/mixture-<hash>/ {tokenizer/, <domain>-{train,validation}.npz, meta.json}.
+Cache: <cache_dir>/mixture-<hash>/ {tokenizer/, <d>-documents/ (TFDS ArrayRecord),
+<d>-packed/ ({train,validation}-NNNNN.array_record shards, meta.json), meta.json}, d the
+domain's index. Preparation streams as the single-source path does (lm/data/prepare.py):
+each domain is read a document at a time, split in one counting pass, written to its TFDS
+store, the tokenizer trained on a stream of every domain's training text, and each split
+packed by prepare._build_packed; the iterators read rows by random access, so no step
+holds a domain in memory. The rows are those the in-memory code packed (test_domains).
 """
 
 from __future__ import annotations
 
+import itertools
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from lm.data import cache, domains, packing, sources, split, tokenizers
+from lm.data import cache, domains, loader, packing, sources, split, store, tokenizers
 from lm.data.errors import DataError
-from lm.data.prepare import prepare
+from lm.data.prepare import _build_packed, prepare
 
-FORMAT = 1
+FORMAT = 2  # 2: ArrayRecord shards per domain (1: in-memory .npz)
 Log = Callable[[str], None]
 STDLIB_PARTS = {'stdlib:code': 'code', 'stdlib:prose': 'prose'}
 
@@ -47,22 +54,29 @@ def _source_cfg(data_cfg: Any, source: str) -> ml_collections.ConfigDict:
   return cfg
 
 
-def read_domain(data_cfg: Any, source: str) -> list[sources.Document]:
-  """The documents of one mixture source (at most data.max_docs files)."""
+def stream_domain(data_cfg: Any, source: str) -> Callable[[], Iterator[sources.Document]]:
+  """A function streaming the documents of one mixture source (at most data.max_docs
+  files), a fresh pass per call."""
   if source not in ('stdlib', *STDLIB_PARTS) and source.startswith('stdlib'):
     raise DataError(f"data.mixture source {source!r}: expected 'stdlib', 'stdlib:code', "
                     "'stdlib:prose' or a text file path")
-  docs = sources.read(_source_cfg(data_cfg, source)).documents
-  if source in STDLIB_PARTS:
-    docs = domains.split_documents(docs, STDLIB_PARTS[source])
-  if not docs:
-    raise DataError(f'data.mixture source {source!r} has no text')
+  cfg = _source_cfg(data_cfg, source)
+
+  def docs() -> Iterator[sources.Document]:
+    for doc in sources.stream(cfg):
+      if source in STDLIB_PARTS:
+        yield from domains.split_documents([doc], STDLIB_PARTS[source])
+      else:
+        yield doc
   return docs
 
 
-def _split(docs: list[sources.Document], method: str, val_fraction: float):
-  # A one-document source (a single text file) can only be split by its tail.
-  return split.split_documents(docs, 'tail' if len(docs) < 2 else method, val_fraction)
+def read_domain(data_cfg: Any, source: str) -> list[sources.Document]:
+  """The documents of one mixture source (at most data.max_docs files), in memory."""
+  docs = list(stream_domain(data_cfg, source)())
+  if not docs:
+    raise DataError(f'data.mixture source {source!r} has no text')
+  return docs
 
 
 class MixtureData:
@@ -78,15 +92,20 @@ class MixtureData:
     self.tokenizer = tokenizers.load(self.tokenizer_path)
     self.meta = cache.read_json(root / 'meta.json')
     self.stats = self.meta['stats']
-    self._rows: dict[tuple[str, str], np.ndarray] = {}
+
+  def split_paths(self, split_name: str, domain: int = 0) -> list[pathlib.Path]:
+    """The ArrayRecord shards of one domain's packed split, in row order."""
+    packed = self.root / f'{domain}-packed'
+    return [packed / n for n in self.stats[self.names[domain]][f'{split_name}_shards']]
+
+  def source(self, split_name: str, domain: int = 0):
+    """One domain's packed split by random access (loader._source: only the index is read
+    on opening; a row when it is asked for)."""
+    return loader._source(self.split_paths(split_name, domain))  # pylint: disable=protected-access
 
   def rows(self, split_name: str, domain: int = 0) -> np.ndarray:
-    """[N, 2, seq_len + 1] the packed rows (tokens, segments) of one domain's split."""
-    key = (split_name, self.names[domain])
-    if key not in self._rows:
-      with np.load(self.root / f'{domain}-{split_name}.npz') as f:
-        self._rows[key] = np.stack([f['tokens'], f['segments']], axis=1)
-    return self._rows[key]
+    """[N, 2, seq_len + 1] every packed row (tokens, segments) of one domain's split."""
+    return loader.read_all(self.split_paths(split_name, domain))
 
   def train_iterator(self, batch_size: int, seed: int, process_index: int = 0,
                      process_count: int = 1) -> MixtureIterator:
@@ -103,9 +122,10 @@ class MixtureData:
            for d in range(len(self.names))]
     rows, dom = [], []
     for d, n in enumerate(per):
-      val = self.rows('validation', d)
+      val = self.source('validation', d)
       idx = (np.arange(n) * len(val)) // max(n, 1) if len(val) >= n else np.arange(n) % len(val)
-      rows.append(val[idx])
+      rows.append(np.stack([packing.parse_row(val[int(i)]) for i in idx])
+                  if n else np.zeros((0, 2, self.seq_len + 1), np.int32))
       dom.append(np.full(n, d, np.int32))
     rows_N2L, dom_N = np.concatenate(rows), np.concatenate(dom)
     mine = slice(process_index, None, process_count)
@@ -136,7 +156,7 @@ class MixtureIterator:
     self.batch_size, self.seed = batch_size, int(seed)
     self.process_index, self.process_count = process_index, process_count
     self.step = 0
-    self._train = [data.rows('train', d) for d in range(len(data.names))]
+    self._train = [data.source('train', d) for d in range(len(data.names))]
     self._pipeline = {'seed': self.seed, 'batch_size': batch_size, 'process_count': process_count,
                       'domains': list(data.names), 'rows': [len(r) for r in self._train]}
 
@@ -150,8 +170,8 @@ class MixtureIterator:
     pick_N = rng.random(n)
     self.step += 1
     mine = range(self.process_index, n, self.process_count)
-    rows = [self._train[domain_N[i]][int(pick_N[i] * len(self._train[domain_N[i]]))]
-            for i in mine]
+    rows = [packing.parse_row(
+        self._train[domain_N[i]][int(pick_N[i] * len(self._train[domain_N[i]]))]) for i in mine]
     return _batch(np.stack(rows), domain_N[self.process_index::self.process_count])
 
   def get_state(self) -> dict[str, Any]:
@@ -190,29 +210,43 @@ def prepare_mixture(data_cfg: Any, seq_len: int | None = None, log: Log = print)
 def _build(data_cfg: Any, names: list[str], srcs: list[str], seq_len: int,
            identity: dict, root: pathlib.Path, log: Log) -> None:
   start = time.perf_counter()
-  splits = [_split(read_domain(data_cfg, s), data_cfg.split, data_cfg.val_fraction)
-            for s in srcs]
   stride = data_cfg.get('train_row_stride', 0)
-  stats: dict[str, Any] = {}
+  stats: dict[str, Any] = {name: {} for name in names}
+  quiet: Log = lambda _: None  # noqa: E731
   with cache.atomic_dir(root) as tmp:
-    train_texts = [d.text for sp in splits for d in sp['train']]
+    for d, (name, src) in enumerate(zip(names, srcs, strict=True)):
+      docs = stream_domain(data_cfg, src)
+      num_docs = sum(1 for _ in docs())
+      if not num_docs:
+        raise DataError(f'data.mixture source {src!r} has no text')
+      # A one-document source (a single text file) can only be split by its tail.
+      method = 'tail' if num_docs < 2 else data_cfg.split
+      splits = split.stream_splits(docs, method, data_cfg.val_fraction)
+
+      def counted(split_name: str, splits=splits, st=stats[name]):
+        def gen() -> Iterator[sources.Document]:
+          n = nbytes = 0
+          for doc in splits[split_name]():
+            n, nbytes = n + 1, nbytes + len(doc.text.encode('utf-8'))
+            yield doc
+          st[f'{split_name}_docs'], st[f'{split_name}_bytes'] = n, nbytes
+        return gen
+      store.write({sn: counted(sn) for sn in split.SPLITS}, tmp / f'{d}-documents')
     (tmp / 'tokenizer').mkdir()
-    tokenizers.train(data_cfg.tokenizer, train_texts, tmp / 'tokenizer', log)
+    tokenizers.train(data_cfg.tokenizer, lambda: itertools.chain.from_iterable(
+        store.iter_texts(tmp / f'{d}-documents', 'train') for d in range(len(names))),
+        tmp / 'tokenizer', log)
     tok = tokenizers.load(tmp / 'tokenizer')
-    for d, (name, sp) in enumerate(zip(names, splits, strict=True)):
-      stats[name] = {}
-      for split_name, docs in sp.items():
-        ids = tok.encode_batch([doc.text for doc in docs])
-        order = packing.document_order(len(ids))
-        tokens_NL, segments_NL = packing.pack(
-            [ids[i] for i in order], seq_len, tok.bos_id, tok.eos_id,
-            stride=stride if split_name == 'train' else 0)
-        np.savez(tmp / f'{d}-{split_name}.npz', tokens=tokens_NL, segments=segments_NL)
-        stats[name][f'{split_name}_docs'] = len(docs)
-        stats[name][f'{split_name}_rows'] = len(tokens_NL)
-        stats[name][f'{split_name}_tokens'] = int(sum(len(x) + 2 for x in ids))
-        stats[name][f'{split_name}_bytes'] = sum(len(doc.text.encode('utf-8')) for doc in docs)
-    sample = splits[0]['validation'][0].text[:4096]
+    for d, name in enumerate(names):
+      try:
+        _build_packed(tok, tmp / f'{d}-documents', tmp / f'{d}-packed', seq_len, quiet, stride)
+      except DataError as e:
+        raise DataError(f'data.mixture domain {name!r}: {e}') from None
+      packed = cache.read_json(tmp / f'{d}-packed' / 'meta.json')
+      for split_name in split.SPLITS:
+        for key in ('rows', 'tokens', 'shards'):
+          stats[name][f'{split_name}_{key}'] = packed[f'{split_name}_{key}']
+    sample = next(iter(store.iter_texts(tmp / '0-documents', 'validation')))[:4096]
     cache.write_json(tmp / 'meta.json', {'identity': identity, 'stats': stats,
                                          'val_text_sample': sample})
   log(f'[data] mixture of {len(names)} domains prepared in {time.perf_counter() - start:.1f}s')

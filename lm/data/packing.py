@@ -178,6 +178,45 @@ class ShardWriter:
     return list(self.names)
 
 
+class RoundRobinWriter:
+  """Rows into exactly `num_shards` ArrayRecord files `<prefix>-00000.array_record`, ...:
+  row r of the stream goes to shard r % num_shards (its row r // num_shards), so shard
+  sizes differ by at most one row. All shards are open while writing (one writer each)."""
+
+  def __init__(self, directory: pathlib.Path, prefix: str, num_shards: int):
+    if num_shards < 1:
+      raise ValueError(f'num_shards={num_shards} must be >= 1')
+    self.names = [f'{prefix}-{g:05d}.array_record' for g in range(num_shards)]
+    self._writers = [array_record_module.ArrayRecordWriter(str(directory / n), 'group_size:1')
+                     for n in self.names]
+    self.rows = 0
+
+  def write(self, tokens_NL: np.ndarray, segments_NL: np.ndarray) -> None:
+    for tokens_L, segments_L in zip(tokens_NL.astype('<i4'), segments_NL.astype('<i4'),
+                                    strict=True):
+      self._writers[self.rows % len(self._writers)].write(
+          tokens_L.tobytes() + segments_L.tobytes())
+      self.rows += 1
+
+  def shard_rows(self) -> list[int]:
+    n = len(self._writers)
+    return [self.rows // n + (1 if g < self.rows % n else 0) for g in range(n)]
+
+  def close(self) -> list[str]:
+    for w in self._writers:
+      w.close()
+    return list(self.names)
+
+
+def interleave(shards_N2L: Sequence[np.ndarray]) -> np.ndarray:
+  """[N, 2, L] the stream's rows from RoundRobinWriter's shards (row r from shard r % S)."""
+  total = sum(len(x) for x in shards_N2L)
+  out = np.empty((total,) + shards_N2L[0].shape[1:], np.int32)
+  for g, rows in enumerate(shards_N2L):
+    out[g::len(shards_N2L)] = rows
+  return out
+
+
 def write_rows(path: pathlib.Path, tokens_NL: np.ndarray, segments_NL: np.ndarray) -> None:
   """One ArrayRecord record per row (tokens then segments, int32 little-endian)."""
   writer = array_record_module.ArrayRecordWriter(str(path), 'group_size:1')

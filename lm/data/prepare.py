@@ -18,8 +18,11 @@ shuffled order, tokenizes them PACK_BATCH_DOCS at a time, packs them into rows a
 come (packing.pack_stream) and writes shards of at most ROWS_PER_SHARD_BYTES as they
 fill. The rows are those `packing.pack` gives the whole split in memory.
 
-Multi-host: every host opens the shards and reads only its own rows (the loader's
-index order, process p taking rows p, p+P, ...: lm/data/loader.py), by random access.
+Multi-host: by default every host opens the shards and reads only its own rows (the
+loader's index order, process p taking rows p, p+P, ...: lm/data/loader.py), by random
+access. With data.train_shards = S the train rows go round-robin into S shards
+(packed-...-shardsS/, row r in shard r % S) and each host opens and reads only its own
+shards (loader.ShardTrainIterator, loader.host_shards).
 """
 
 import pathlib
@@ -62,7 +65,13 @@ class PreparedData:
 
   def train_iterator(self, batch_size: int, seed: int, process_index: int = 0,
                      process_count: int = 1) -> loader.TrainIterator:
-    """Endless shuffled training batches for this process (see lm/data/loader.py)."""
+    """Endless shuffled training batches for this process (see lm/data/loader.py); with
+    data.train_shards the shard order, this process opening only its own shards."""
+    if self.stats.get('train_order') == 'shards':
+      return loader.ShardTrainIterator(
+          self.split_paths('train'), batch_size=batch_size, seed=seed,
+          process_index=process_index, process_count=process_count,
+          shard_rows=self.stats['train_shard_rows'])
     return loader.TrainIterator(self.split_paths('train'), batch_size=batch_size, seed=seed,
                                 process_index=process_index, process_count=process_count)
 
@@ -84,7 +93,9 @@ class PreparedData:
     return ''.join(out)
 
   def rows(self, split_name: str) -> np.ndarray:
-    """[N, 2, seq_len + 1] int32: every packed row (tokens, segments) in stored order."""
+    """[N, 2, seq_len + 1] int32: every packed row (tokens, segments) in packed order."""
+    if split_name == 'train' and self.stats.get('train_order') == 'shards':
+      return packing.interleave([loader.read_all(p) for p in self.split_paths('train')])
     return loader.read_all(self.split_paths(split_name))
 
 
@@ -137,8 +148,11 @@ def prepare(data_cfg: Any, seq_len: int | None = None, log: Log = print) -> Prep
   stride = data_cfg.get('train_row_stride', 0)
   packed_dir = root / f'packed-{tok_key}-{seq_len}' if not stride else (
       root / f'packed-{tok_key}-{seq_len}-stride{stride}')
+  train_shards = data_cfg.get('train_shards', 0)
+  if train_shards:
+    packed_dir = packed_dir.with_name(f'{packed_dir.name}-shards{train_shards}')
   if not packed_dir.is_dir():
-    _build_packed(tokenizer, docs_dir, packed_dir, seq_len, log, stride)
+    _build_packed(tokenizer, docs_dir, packed_dir, seq_len, log, stride, train_shards)
   stats = {**doc_stats, **cache.read_json(packed_dir / 'meta.json'),
            'vocab_size': tokenizer.vocab_size, 'tokenizer': tok_key, 'seq_len': seq_len,
            'cache_path': str(root)}
@@ -187,7 +201,7 @@ def _build_documents(cfg: Any, identity: dict[str, Any], docs_dir: pathlib.Path,
 
 
 def _build_packed(tokenizer: Tokenizer, docs_dir: pathlib.Path, packed_dir: pathlib.Path,
-                  seq_len: int, log: Log, train_stride: int = 0) -> None:
+                  seq_len: int, log: Log, train_stride: int = 0, train_shards: int = 0) -> None:
   start = time.perf_counter()
   meta: dict[str, Any] = {}
   rows_per_shard = max(1, ROWS_PER_SHARD_BYTES // (8 * (seq_len + 1)))
@@ -209,7 +223,9 @@ def _build_packed(tokenizer: Tokenizer, docs_dir: pathlib.Path, packed_dir: path
             counts['unk'] += int(sum(int(np.sum(x == unk_id)) for x in ids))
           yield from ids
 
-      writer = packing.ShardWriter(tmp, name, rows_per_shard)
+      writer = (packing.RoundRobinWriter(tmp, name, train_shards)
+                if name == 'train' and train_shards else
+                packing.ShardWriter(tmp, name, rows_per_shard))
       for tokens_NL, segments_NL in packing.pack_stream(
           token_arrays(), seq_len, tokenizer.bos_id, tokenizer.eos_id,
           stride=train_stride if name == 'train' else 0):
@@ -223,6 +239,9 @@ def _build_packed(tokenizer: Tokenizer, docs_dir: pathlib.Path, packed_dir: path
       meta[f'{name}_tokens'] = num_tokens
       meta[f'{name}_rows'] = writer.rows
       meta[f'{name}_shards'] = shards
+      if isinstance(writer, packing.RoundRobinWriter):
+        meta['train_order'] = 'shards'
+        meta['train_shard_rows'] = writer.shard_rows()
       meta[f'{name}_bytes_per_token'] = round(
           counts['bytes'] / max(1, num_tokens - 2 * counts['docs']), 4)
       if unk_id is not None:

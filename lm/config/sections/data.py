@@ -53,6 +53,7 @@ class Data(Section):
   cache_dir: str
   seq_len: int = positive()
   train_row_stride: int
+  train_shards: int = non_negative(' (0: shards of at most 256 MiB read in one global shuffle)')
   mixture: tuple[tuple[str, str, float], ...]
   format: Literal['text', 'sft', 'classify', 'preference']
   tokenizer: Tokenizer
@@ -77,6 +78,10 @@ class Data(Section):
       yield (f"data.format={self.format!r} reads JSONL records (data.source='text') or "
              "generates them (data.source='stdlib'); data.source='tfds' gives only plain "
              'documents.')
+    if self.train_shards and (self.mixture or self.format != 'text'):
+      yield (f'data.train_shards={self.train_shards} applies to a packed text corpus; '
+             'data.mixture and data.format other than text read their rows in one global '
+             'shuffle (set data.train_shards=0).')
     row = self.seq_len + 1  # a training row: seq_len inputs and the next token (lm/data/packing)
     if not 0 <= self.train_row_stride <= row:
       yield (f'data.train_row_stride={self.train_row_stride} must be between 0 and a row, '

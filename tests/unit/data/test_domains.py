@@ -9,7 +9,7 @@ import pytest
 
 from configs.default import get_config
 from lm import config as config_lib
-from lm.data import domains
+from lm.data import domains, mixture, packing, split, tokenizers
 from lm.data.mixture import prepare_mixture
 from lm.tools import btm
 from lm.train import Trainer
@@ -87,6 +87,37 @@ def test_mixture_batches_carry_each_tokens_domain(tmp_path):
   eval_domains = np.concatenate([b['domains'][:, 0] for b in
                                  data.eval_batches(batch_size=4, num_batches=2)])
   assert np.bincount(eval_domains).tolist() == [4, 4]
+
+
+@pytest.mark.parametrize('stride', [0, 5])
+def test_streamed_mixture_rows_are_the_in_memory_packing(tmp_path, stride):
+  """Every domain's packed rows (and the tokenizer) are what packing all of a domain's
+  split in memory gives: the code before streaming (read, split, encode, pack)."""
+  cfg = _config(tmp_path)
+  cfg.data.tokenizer.kind = 'char'  # trained on the texts: a different text order shows
+  cfg.data.train_row_stride = stride
+  (tmp_path / 'one.txt').write_text('just one document, split by its tail. ' * 20)
+  cfg.data.mixture = (*cfg.data.mixture, ('one', str(tmp_path / 'one.txt'), 1.0))
+  data = prepare_mixture(cfg.data, log=lambda _: None)
+  splits = [split.split_documents(mixture.read_domain(cfg.data, src),
+                                  'tail' if name == 'one' else cfg.data.split,
+                                  cfg.data.val_fraction) for name, src, _ in cfg.data.mixture]
+  ref_tok = tokenizers.CharTokenizer.train([d.text for sp in splits for d in sp['train']])
+  tok = data.tokenizer
+  texts = [d.text for sp in splits for part in sp.values() for d in part]
+  assert tok.vocab_size == ref_tok.vocab_size
+  assert all((a == b).all() for a, b in zip(tok.encode_batch(texts), ref_tok.encode_batch(texts),
+                                            strict=True))
+  for d, sp in enumerate(splits):
+    for name, docs in sp.items():
+      ids = tok.encode_batch([doc.text for doc in docs])
+      order = packing.document_order(len(ids))
+      tokens_NL, segments_NL = packing.pack([ids[i] for i in order], cfg.data.seq_len,
+                                            tok.bos_id, tok.eos_id,
+                                            stride=stride if name == 'train' else 0)
+      np.testing.assert_array_equal(data.rows(name, d), np.stack([tokens_NL, segments_NL], 1))
+      assert data.stats[cfg.data.mixture[d][0]][f'{name}_docs'] == len(docs)
+  assert data.meta['val_text_sample'] == splits[0]['validation'][0].text[:4096]
 
 
 def test_mixture_config_errors_name_the_entry(tmp_path):
