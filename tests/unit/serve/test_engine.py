@@ -47,9 +47,12 @@ class Collector:
   def __init__(self):
     self.events, self.finished_at, self.done = [], None, threading.Event()
     self.cancel_row = None  # a Row to cancel at its first piece of text
+    self.on_first = None  # called at the first event
 
   def __call__(self, event):
     self.events.append(event)
+    if self.on_first is not None and len(self.events) == 1:
+      self.on_first()
     if self.cancel_row is not None and isinstance(event, Text):
       self.cancel_row.cancelled = True
     if isinstance(event, Finished | Failed):
@@ -137,12 +140,12 @@ def test_a_short_request_finishes_before_a_long_one_started_earlier(tiny, slot_d
   engine.start()
   try:
     long_c, short_c = Collector(), Collector()
+    short = Row(tokenizer.encode('fox'), 2, SamplingConfig(temperature=0.0), 0, (), short_c)
+    # Sent from the engine's thread at the long row's first event, so that it arrives while
+    # the long one decodes however fast decoding is (a sleeping poll here could miss it).
+    long_c.on_first = lambda: engine.submit([short])
     engine.submit([Row(tokenizer.encode('the'), 40, SamplingConfig(temperature=0.0), 0, (),
                        long_c)])
-    while not long_c.events:
-      time.sleep(0.005)
-    engine.submit([Row(tokenizer.encode('fox'), 2, SamplingConfig(temperature=0.0), 0, (),
-                       short_c)])
     assert short_c.done.wait(60) and long_c.done.wait(120)
   finally:
     engine.stop()
