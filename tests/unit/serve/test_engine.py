@@ -307,3 +307,44 @@ def test_the_prefix_cache_evicts_the_least_recently_used_within_its_bound(tiny, 
   finally:
     engine.stop()
   assert len(small) == 2 and small.evictions == 5 + 3 - 2
+
+
+@pytest.mark.parametrize('kind', ['int8', 'tensor_parallel'])
+def test_int8_and_tensor_parallel_decode_through_the_engine(tiny, kind):
+  """int8 weights: the engine's tokens equal the int8 model's own Decoder.generate.
+  Tensor parallel (2 devices, params and shared cache split by the rules): the engine's
+  tokens equal the single-device float Decoder's."""
+  from configs.default import get_config
+  from lm.infer.sharding import decode_mesh
+  from lm.model.quantize import quantize
+  from lm.parallel import rules_for
+  from lm.run import place_params
+
+  model_def, params, tokenizer = tiny
+  greedy = SamplingConfig(temperature=0.0)
+  specs = [(tokenizer.encode(p), n, greedy, 0) for p, n in
+           (('the quick brown fox', 10), ('a', 14), ('over the lazy dog', 6))]
+  if kind == 'int8':
+    model_def, params = quantize(model_def, params)
+    assert params['blocks']['attn']['qkv']['kernel'].dtype == jnp.int8
+    decoder = Decoder(model_def, cache_len=CONTEXT)
+    served = params
+  else:
+    mesh, rules = decode_mesh(tensor=2), rules_for(get_config().mesh)
+    served = place_params(model_def, params, mesh, rules)
+    decoder = Decoder(model_def, cache_len=CONTEXT, mesh=mesh, rules=rules)
+  slots = SlotDecoder(decoder, slots=2, eos_id=tokenizer.eos_id, chunk=8)
+  if kind == 'tensor_parallel':
+    assert slots.new_cache()['k'].sharding.spec[3] == 'tensor'  # kv heads split
+  engine = Engine(slots, served, tokenizer, steps_per_call=4)
+  engine.start()
+  try:
+    got = [c.text() for c in _run(engine, specs)]
+  finally:
+    engine.stop()
+  alone = Decoder(model_def, cache_len=CONTEXT)
+  for i, (ids, n, _, _) in enumerate(specs):
+    ref = alone.generate(params, [ids], max_new_tokens=n, sampling=greedy,
+                         stop_tokens=[[tokenizer.eos_id]])[0]
+    assert got[i] == tokenizer.decode(ref), (kind, i)
+  assert len(set(got)) > 1
