@@ -20,7 +20,7 @@ from absl import flags
 from lm import cli
 from lm import config as config_lib
 from lm.errors import UserError
-from lm.infer.bench import run_benchmark
+from lm.infer.bench import run_benchmark, run_vs_transformers
 
 _CONFIG = config_lib.define_config_flag(
     'config', 'configs/default.py', 'Experiment config file (its model is benchmarked); '
@@ -41,6 +41,12 @@ _MEM_BW = flags.DEFINE_float(
 _VOCAB = flags.DEFINE_integer('vocab_size', 0, 'Vocabulary size when config.model.vocab_size '
                               'is 0; default: data.tokenizer.vocab_size (sentencepiece), 259 '
                               '(byte), else the prepared tokenizer\'s.')
+_VS_HF = flags.DEFINE_bool(
+    'vs_transformers', False, 'Instead: greedy decode tokens/s of lm (Decoder.generate and the '
+    "serving engine's slots) against Hugging Face transformers' generate (torch CPU) on the "
+    'same weights, exported as `lm convert to-hf` does, side by side (best of --repeats).')
+_STEPS_PER_CALL = flags.DEFINE_integer(
+    'steps_per_call', 8, 'With --vs_transformers: decode steps per dispatch of the engine path.')
 _JSON = flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
 
 
@@ -63,6 +69,28 @@ def main(argv: list[str]) -> None:
                      ('repeats', _REPEATS)):
     if flag.value < 1 or (name == 'new_tokens' and flag.value < 2):
       raise UserError(f'--{name}={flag.value} is too small')
+  if _VS_HF.value:
+    if _QUANTIZE.value != 'none':
+      raise UserError('--vs_transformers compares float weights; drop --quantize')
+    if _STEPS_PER_CALL.value < 1:
+      raise UserError(f'--steps_per_call={_STEPS_PER_CALL.value} must be >= 1')
+    r = run_vs_transformers(config, batch_sizes=batch_sizes, prompt_len=_PROMPT_LEN.value,
+                            new_tokens=_NEW_TOKENS.value, repeats=_REPEATS.value,
+                            vocab_size=_VOCAB.value, steps_per_call=_STEPS_PER_CALL.value)
+    print(f"device: {r['device']} (jax {r['jax']}; torch {r['torch']} with "
+          f"{r['torch_threads']} threads, transformers {r['transformers']}); "
+          f"{r['params']:,} parameters; prompt {r['prompt_len']} + {r['new_tokens']} new "
+          f"tokens, greedy, best of {r['repeats']}")
+    for row in r['rows']:
+      print(f"batch {row['batch']:>3}: " + ', '.join(
+          f"{name} {row[name]['tokens_per_sec']:,.0f} tokens/s "
+          f"({row[name]['seconds'] * 1e3:.0f} ms)"
+          for name in ('lm_generate', 'lm_engine', 'transformers')) +
+          f"; lm/transformers {row['lm_generate_vs_transformers']:.2f}x (generate), "
+          f"{row['lm_engine_vs_transformers']:.2f}x (engine); same tokens "
+          f"{100 * row['same_tokens_as_transformers']:.0f}%")
+    _write_json(r)
+    return
   r = run_benchmark(config, batch_sizes=batch_sizes, prompt_len=_PROMPT_LEN.value,
                     new_tokens=_NEW_TOKENS.value, naive_tokens=_NAIVE_TOKENS.value,
                     repeats=_REPEATS.value, quantize=_QUANTIZE.value, vocab_size=_VOCAB.value,
@@ -82,6 +110,10 @@ def main(argv: list[str]) -> None:
           f"{row['achieved_gbs']:.1f} GB/s" +
           (f" = {100 * row['bandwidth_fraction']:.1f}% of {r['mem_bw_gbs']:g} GB/s"
            if 'bandwidth_fraction' in row else ''))
+  _write_json(r)
+
+
+def _write_json(r: dict) -> None:
   if _JSON.value:
     with open(_JSON.value, 'w', encoding='utf-8') as f:
       json.dump(r, f, indent=2)

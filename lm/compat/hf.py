@@ -238,6 +238,23 @@ def _hf_tokenizer_files(tokenizer: Tokenizer, source: str) -> dict[str, str]:
   return files
 
 
+def write_hf_model(model_cfg: ModelConfig, params, hf_dir: str | os.PathLike, *, bos_id: int,
+                   eos_id: int, pad_id: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """Writes `params` of a `model_cfg` model as HF config.json + model.safetensors in `hf_dir`
+  (what `export_hf` writes of a run, also for weights that are in no run, as
+  `python -m lm bench_decode --vs_transformers` needs). Returns (HF config, tensors)."""
+  hf_dir = Path(hf_dir)
+  hf_config = hf_mapping.config_to_hf(model_cfg)
+  tensors = hf_mapping.params_to_hf(model_cfg, params)
+  hf_config.update(bos_token_id=int(bos_id), eos_token_id=int(eos_id), pad_token_id=int(pad_id))
+  hf_dir.mkdir(parents=True, exist_ok=True)
+  tmp = hf_dir / f'.{HF_WEIGHTS}.tmp'
+  save_file(tensors, tmp, metadata={'format': 'pt'})  # transformers requires the format tag
+  os.replace(tmp, hf_dir / HF_WEIGHTS)
+  (hf_dir / HF_CONFIG).write_text(json.dumps(hf_config, indent=2) + '\n', encoding='utf-8')
+  return hf_config, tensors
+
+
 def export_hf(workdir: str | os.PathLike, hf_dir: str | os.PathLike, step: int | None = None,
               *, log: Log = print) -> Path:
   """Writes checkpoint `step` (default: the latest) of `workdir` as an HF model in `hf_dir`."""
@@ -249,16 +266,9 @@ def export_hf(workdir: str | os.PathLike, hf_dir: str | os.PathLike, step: int |
                           'overwrite them. Pick another directory or delete them.')
   run = load_run(workdir, step, log=log)
   model_cfg = run.model_def.cfg
-  hf_config = hf_mapping.config_to_hf(model_cfg)
-  tensors = hf_mapping.params_to_hf(model_cfg, run.params)
   tok = run.tokenizer  # lm's own tokenizers all use the base class's special ids
-  hf_config.update(bos_token_id=int(tok.bos_id), eos_token_id=int(tok.eos_id),
-                   pad_token_id=int(tok.pad_id))
-  hf_dir.mkdir(parents=True, exist_ok=True)
-  tmp = hf_dir / f'.{HF_WEIGHTS}.tmp'
-  save_file(tensors, tmp, metadata={'format': 'pt'})  # transformers requires the format tag
-  os.replace(tmp, hf_dir / HF_WEIGHTS)
-  (hf_dir / HF_CONFIG).write_text(json.dumps(hf_config, indent=2) + '\n', encoding='utf-8')
+  hf_config, tensors = write_hf_model(model_cfg, run.params, hf_dir, bos_id=tok.bos_id,
+                                      eos_id=tok.eos_id, pad_id=tok.pad_id)
   if tok.kind == 'hf':
     for name, text in _hf_tokenizer_files(tok, run.config.data.tokenizer.path).items():
       (hf_dir / name).write_text(text, encoding='utf-8')

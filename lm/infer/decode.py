@@ -85,11 +85,14 @@ class Decoder:
     last_BV = logits_BPV[jnp.arange(b), lengths_B - 1]
     return sample(last_BV, key, **sampling), cache
 
-  def _step_fn(self, params, tokens_B, positions_B, cache, key, sampling):
+  def _step_fn(self, params, tokens_B, positions_B, cache, key, n, sampling):
+    """Token n of every row (fed the token before it at positions_B), the next positions
+    and the cache. The key is folded here, not on the host: one dispatch per token."""
     with self._rules():
       logits_B1V, cache = self.model_def.merge(params).decode(
           tokens_B[:, None], positions_B[:, None], cache)
-    return sample(logits_B1V[:, 0], key, **sampling), cache
+    token_B = sample(logits_B1V[:, 0], jax.random.fold_in(key, n), **sampling)
+    return token_B, positions_B + 1, cache
 
   def _rules(self):
     """The model's sharding constraints are active only when decoding on a mesh."""
@@ -157,10 +160,10 @@ class Decoder:
     generated: list[list[int]] = [[] for _ in range(b)]
     done = np.zeros(b, bool)
     for n in range(max_new_tokens):
-      if n:
-        token_B, cache = self._step(params, token_B, positions_B, cache,
-                                    jax.random.fold_in(key, n), knobs)
-        positions_B = positions_B + 1
+      # Step n + 1 is dispatched before token n is read back, so the device computes it
+      # while the host checks stops (one step is wasted when every row stops at n).
+      ahead = (self._step(params, token_B, positions_B, cache, key, np.int32(n + 1), knobs)
+               if n + 1 < max_new_tokens else None)
       host_B = np.asarray(token_B)
       out_B = np.where(done, -1, host_B).astype(np.int32)
       for i in np.flatnonzero(~done):
@@ -171,6 +174,8 @@ class Decoder:
       yield out_B
       if done.all():
         return
+      if ahead is not None:
+        token_B, positions_B, cache = ahead
 
   def generate(self, params: dict, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                sampling: SamplingConfig = DEFAULT_SAMPLING, seed: int = 0,

@@ -82,12 +82,42 @@ def sample(logits_BV: jax.Array, key: jax.Array, *, temperature: jax.Array, top_
   softmax(logits / temperature) restricted to the top-k and the top-p nucleus.
 
   With `seed` ([B], from `RowSampling`) every knob is per row too, and row b draws with
-  fold_in(key, seed[b]): its tokens do not depend on the other rows of the batch."""
+  fold_in(key, seed[b]): its tokens do not depend on the other rows of the batch.
+
+  The filter sorts the whole vocabulary (≈ 2/3 of a small model's decode step on a CPU,
+  docs/serving.md), so it runs under a `lax.cond` that takes it only when some row
+  samples: a greedy batch costs one argmax. The tokens are those of the unconditional
+  computation (`sample_always`)."""
+  greedy_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  return jax.lax.cond(
+      jnp.any(temperature > 0),
+      lambda: sample_always(logits_BV, key, temperature=temperature, top_k=top_k, top_p=top_p,
+                            seed=seed),
+      lambda: greedy_B)
+
+
+def sample_rows(logits_BV: jax.Array, keys_B: jax.Array, temperature_B: jax.Array,
+                top_k_B: jax.Array, top_p_B: jax.Array) -> jax.Array:
+  """`sample` of each row b with its own key and knobs (the per-row path of `sample` and
+  of lm.infer.slots), skipping the filter when no row samples."""
+  def one_row(logits_V, key, temperature, top_k, top_p):
+    return sample_always(logits_V[None], key, temperature=temperature, top_k=top_k,
+                         top_p=top_p)[0]
+  greedy_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  return jax.lax.cond(
+      jnp.any(temperature_B > 0),
+      lambda: jax.vmap(one_row)(logits_BV, keys_B, temperature_B, top_k_B, top_p_B),
+      lambda: greedy_B)
+
+
+def sample_always(logits_BV: jax.Array, key: jax.Array, *, temperature: jax.Array,
+                  top_k: jax.Array, top_p: jax.Array, seed: jax.Array | None = None
+                  ) -> jax.Array:
+  """`sample` computed without the greedy shortcut: the filter and the draw always run
+  (under vmap a `lax.cond` runs both branches, so the per-row path calls this)."""
   if seed is not None:
-    def one_row(logits_V, key, temperature, top_k, top_p):
-      return sample(logits_V[None], key, temperature=temperature, top_k=top_k, top_p=top_p)[0]
     keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, seed)
-    return jax.vmap(one_row)(logits_BV, keys_B, temperature, top_k, top_p)
+    return sample_rows(logits_BV, keys_B, temperature, top_k, top_p)
   greedy_B = jnp.argmax(logits_BV, axis=-1)
   scaled_BV = logits_BV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
   drawn_B = jax.random.categorical(key, filter_logits(scaled_BV, top_k, top_p), axis=-1)

@@ -31,7 +31,7 @@ import numpy as np
 
 from lm.errors import InputError
 from lm.infer.decode import Decoder
-from lm.infer.sampling import SamplingConfig, sample
+from lm.infer.sampling import SamplingConfig, sample_rows
 
 TOP_LOGPROBS = 5  # alternatives reported per token (the OpenAI completions API's bound)
 STATE_KEYS = ('tokens', 'positions', 'steps', 'left', 'active', 'seeds', 'temperature',
@@ -51,10 +51,15 @@ def empty_state(slots: int) -> dict[str, np.ndarray]:
           'top_p': np.ones(slots, np.float32)}
 
 
-def _draw(logits_V, n, seed, temperature, top_k, top_p):
-  """Token n of a request with this seed, from one row of logits (see the module doc)."""
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), n), seed)
-  return sample(logits_V[None], key, temperature=temperature, top_k=top_k, top_p=top_p)[0]
+def _key(n, seed):
+  """The key of token n of a request with this seed (see the module doc)."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(0), n), seed)
+
+
+def _draw(logits_BV, n_B, seed_B, temperature_B, top_k_B, top_p_B):
+  """Token n_B[b] of each slot's request, every row sampled on its own (argmax alone when
+  no row samples: `sample_rows`)."""
+  return sample_rows(logits_BV, jax.vmap(_key)(n_B, seed_B), temperature_B, top_k_B, top_p_B)
 
 
 def _scores(logits_BV, chosen_B):
@@ -122,7 +127,8 @@ class SlotDecoder:
             for name in row}
 
   def _first_fn(self, logits_V, seed, temperature, top_k, top_p):
-    token = _draw(logits_V, jnp.int32(0), seed, temperature, top_k, top_p)
+    token = _draw(logits_V[None], jnp.zeros(1, jnp.int32), seed[None], temperature[None],
+                  top_k[None], top_p[None])[0]
     lp, top_lp, top_id = _scores(logits_V[None], token[None])
     return token, lp[0], top_lp[0], top_id[0]
 
@@ -135,7 +141,7 @@ class SlotDecoder:
       with self.decoder._rules():
         logits_B1V, cache = model.decode(st['tokens'][:, None], st['positions'][:, None], cache)
       logits_BV = logits_B1V[:, 0]
-      token_B = jax.vmap(_draw)(logits_BV, st['steps'], *knobs)
+      token_B = _draw(logits_BV, st['steps'], *knobs)
       lp_B, top_lp_BK, top_id_BK = _scores(logits_BV, token_B)
       active_B = st['active']
       left_B = st['left'] - active_B.astype(jnp.int32)

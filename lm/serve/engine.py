@@ -289,6 +289,7 @@ class Engine:
   def _free(self, slot: int) -> None:
     self._running[slot] = None
     self._state['active'][slot] = False
+    self._state['temperature'][slot] = 0.0  # a free slot never makes the batch sample
 
   def _drop_cancelled(self) -> None:
     for slot, progress in enumerate(self._running):

@@ -47,9 +47,12 @@ class Collector:
   def __init__(self):
     self.events, self.finished_at, self.done = [], None, threading.Event()
     self.cancel_row = None  # a Row to cancel at its first piece of text
+    self.on_first = None  # called at the first event
 
   def __call__(self, event):
     self.events.append(event)
+    if self.on_first is not None and len(self.events) == 1:
+      self.on_first()
     if self.cancel_row is not None and isinstance(event, Text):
       self.cancel_row.cancelled = True
     if isinstance(event, Finished | Failed):
@@ -137,12 +140,12 @@ def test_a_short_request_finishes_before_a_long_one_started_earlier(tiny, slot_d
   engine.start()
   try:
     long_c, short_c = Collector(), Collector()
+    short = Row(tokenizer.encode('fox'), 2, SamplingConfig(temperature=0.0), 0, (), short_c)
+    # Sent from the engine's thread at the long row's first event, so that it arrives while
+    # the long one decodes however fast decoding is (a sleeping poll here could miss it).
+    long_c.on_first = lambda: engine.submit([short])
     engine.submit([Row(tokenizer.encode('the'), 40, SamplingConfig(temperature=0.0), 0, (),
                        long_c)])
-    while not long_c.events:
-      time.sleep(0.005)
-    engine.submit([Row(tokenizer.encode('fox'), 2, SamplingConfig(temperature=0.0), 0, (),
-                       short_c)])
     assert short_c.done.wait(60) and long_c.done.wait(120)
   finally:
     engine.stop()
@@ -304,3 +307,44 @@ def test_the_prefix_cache_evicts_the_least_recently_used_within_its_bound(tiny, 
   finally:
     engine.stop()
   assert len(small) == 2 and small.evictions == 5 + 3 - 2
+
+
+@pytest.mark.parametrize('kind', ['int8', 'tensor_parallel'])
+def test_int8_and_tensor_parallel_decode_through_the_engine(tiny, kind):
+  """int8 weights: the engine's tokens equal the int8 model's own Decoder.generate.
+  Tensor parallel (2 devices, params and shared cache split by the rules): the engine's
+  tokens equal the single-device float Decoder's."""
+  from configs.default import get_config
+  from lm.infer.sharding import decode_mesh
+  from lm.model.quantize import quantize
+  from lm.parallel import rules_for
+  from lm.run import place_params
+
+  model_def, params, tokenizer = tiny
+  greedy = SamplingConfig(temperature=0.0)
+  specs = [(tokenizer.encode(p), n, greedy, 0) for p, n in
+           (('the quick brown fox', 10), ('a', 14), ('over the lazy dog', 6))]
+  if kind == 'int8':
+    model_def, params = quantize(model_def, params)
+    assert params['blocks']['attn']['qkv']['kernel'].dtype == jnp.int8
+    decoder = Decoder(model_def, cache_len=CONTEXT)
+    served = params
+  else:
+    mesh, rules = decode_mesh(tensor=2), rules_for(get_config().mesh)
+    served = place_params(model_def, params, mesh, rules)
+    decoder = Decoder(model_def, cache_len=CONTEXT, mesh=mesh, rules=rules)
+  slots = SlotDecoder(decoder, slots=2, eos_id=tokenizer.eos_id, chunk=8)
+  if kind == 'tensor_parallel':
+    assert slots.new_cache()['k'].sharding.spec[3] == 'tensor'  # kv heads split
+  engine = Engine(slots, served, tokenizer, steps_per_call=4)
+  engine.start()
+  try:
+    got = [c.text() for c in _run(engine, specs)]
+  finally:
+    engine.stop()
+  alone = Decoder(model_def, cache_len=CONTEXT)
+  for i, (ids, n, _, _) in enumerate(specs):
+    ref = alone.generate(params, [ids], max_new_tokens=n, sampling=greedy,
+                         stop_tokens=[[tokenizer.eos_id]])[0]
+    assert got[i] == tokenizer.decode(ref), (kind, i)
+  assert len(set(got)) > 1
