@@ -2,7 +2,8 @@
 preference, LoRA-DPO and the precomputed reference (docs/finetuning.md).
 
 One tiny base language model is trained once on stdlib code; the DPO runs start from it.
-The preference: real stdlib code (chosen) over the same lines reversed (rejected).
+The preference: real stdlib code (chosen) over the same lines reversed (rejected), on the
+snippets whose reversal shows in the indentation (see _order_shows).
 """
 
 import json
@@ -23,18 +24,38 @@ from lm.run import load_run
 from lm.train import Trainer, preference
 from lm.train.metrics import read_metrics
 
-SEQ_LEN = 128
+SEQ_LEN = 192  # a pair of 3-line snippets of <= 80 chars fits a row whole
 
 
 def _tiny(c, cache):
   return tiny(c, cache, seq_len=SEQ_LEN, eval_batches=4)
 
 
+def _indent_follows_colons(code: str) -> bool:
+  """Python's indentation rule on a snippet: the first line is not indented, and a line is
+  indented past the one before it exactly when that one ends with ':'."""
+  lines = code.rstrip('\n').split('\n')
+  depth = [len(x) - len(x.lstrip(' ')) for x in lines]
+  return depth[0] == 0 and all(a.endswith(':') == (d_b > d_a) for a, d_a, d_b in
+                               zip(lines, depth, depth[1:], strict=False))
+
+
+def _order_shows(record: dict) -> bool:
+  """The chosen side keeps the indentation rule and the reversed one breaks it: the order is
+  learnable from the layout. (With 'if a:/x/if b:' reversed, only the meaning tells.)"""
+  return _indent_follows_colons(record['chosen']) and not _indent_follows_colons(
+      record['rejected'])
+
+
 @pytest.fixture(scope='module')
 def base(tmp_path_factory):
   """(root, pairs.jsonl, base workdir): a 20-step code model and stdlib preference pairs."""
   root = tmp_path_factory.mktemp('dpo')
-  records = preference_data.stdlib_records(3000, max_chars=56, lines=3, order='reverse')
+  records, seen = [], set()
+  for r in preference_data.stdlib_records(100_000, max_chars=80, lines=3, order='reverse'):
+    if _order_shows(r) and r['chosen'] not in seen:  # no copy of a held-out pair in train
+      seen.add(r['chosen'])
+      records.append(r)
   pairs = root / 'pairs.jsonl'
   pairs.write_text(''.join(json.dumps(r) + '\n' for r in records))
   corpus = root / 'corpus'
@@ -55,9 +76,10 @@ def _dpo(base, **overrides):
   c.init_from = str(workdir)
   c.data.format, c.data.source, c.data.path = 'preference', 'text', str(pairs)
   c.train.task = 'dpo'
-  c.train.dpo.beta = 0.5
-  c.train.eval_batches = 16  # 90 held-out pairs: accuracy in steps of ~0.01, not 1/16
-  c.train.steps = c.train.eval_every = c.checkpoint.every = 80
+  c.train.dpo.beta = 0.1
+  c.optimizer.lr = 3e-3
+  c.train.eval_batches = 21  # all 166 held-out pairs: accuracy in steps of ~0.006
+  c.train.steps = c.train.eval_every = c.checkpoint.every = 240
   for key, value in overrides.items():
     *parents, leaf = key.split('.')
     node = c
@@ -169,14 +191,20 @@ def test_config_checks_name_the_keys(base):
 
 
 def test_dpo_starts_at_log2_and_learns_to_prefer_real_code(base, tmp_path):
-  start, final = _run(_dpo(base), tmp_path / 'dpo')
+  c = _dpo(base)
+  trainer = Trainer(c, str(tmp_path / 'dpo'), log=lambda _: None)
+  held_out = trainer.data.stats['validation_pairs']
+  assert held_out >= 150 and held_out <= c.train.eval_batches * c.train.batch_size, held_out
+  final = trainer.run()
+  start = read_metrics(tmp_path / 'dpo' / 'metrics.jsonl')[0]
+  assert start['step'] == 0
   assert start['eval/loss'] == pytest.approx(math.log(2), abs=1e-6)
   assert start['eval/reward_accuracy'] == 0.5 and start['eval/margin'] == 0.0
-  # This 2-layer width-32 model reaches ~0.79 over 90 held-out pairs at 80 steps (0.88 at
-  # 200, overfitting); the issue's >= 0.9 is met by configs/dpo_example.py on the default
-  # model (0.919 over 160 pairs, docs/finetuning.md), too slow for a unit test.
-  assert final['eval/reward_accuracy'] >= 0.7, final
-  assert final['eval/margin'] > 0 and final['eval/loss'] < 0.5
+  # Measured over the 166 held-out pairs (2-layer width 32; base and DPO seed equal):
+  # seed 0 0.992 at step 160, seed 1 0.992 at 240 (0.85-0.89 up to step 120), seed 2 0.969
+  # at 80; this test (seed 0) passed at 240.
+  assert final['eval/reward_accuracy'] >= 0.9, final
+  assert final['eval/margin'] > 0 and final['eval/loss'] < 0.3
   rows = read_metrics(tmp_path / 'dpo' / 'metrics.jsonl')
   assert any('train/reward_accuracy' in r for r in rows)  # the train rows carry DPO's metrics
 
