@@ -73,6 +73,8 @@ class MetricsWriter:
 
   On resume (`start_step` > 0) lines with step > start_step, left by the interrupted run,
   are dropped first so the file stays monotonic; TensorBoard hides them via purge_step.
+  A start from scratch (`start_step` 0) drops every old line, the step-0 row of a run that
+  evaluates before its first step (DPO) included: that row is written again.
   """
 
   def __init__(self, workdir: str | os.PathLike, *, total_steps: int, start_step: int = 0,
@@ -86,7 +88,7 @@ class MetricsWriter:
       return
     workdir_lib.path(workdir).mkdir(parents=True, exist_ok=True)
     self._path = workdir_lib.metrics_path(workdir)
-    kept = _lines_upto(self._path, start_step) if self._path.exists() else []
+    kept = _lines_upto(self._path, start_step) if start_step and self._path.exists() else []
     if workdir_lib.is_url(self.workdir):
       self._lines = kept
       self._flush(force=True)

@@ -73,10 +73,12 @@ def test_resume_drops_lines_after_start_step(tmp_path):
 
 def test_fresh_start_in_old_workdir_starts_a_new_file(tmp_path):
   with MetricsWriter(tmp_path, total_steps=10, tensorboard=False) as w:
+    w.write(0, {'eval/loss': 0.7})  # DPO's step-0 evaluation, then a step before any save
     w.write(5, {'train/loss': 1.0})
   with MetricsWriter(tmp_path, total_steps=10, start_step=0, tensorboard=False) as w:
+    w.write(0, {'eval/loss': 0.7})  # the restarted run evaluates step 0 again
     w.write(1, {'train/loss': 2.0})
-  assert [r['step'] for r in _lines(tmp_path)] == [1]
+  assert [r['step'] for r in _lines(tmp_path)] == [0, 1]
 
 
 def test_only_process_zero_writes(tmp_path, monkeypatch):
