@@ -52,17 +52,22 @@ def bytes_read_per_step(model_def, params: dict, batch: int, cache_len: int) -> 
   return {'weights': int(weights), 'kv_cache': int(kv), 'total': int(weights + kv)}
 
 
-def run_benchmark(config, *, batch_sizes: list[int], prompt_len: int, new_tokens: int,
-                  naive_tokens: int, repeats: int, quantize: str = 'none', vocab_size: int = 0,
-                  mem_bw_gbs: float = 0.0) -> dict:
-  """Times KV-cache and naive decoding of the config's model; returns one row per batch."""
+def _model_config(config, vocab_size: int, cache_len: int) -> tuple[ModelConfig, int]:
+  """The benchmarked model's config, and the cache length, checked against learned positions."""
   cfg = config_lib.resolve(config, num_devices=jax.device_count())
   cfg.model.vocab_size = _vocab_size(cfg, vocab_size)
-  cache_len = prompt_len + new_tokens
   model_cfg = ModelConfig.from_config(cfg.model, seq_len=cfg.data.seq_len)
   if model_cfg.position == 'learned' and cache_len > model_cfg.max_len:
     raise InputError(f'prompt_len + new_tokens = {cache_len} exceeds the model max_len '
                      f'{model_cfg.max_len} (learned positions)')
+  return model_cfg, cache_len
+
+
+def run_benchmark(config, *, batch_sizes: list[int], prompt_len: int, new_tokens: int,
+                  naive_tokens: int, repeats: int, quantize: str = 'none', vocab_size: int = 0,
+                  mem_bw_gbs: float = 0.0) -> dict:
+  """Times KV-cache and naive decoding of the config's model; returns one row per batch."""
+  model_cfg, cache_len = _model_config(config, vocab_size, prompt_len + new_tokens)
   float_def = ModelDef.create(model_cfg)
   model_def, params = quantize_params(float_def, float_def.init_params(jax.random.key(0)),
                                       quantize)
@@ -175,13 +180,7 @@ def run_vs_transformers(config, *, batch_sizes: list[int], prompt_len: int, new_
   from lm.compat.hf import write_hf_model
   from lm.infer.slots import SlotDecoder
 
-  cfg = config_lib.resolve(config, num_devices=jax.device_count())
-  cfg.model.vocab_size = _vocab_size(cfg, vocab_size)
-  cache_len = prompt_len + new_tokens
-  model_cfg = ModelConfig.from_config(cfg.model, seq_len=cfg.data.seq_len)
-  if model_cfg.position == 'learned' and cache_len > model_cfg.max_len:
-    raise InputError(f'prompt_len + new_tokens = {cache_len} exceeds the model max_len '
-                     f'{model_cfg.max_len} (learned positions)')
+  model_cfg, cache_len = _model_config(config, vocab_size, prompt_len + new_tokens)
   model_def = ModelDef.create(model_cfg)
   params = model_def.init_params(jax.random.key(0))
   decoder = Decoder(model_def, cache_len=cache_len)
