@@ -84,8 +84,8 @@ def sample(logits_BV: jax.Array, key: jax.Array, *, temperature: jax.Array, top_
   With `seed` ([B], from `RowSampling`) every knob is per row too, and row b draws with
   fold_in(key, seed[b]): its tokens do not depend on the other rows of the batch.
 
-  The filter sorts the whole vocabulary (≈ 2/3 of a small model's decode step on a CPU,
-  docs/serving.md), so it runs under a `lax.cond` that takes it only when some row
+  The filter sorts the whole vocabulary (measured at ≈ 2/3 of the default model's batch-16
+  decode step on a 2-core CPU), so it runs under a `lax.cond` that takes it only when some row
   samples: a greedy batch costs one argmax. The tokens are those of the unconditional
   computation (`sample_always`)."""
   greedy_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
