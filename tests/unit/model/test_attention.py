@@ -13,7 +13,7 @@ from flax import nnx
 from lm.errors import ConfigError
 from lm.model import ModelConfig, Transformer
 from lm.model.attention_blockwise import blockwise_attention
-from lm.model.attention_kernels import choose, flash_attention, splash_attention
+from lm.model.attention_kernels import choose, flash_attention, score_bytes_kept, splash_attention
 from lm.model.attention_mask import attention_mask, cache_attention_mask
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -161,3 +161,15 @@ def test_symbolic_lengths_take_the_path_that_traces_for_any_length():
 def test_a_kernel_that_cannot_take_the_model_is_a_config_error_on_gpu(overrides, match):
   with pytest.raises(ConfigError, match=match):
     choose(dataclasses.replace(TINY, **overrides), 'gpu', q_len=16, kv_len=16)
+
+
+def test_plan_counts_no_score_matrix_for_the_fused_kernels():
+  """lm.plan's attention bytes: the dense path grows as T^2, the kernels that keep only a
+  log-sum-exp (and splash its segment ids) as T."""
+  def kept(impl, t):
+    return score_bytes_kept(impl, rows=2, heads=4, q_len=t, kv_len=t)
+
+  assert kept('xla', 4096) == 64 * kept('xla', 512)
+  for impl in ('flash', 'splash'):
+    assert kept(impl, 4096) == 8 * kept(impl, 512)
+  assert kept('splash', 4096) < kept('xla', 4096) / 100
