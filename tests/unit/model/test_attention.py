@@ -1,6 +1,7 @@
 """Attention implementations against the dense reference (outputs and gradients, float32,
-1e-5): blockwise and the Pallas GPU kernel in interpret mode; causal and bidirectional,
-GQA/MQA, packed rows of several documents, KV-cache decode; and what 'auto' picks."""
+1e-5): blockwise and the Pallas GPU (flash) and TPU (splash) kernels in interpret mode;
+causal and bidirectional, GQA/MQA, packed rows of several documents, KV-cache decode; and
+what 'auto' picks."""
 
 import dataclasses
 
