@@ -94,10 +94,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Same stacked layout either way: unrolled is faster on CPU, rolled compiles faster.
   c.model.unroll_layers = True
   # Attention implementation (lm/model/attention_kernels.py; the start-up summary prints
-  # the pick): 'auto' (GPU: cuDNN in bfloat16 when the head dim fits; otherwise dense XLA
-  # while a row's scores are small and T <= 2048, else blockwise) | 'xla' (dense [T, T]
-  # scores) | 'blockwise' (plain JAX, O(T) memory, any backend) | 'cudnn' (GPU, bfloat16)
-  # | 'flash' (Pallas GPU kernel with segment ids, one device)
+  # the pick): 'auto' (GPU: cuDNN in bfloat16 when the head dim fits; TPU: splash;
+  # otherwise dense XLA while a row's scores are small and T <= 2048, else blockwise) |
+  # 'xla' (dense [T, T] scores) | 'blockwise' (plain JAX, O(T) memory, any backend) |
+  # 'cudnn' (GPU, bfloat16) | 'flash' (Pallas GPU kernel with segment ids, one device) |
+  # 'splash' (Pallas TPU splash kernel with segment ids)
   c.model.attention = 'auto'
   # Mixture of experts in place of the dense MLP (lm/model/moe.py, docs/moe.md).
   c.model.moe = ml_collections.ConfigDict()

@@ -12,6 +12,11 @@
 - 'flash': the Pallas (Triton) flash-attention kernel of jax.experimental.pallas.ops.gpu
   with segment ids (no dense mask at all), on GPUs. It is one custom call: under a mesh of
   several devices XLA cannot split it, so it is meant for one-device runs and benchmarks.
+- 'splash': the Pallas TPU splash-attention kernel of jax.experimental.pallas.ops.tpu with
+  segment ids (no dense mask) and a causal or full static mask, on TPUs; grouped KV heads
+  go to the MHA kernel as they are (it maps query head n to KV head n // groups), one KV
+  head to the MQA kernel. Like 'flash' it is one custom call per layer, which XLA does not
+  split over a mesh.
 
 A KV-cache decode (queries at positions over cache slots) is a layout the fused kernels
 do not take: it runs 'blockwise' where that was chosen, else 'xla', or 'blockwise' when the
@@ -28,8 +33,9 @@ from lm.errors import ConfigError
 from lm.model.attention_blockwise import blockwise_attention
 from lm.model.attention_mask import AttentionMask
 
-IMPLEMENTATIONS = ('auto', 'xla', 'blockwise', 'cudnn', 'flash')
-NEEDS_PLATFORM = {'cudnn': 'gpu', 'flash': 'gpu'}
+IMPLEMENTATIONS = ('auto', 'xla', 'blockwise', 'cudnn', 'flash', 'splash')
+NEEDS_PLATFORM = {'cudnn': 'gpu', 'flash': 'gpu', 'splash': 'tpu'}
+FUSED = ('cudnn', 'flash', 'splash')
 # 'auto' keeps the dense XLA path while one row's float32 scores over all heads stay below
 # this (and T <= DENSE_MAX_LEN). A heuristic, not a measured crossover: on the loaded CPU
 # of docs/benchmarks.md ("Attention implementations") the two were level at T=128 and
@@ -55,7 +61,7 @@ def choose(cfg, platform: str, *, q_len, kv_len, self_attention: bool = True
     raise ConfigError(
         f"model.attention={want!r} runs on {need.upper()}s only, but this is {platform}; use "
         "model.attention='auto' (blockwise or dense XLA here) or 'blockwise'.")
-  if want in ('cudnn', 'flash'):
+  if want in FUSED:
     problem = kernel_problem(want, cfg)
     if problem:
       raise ConfigError(problem)
@@ -69,13 +75,15 @@ def choose(cfg, platform: str, *, q_len, kv_len, self_attention: bool = True
                 ('blockwise', f'dense scores would be {score_bytes / 2**20:.1f} MiB per row'))
   if want in ('xla', 'blockwise'):
     return want, 'model.attention'
-  if want in ('cudnn', 'flash'):
+  if want in FUSED:
     if not self_attention:
       return fallback[0], f'{want} takes no KV-cache decode layout; {fallback[1]}'
     return want, 'model.attention'
   # auto
   if platform == 'gpu' and self_attention and not kernel_problem('cudnn', cfg):
     return 'cudnn', 'auto on GPU: cuDNN fused attention (bfloat16, head dim fits)'
+  if platform == 'tpu' and self_attention and not kernel_problem('splash', cfg):
+    return 'splash', 'auto on TPU: splash attention with segment ids'
   return fallback[0], f'auto on {platform}: {fallback[1]}'
 
 
@@ -85,12 +93,14 @@ def _is_int(n) -> bool:
 
 
 def kernel_problem(impl: str, cfg) -> str | None:
-  """Why the fused kernel `impl` ('cudnn' | 'flash') cannot take this model, naming the
+  """Why the fused kernel `impl` ('cudnn' | 'flash' | 'splash') cannot take this model, naming the
   config keys (None when it can). cuDNN flash attention (jax/_src/cudnn/
   fused_attention_stablehlo.py, jax 0.10): 16-bit inputs, head dim a multiple of 8 and
   <= 256 on Hopper and later (<= 128 before, which jax names itself). The Pallas GPU kernel
-  (jax.experimental.pallas.ops.gpu.attention): head dim 16..256. lm/config/sections/model.py
-  reports the same problems when a config file is checked."""
+  (jax.experimental.pallas.ops.gpu.attention): head dim 16..256. Splash (jax.experimental.
+  pallas.ops.tpu.splash_attention, jax 0.10.2) checks only its blocks (multiples of 128,
+  which splash_attention pads T to) and no head dim, so it has no problem to report here.
+  lm/config/sections/model.py reports the same problems when a config file is checked."""
   hd = cfg.head_dim
   if impl == 'cudnn':
     if cfg.dtype != 'bfloat16':
@@ -119,6 +129,8 @@ def attend(impl: str, q_BTNH, k_BSKH, v_BSKH, mask: AttentionMask) -> jax.Array:
     return cudnn_attention(q_BTNH, k_BSKH, v_BSKH, mask)
   if impl == 'flash':
     return flash_attention(q_BTNH, k_BSKH, v_BSKH, mask)
+  if impl == 'splash':
+    return splash_attention(q_BTNH, k_BSKH, v_BSKH, mask)
   raise ValueError(f'unknown attention implementation {impl!r}')
 
 
@@ -154,6 +166,42 @@ def flash_attention(q_BTNH, k_BTKH, v_BTKH, mask: AttentionMask, *, interpret: b
   return o[:, :t]
 
 
+def splash_attention(q_BTNH, k_BTKH, v_BTKH, mask: AttentionMask, *, interpret: bool = False
+                     ) -> jax.Array:
+  """The Pallas TPU splash kernel with segment ids, vmapped over the batch (`interpret`:
+  Pallas's interpreter, on any backend, as the tests do). The kernel takes no scale: q is
+  multiplied by 1/sqrt(H) first. T is padded to a multiple of 128 (its kv compute block is
+  a whole number of 128-lane tiles) with a segment id no real token has, so padded queries
+  see only padding and real ones never see it. Grouped KV heads (1 < K < N) go to the MHA
+  kernel unrepeated; K = 1 to the MQA kernel."""
+  from jax.experimental.pallas.ops.tpu import splash_attention as splash  # TPU kernels: heavy
+
+  b, t, n, h = q_BTNH.shape
+  kv = k_BTKH.shape[2]
+  tp = -(-t // 128) * 128
+  block = next(s for s in (512, 256, 128) if tp % s == 0)
+  static = splash.CausalMask((tp, tp)) if mask.causal else splash.FullMask((tp, tp))
+  sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                            block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                            block_q_dq=block, block_kv_dq=block)
+  make = splash.make_splash_mqa if kv == 1 else splash.make_splash_mha
+  kernel = make(splash.MultiHeadMask([static] * n), block_sizes=sizes, head_shards=1,
+                q_seq_shards=1, interpret=interpret)
+  pad = ((0, 0), (0, 0), (0, tp - t), (0, 0))
+  q_BNTH = jnp.pad(jnp.swapaxes(q_BTNH * h ** -0.5, 1, 2), pad)
+  k_BKTH = jnp.pad(jnp.swapaxes(k_BTKH, 1, 2), pad)
+  v_BKTH = jnp.pad(jnp.swapaxes(v_BTKH, 1, 2), pad)
+  if kv == 1:
+    k_BKTH, v_BKTH = k_BKTH[:, 0], v_BKTH[:, 0]
+  seg_BT = jnp.pad(mask.q_segments, ((0, 0), (0, tp - t)), constant_values=-2**31)
+
+  def row(q, k, v, seg):
+    return kernel(q, k, v, segment_ids=splash.SegmentIds(q=seg, kv=seg))
+
+  o_BNTH = jax.vmap(row)(q_BNTH, k_BKTH, v_BKTH, seg_BT)
+  return jnp.swapaxes(o_BNTH[:, :, :t], 1, 2)
+
+
 def score_bytes_kept(impl: str, *, rows: int, heads: int, q_len: int, kv_len: int,
                      block: int = 512) -> int:
   """Bytes of attention scores/probabilities one layer keeps for the backward pass (and the
@@ -167,4 +215,6 @@ def score_bytes_kept(impl: str, *, rows: int, heads: int, q_len: int, kv_len: in
     return rows * heads * q_len * 4 + rows * q_len * kv_len * 2
   if impl == 'flash':  # log-sum-exp [B, N, T]
     return rows * heads * q_len * 4
+  if impl == 'splash':  # log-sum-exp [B, N, T] (T padded to 128) + the [B, T] segment ids
+    return rows * heads * (-(-q_len // 128) * 128) * 4 + rows * (q_len + kv_len) * 4
   raise ValueError(f'unknown attention implementation {impl!r}')

@@ -62,7 +62,7 @@ class ModelConfig:
   dtype: str = 'float32'
   remat: str = 'none'  # 'none' | 'full' | 'dots'
   unroll_layers: bool = False  # scan over the stacked layers unrolled (faster on CPU)
-  attention: str = 'auto'  # 'auto' | 'xla' | 'blockwise' | 'cudnn' | 'flash'
+  attention: str = 'auto'  # 'auto' | 'xla' | 'blockwise' | 'cudnn' | 'flash' | 'splash'
   moe: MoEConfig = MoEConfig()
   # Inference only (lm.model.quantize): 'int8' stores matmul weights as int8 with a float32
   # scale per output channel, dequantized inside the matmul. Never set by a training config.

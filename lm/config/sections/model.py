@@ -70,7 +70,7 @@ class Model(Section):
   dtype: Literal['float32', 'bfloat16']
   remat: Literal['none', 'full', 'dots']
   unroll_layers: bool
-  attention: Literal['auto', 'xla', 'blockwise', 'cudnn', 'flash']
+  attention: Literal['auto', 'xla', 'blockwise', 'cudnn', 'flash', 'splash']
   moe: MoE
   causal: bool
   num_classes: int = non_negative()
@@ -92,6 +92,8 @@ class Model(Section):
              'group).')
     if self.attention == 'cudnn':
       yield from self._cudnn_problems()
+    # 'splash' (the Pallas TPU kernel) pads T to its 128-multiple blocks itself and checks no
+    # head dim (jax 0.10.2): nothing to report for it.
     if (self.attention == 'flash' and (self.head_dim or not w % h)
         and not 16 <= self.resolved_head_dim <= 256):
       # The Pallas GPU kernel (jax.experimental.pallas.ops.gpu.attention) pads the head dim

@@ -1,6 +1,7 @@
 """Attention implementations against the dense reference (outputs and gradients, float32,
-1e-5): blockwise and the Pallas GPU kernel in interpret mode; causal and bidirectional,
-GQA/MQA, packed rows of several documents, KV-cache decode; and what 'auto' picks."""
+1e-5): blockwise and the Pallas GPU (flash) and TPU (splash) kernels in interpret mode;
+causal and bidirectional, GQA/MQA, packed rows of several documents, KV-cache decode; and
+what 'auto' picks."""
 
 import dataclasses
 
@@ -13,7 +14,7 @@ from flax import nnx
 from lm.errors import ConfigError
 from lm.model import ModelConfig, Transformer
 from lm.model.attention_blockwise import blockwise_attention
-from lm.model.attention_kernels import choose, flash_attention
+from lm.model.attention_kernels import choose, flash_attention, score_bytes_kept, splash_attention
 from lm.model.attention_mask import attention_mask, cache_attention_mask
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -72,6 +73,15 @@ def test_pallas_gpu_flash_kernel_in_interpret_mode_equals_dense():
   _assert_same(lambda *a: flash_attention(*a, mask, interpret=True), q, k, v, mask, w)
 
 
+@pytest.mark.parametrize('causal,n,kv', [(True, 4, 2), (False, 2, 1)],
+                         ids=['causal-gqa', 'bidirectional-mqa'])
+def test_pallas_tpu_splash_kernel_in_interpret_mode_equals_dense(causal, n, kv):
+  # T=37 is padded to one 128 block inside; GQA takes the MHA kernel, MQA the MQA kernel.
+  q, k, v, seg, w = _inputs(b=2, t=37, n=n, kv=kv, h=16, docs=3)
+  mask = attention_mask(seg, causal=causal)
+  _assert_same(lambda *a: splash_attention(*a, mask, interpret=True), q, k, v, mask, w)
+
+
 TINY = ModelConfig(vocab_size=61, num_layers=1, width=32, num_heads=4, num_kv_heads=2,
                    mlp_dim=48, max_len=64)
 
@@ -116,16 +126,19 @@ def test_auto_picks_per_backend_and_length():
   assert pick('cpu', 4096) == 'blockwise'
   assert pick('gpu', 4096, dtype='bfloat16') == 'cudnn'
   assert pick('gpu', 4096) == 'blockwise'  # float32: cuDNN does not take it
-  assert pick('tpu', 4096) == 'blockwise'
+  assert pick('tpu', 4096) == 'splash'
+  assert pick('tpu', 128, self_attention=False) == 'xla'  # a KV-cache decode
+  assert pick('tpu', 4096, self_attention=False, attention='splash') == 'blockwise'
   assert pick('gpu', 4096, self_attention=False, attention='cudnn', dtype='bfloat16') == (
       'blockwise')  # a KV-cache decode is not a layout the fused kernels take
   assert pick('cpu', 128, attention='blockwise') == 'blockwise'
 
 
-@pytest.mark.parametrize('attention', ['cudnn', 'flash'])
-def test_a_gpu_kernel_off_gpu_is_a_config_error_naming_the_key(attention):
+@pytest.mark.parametrize('attention,where', [('cudnn', 'GPU'), ('flash', 'GPU'),
+                                             ('splash', 'TPU')])
+def test_a_kernel_off_its_hardware_is_a_config_error_naming_the_key(attention, where):
   cfg = dataclasses.replace(TINY, attention=attention, dtype='bfloat16')
-  with pytest.raises(ConfigError, match=f"model.attention='{attention}' runs on GPUs only"):
+  with pytest.raises(ConfigError, match=f"model.attention='{attention}' runs on {where}s only"):
     choose(cfg, 'cpu', q_len=16, kv_len=16)
   model = Transformer(cfg, rngs=nnx.Rngs(0))
   with pytest.raises(ConfigError, match='model.attention'):  # while tracing, before compiling
@@ -149,3 +162,15 @@ def test_symbolic_lengths_take_the_path_that_traces_for_any_length():
 def test_a_kernel_that_cannot_take_the_model_is_a_config_error_on_gpu(overrides, match):
   with pytest.raises(ConfigError, match=match):
     choose(dataclasses.replace(TINY, **overrides), 'gpu', q_len=16, kv_len=16)
+
+
+def test_plan_counts_no_score_matrix_for_the_fused_kernels():
+  """lm.plan's attention bytes: the dense path grows as T^2, the kernels that keep only a
+  log-sum-exp (and splash its segment ids) as T."""
+  def kept(impl, t):
+    return score_bytes_kept(impl, rows=2, heads=4, q_len=t, kv_len=t)
+
+  assert kept('xla', 4096) == 64 * kept('xla', 512)
+  for impl in ('flash', 'splash'):
+    assert kept(impl, 4096) == 8 * kept(impl, 512)
+  assert kept('splash', 4096) < kept('xla', 4096) / 100
