@@ -141,6 +141,14 @@ def cudnn_attention(q_BTNH, k_BTKH, v_BTKH, mask: AttentionMask) -> jax.Array:
                                       is_causal=mask.causal, implementation='cudnn')
 
 
+def _padded_segments(mask: AttentionMask, multiple: int) -> tuple[int, jax.Array]:
+  """(T rounded up to `multiple`, the query segment ids [B, T'] padded with an id no real
+  token has): what the Pallas kernels take, so padded tokens see only each other."""
+  t = mask.q_segments.shape[1]
+  tp = -(-t // multiple) * multiple
+  return tp, jnp.pad(mask.q_segments, ((0, 0), (0, tp - t)), constant_values=-2**31)
+
+
 def flash_attention(q_BTNH, k_BTKH, v_BTKH, mask: AttentionMask, *, interpret: bool = False
                     ) -> jax.Array:
   """The Pallas GPU flash kernel with segment ids (`interpret`: run it in Pallas's
@@ -153,9 +161,8 @@ def flash_attention(q_BTNH, k_BTKH, v_BTKH, mask: AttentionMask, *, interpret: b
   groups = n // k_BTKH.shape[2]
   k_BTNH = jnp.repeat(k_BTKH, groups, axis=2)
   v_BTNH = jnp.repeat(v_BTKH, groups, axis=2)
-  tp = -(-t // 16) * 16
+  tp, seg_BT = _padded_segments(mask, 16)
   pad = ((0, 0), (0, tp - t), (0, 0), (0, 0))
-  seg_BT = jnp.pad(mask.q_segments, ((0, 0), (0, tp - t)), constant_values=-2**31)
   block = next(s for s in (128, 64, 32, 16) if tp % s == 0)
   bwd = min(32, block)
   sizes = pallas_gpu.BlockSizes(block_q=block, block_k=block, block_q_dkv=bwd,
@@ -178,7 +185,7 @@ def splash_attention(q_BTNH, k_BTKH, v_BTKH, mask: AttentionMask, *, interpret: 
 
   b, t, n, h = q_BTNH.shape
   kv = k_BTKH.shape[2]
-  tp = -(-t // 128) * 128
+  tp, seg_BT = _padded_segments(mask, 128)
   block = next(s for s in (512, 256, 128) if tp % s == 0)
   static = splash.CausalMask((tp, tp)) if mask.causal else splash.FullMask((tp, tp))
   sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
@@ -193,7 +200,6 @@ def splash_attention(q_BTNH, k_BTKH, v_BTKH, mask: AttentionMask, *, interpret: 
   v_BKTH = jnp.pad(jnp.swapaxes(v_BTKH, 1, 2), pad)
   if kv == 1:
     k_BKTH, v_BKTH = k_BKTH[:, 0], v_BKTH[:, 0]
-  seg_BT = jnp.pad(mask.q_segments, ((0, 0), (0, tp - t)), constant_values=-2**31)
 
   def row(q, k, v, seg):
     return kernel(q, k, v, segment_ids=splash.SegmentIds(q=seg, kv=seg))
