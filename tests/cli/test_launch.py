@@ -25,8 +25,8 @@ SCRIPTS = ['local.sh', 'tpu_vm.sh', 'slurm.sbatch']
 # Plays `python -m lm.main`: prints its process id, its argv and what the launcher set in
 # its environment; FAKE_MODE=exit exits with its process id (ignoring the launcher's Ctrl-C
 # to the others once process 1 has failed, which would otherwise race with process 2's own
-# exit), FAKE_MODE=fail makes process 1 fail, otherwise it runs for ~10 s. `-c` (the
-# free-port probe) goes to the real Python.
+# exit), FAKE_MODE=fail makes process 1 fail, otherwise it runs for ~120 s (the tests stop
+# it long before). `-c` (the free-port probe) goes to the real Python.
 FAKE_PYTHON = textwrap.dedent(f"""\
     #!/usr/bin/env bash
     if [[ "${{FAKE_MODE:-}}" == exit ]]; then trap '' INT; fi
@@ -38,7 +38,8 @@ FAKE_PYTHON = textwrap.dedent(f"""\
     echo "id=$id xla=$XLA_FLAGS platforms=$JAX_PLATFORMS gpus=$gpus devs=$devs argv=$*"
     if [[ "${{FAKE_MODE:-}}" == exit ]]; then exit "$id"; fi
     if [[ "${{FAKE_MODE:-}}" == fail && "$id" == 1 ]]; then echo failing; exit 3; fi
-    for i in $(seq 100); do sleep 0.1; done
+    # Far longer than any test waits: "finished" can only mean a signal that never came.
+    for i in $(seq 1200); do sleep 0.1; done
     echo finished
     """)
 
@@ -323,7 +324,7 @@ def test_local_ctrl_c_interrupts_every_process(fakes):
                        cwd=REPO, env=_env(fakes, PYTHON=str(fakes / 'python')),
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   started, deadline = [], time.monotonic() + 30
-  while len(started) < 2 and time.monotonic() < deadline:  # both stand-ins running (~10 s)
+  while len(started) < 2 and time.monotonic() < deadline:  # both stand-ins running (~120 s)
     line = p.stdout.readline()
     started += [line] if ' id=' in line else []
   p.send_signal(signal.SIGINT)

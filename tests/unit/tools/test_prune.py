@@ -1,7 +1,8 @@
 """lm.tools.prune (python -m lm prune): keeping everything reproduces the run exactly; parts
 whose output weights are zero (an MLP neuron, a KV group, a whole layer) are found
 unimportant and removed without changing the logits; the pruned run's parameter count
-matches its targets; it loads, generates and trains; impossible targets name their flag."""
+matches its targets; it loads, generates, converts to Hugging Face with the same logits
+and trains; impossible targets name their flag."""
 
 import json
 
@@ -12,6 +13,7 @@ import pytest
 from test_api import tiny_config  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from lm import api
+from lm.compat import hf
 from lm.data.tokenizers.byte import ByteTokenizer
 from lm.model import ModelConfig, ModelDef
 from lm.run import load_run, write_run
@@ -138,6 +140,19 @@ def test_keep_everything_reproduces_the_run(tiny):
                                 _logits(before.model_def, before.params, batch))
 
 
+def _converts_to_hf_with_our_logits(workdir, run, hf_dir):
+  """The pruned run exports to Hugging Face, loads in transformers, gives our logits."""
+  import torch
+  import transformers
+  hf.export_hf(workdir, hf_dir, log=lambda _: None)
+  loaded = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+  ids_BT = np.random.default_rng(0).integers(0, run.model_def.cfg.vocab_size, (2, 16))
+  ours = jax.jit(lambda p, x: run.model_def.merge(p)(x))(run.params, jnp.asarray(ids_BT))
+  with torch.no_grad():
+    theirs = loaded(torch.tensor(ids_BT)).logits.float().numpy()
+  np.testing.assert_allclose(theirs, np.asarray(ours), atol=1e-4, rtol=0)
+
+
 def test_pruned_run_counts_loads_generates_and_trains(tiny):
   root, config = tiny
   targets = prune.Targets.parse(num_layers='2', num_kv_heads='1', mlp_dim='0.5', width='24')
@@ -153,6 +168,7 @@ def test_pruned_run_counts_loads_generates_and_trains(tiny):
   assert len(kept['channels']) == 24 and np.array(kept['neurons']).shape == (2, 32)
   text = api.load(root / 'small', log=lambda _: None).generate('the ', 5, temperature=0.0)
   assert isinstance(text, str)
+  _converts_to_hf_with_our_logits(root / 'small', small, root / 'small_hf')
   config = config.copy_and_resolve_references()
   config.init_from = str(root / 'small')
   config.model.update(num_layers=2, num_heads=2, num_kv_heads=1, mlp_dim=32, width=24,
