@@ -36,6 +36,7 @@ setup(
         # its model in the wheel, WARC reading and HTML extraction, Unicode repair, .zst
         'datatrove>=0.10', 'orjson>=3.9', 'py3langid>=0.4', 'warcio>=1.7', 'trafilatura>=1.12',
         'ftfy>=6.2', 'zstandard>=0.22', 'xxhash>=3.4', 'pyarrow>=14',
+        'lxml_html_clean>=0.1',  # trafilatura (justext) imports lxml.html.clean, no longer in lxml
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ruff>=0.6',
