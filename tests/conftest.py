@@ -9,6 +9,13 @@ os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
 ).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# One persistent XLA cache for the session, every program stored: most of the suite's time
+# is compiling the same tiny models again in other tests, xdist workers and subprocesses
+# (which inherit these). A hit is the executable a compile would give (lm/runtime.py).
+# Tests that count compiles or test the cache itself set their own (tests/train_fixtures.py).
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='lm-test-xla-'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 
 import jax  # noqa: E402  (after the flag on purpose)
 import pytest  # noqa: E402

@@ -20,7 +20,11 @@ _CACHE_OPTIONS = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile
 @pytest.fixture(scope='module', autouse=True)
 def module_xla_cache(tmp_path_factory):
   """A persistent XLA cache for the importing module, every program stored; the previous
-  settings restored afterwards."""
+  settings restored afterwards. The session's shared cache (tests/conftest.py) serves
+  instead where it is set."""
+  if jax.config.jax_compilation_cache_dir:
+    yield
+    return
   saved = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
   jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('xla_cache')))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
@@ -48,3 +52,16 @@ def tiny(c: ml_collections.ConfigDict, cache: pathlib.Path, *, seq_len: int, lay
   c.train.eval_batches = eval_batches
   c.train.sample_tokens = 0
   return c
+
+
+@pytest.fixture
+def no_session_xla_cache():
+  """Takes the session's shared XLA cache away for one test (one that counts compiles):
+  its runs compile, or use the cache their own config names."""
+  saved = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
+  jax.config.update('jax_compilation_cache_dir', None)
+  compilation_cache.reset_cache()
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()

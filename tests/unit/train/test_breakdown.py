@@ -2,13 +2,16 @@
 
 import time
 
+import pytest
 from tiny_run import tiny_config
+from train_fixtures import no_session_xla_cache  # noqa: F401
 
 from lm.train import Trainer
 from lm.train.metrics import read_metrics
 from lm.train.timing import PHASES, Breakdown, CompileCounter
 
 
+@pytest.mark.usefixtures('no_session_xla_cache')  # compiles are counted below
 def test_the_parts_add_up_to_the_wall_time(tmp_path):
   config = tiny_config(tmp_path)
   config.train.profile_start_step, config.train.profile_steps = 5, 5  # the 2nd dispatch
@@ -35,6 +38,7 @@ def test_the_parts_add_up_to_the_wall_time(tmp_path):
   assert any(p.name == 'perfetto_trace.json.gz' for p in traces), traces
 
 
+@pytest.mark.usefixtures('no_session_xla_cache')
 def test_nested_phases_and_compilation_are_counted_once():
   import jax
   import jax.numpy as jnp
