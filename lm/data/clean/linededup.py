@@ -165,7 +165,7 @@ class LineFilter(PipelineStep):
   name = '📏 line filter'
 
   def __init__(self, boilerplate: pathlib.Path, stats: pathlib.Path, unit: Unit,
-               min_chars: int, exclusion_writer=None):
+               min_chars: int, exclusion_writer: Any):
     super().__init__()
     self.boilerplate, self.stats_folder = str(boilerplate), str(stats)
     self.unit, self.min_chars = unit, min_chars
@@ -186,6 +186,7 @@ class LineFilter(PipelineStep):
           with self.track_time():
             text, keys = remove_units(doc.text, self.unit, self.min_chars, boilerplate)
           if keys:
+            text = text if text.strip() else ''
             self._count(doc, text, keys, figures, removed_units)
             if not text.strip():
               figures['docs_removed'] += 1
