@@ -90,6 +90,15 @@ def get_config():
   k.decontaminate.n_grams = 13  # word n-gram length (GPT-3's 13-gram overlap)
   k.decontaminate.min_words = 8  # eval records with fewer words are ignored
 
+  # Boilerplate removal (after near-dedup, prose only): a line or paragraph found in at least
+  # min_docs documents is removed from every document holding it; a document left blank
+  # is removed (removed/line_dedup/).
+  k.line_dedup = ml_collections.ConfigDict()
+  k.line_dedup.enabled = False
+  k.line_dedup.unit = 'line'  # 'line' | 'paragraph' (text between blank lines)
+  k.line_dedup.min_docs = 5  # a unit in at least this many distinct documents is boilerplate
+  k.line_dedup.min_chars = 20  # shorter units (compared stripped, lower-cased) are kept
+
   k.examples_per_reason = 3  # example documents per removal reason in the report
   k.figures = True  # PNG histograms in the report (matplotlib)
   return c

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import ml_collections
 
@@ -109,6 +109,20 @@ class Decontaminate(fields.Section):
 
 
 @frozen
+class LineDedup(fields.Section):
+  enabled: bool
+  unit: Literal['line', 'paragraph']
+  min_docs: int = fields.positive()
+  min_chars: int = fields.non_negative(' (0: every non-blank unit)')
+
+  def problems(self) -> Iterator[str]:
+    if self.min_docs < 2:
+      yield (f'clean.line_dedup.min_docs={self.min_docs} must be >= 2: every unit is in one '
+             'document, so 1 would remove every line; give the number of documents a unit '
+             'must be in to be boilerplate (default 5)')
+
+
+@frozen
 class Clean(fields.Section):
   input: str
   suffixes: tuple[str, ...]
@@ -128,6 +142,7 @@ class Clean(fields.Section):
   pii: Pii
   minhash: MinHash
   decontaminate: Decontaminate
+  line_dedup: LineDedup
   examples_per_reason: int = fields.non_negative(' (0: none in the report)')
   figures: bool
 
@@ -193,4 +208,6 @@ def as_dict(cfg: Clean) -> dict[str, Any]:
 
 def config_hash(cfg: Clean) -> str:
   d = {k: v for k, v in as_dict(cfg).items() if k not in _NOT_HASHED}
+  if not cfg.line_dedup.enabled:
+    del d['line_dedup']  # off: the output (and hash) of a config from before it existed
   return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

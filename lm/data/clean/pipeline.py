@@ -12,7 +12,11 @@ docs/data.md):
   4 buckets    MinHash LSH: candidate pairs per band (one task per band)
   5 clusters   union-find of the pairs (1 task); every cluster keeps one member
   6 final      drop the others -> work/final/
-  then         the final shards, streamed, become <output>/documents (the prepared store
+  7-9 lines    only with clean.line_dedup.enabled (lm/data/clean/linededup.py): 7 counts
+               per shard the documents holding each line (or paragraph), 8 (1 task) finds
+               those in >= min_docs documents, 9 removes them from every prose document
+               -> work/lines/
+  then         the last stage's shards, streamed, become <output>/documents (the prepared store
                `data.source='cleaned'` reads), and <output>/report/ is written
 
 Every removed document is kept under <output>/removed/<stage>/ with its reason. A task
@@ -37,7 +41,7 @@ from datatrove.pipeline.writers.jsonl import JsonlWriter
 from datatrove.utils.hashing import HashConfig
 
 from lm.data import cache, sources, split, store
-from lm.data.clean import decont, readers, report, steps
+from lm.data.clean import decont, linededup, readers, report, steps
 from lm.data.clean.config import Clean, CleanError, as_dict, config_hash
 
 FORMAT = 1
@@ -110,6 +114,10 @@ class Paths:
 
   def logs(self, stage: str) -> str:
     return str(self.work / 'logs' / stage)
+
+  def kept(self, cfg: Clean) -> pathlib.Path:
+    """The shards of the last stage: the documents that are published."""
+    return self.work / ('lines' if cfg.line_dedup.enabled else 'final')
 
 
 def _filters(cfg: Clean, paths: Paths, words: steps.RegexWords) -> list[PipelineStep]:
@@ -195,7 +203,25 @@ def _stages(cfg: Clean, files: list[tuple[str, str]],
         load_cluster_sizes=True))
   final.append(_writer(w / 'final'))
   stages.append(('6_final', final, tasks))
+  if cfg.line_dedup.enabled:
+    stages += _line_stages(cfg, paths)
   return stages
+
+
+def _line_stages(cfg: Clean, paths: Paths) -> list[tuple[str, list[PipelineStep], int]]:
+  """Line/paragraph boilerplate removal over work/final (lm/data/clean/linededup.py)."""
+  w, ld = paths.work, cfg.line_dedup
+  boilerplate = w / 'line_boilerplate.npy'
+  return [
+      ('7_line_counts', [ShardReader(w / 'final'),
+                         linededup.LineCounts(w / 'line_counts', ld.unit, ld.min_chars)],
+       cfg.tasks),
+      ('8_line_merge', [linededup.LineMerge(w / 'line_counts', boilerplate, cfg.tasks,
+                                            ld.min_docs)], 1),
+      ('9_line_filter', [ShardReader(w / 'final'), linededup.LineFilter(
+          boilerplate, w / 'line_stats', ld.unit, ld.min_chars,
+          exclusion_writer=_removed(paths, 'line_dedup', linededup.REMOVED_REASON)),
+                         _writer(w / 'lines')], cfg.tasks)]
 
 
 def identity(cfg: Clean, files: list[tuple[str, str]]) -> dict[str, Any]:
@@ -229,15 +255,7 @@ def clean(cfg: Clean, log: Log = print) -> dict[str, Any]:
   log(f'[clean] {len(files)} input files ({input_bytes / 1e6:.1f} MB) in {tasks} shards, '
       f'{cfg.workers} workers -> {paths.root}')
   start = time.perf_counter()
-  timings = {}
-  for name, pipeline, n in _stages(cfg_run, files, paths):
-    t0 = time.perf_counter()
-    # fork: workers inherit the imported modules (forkserver re-imports lm.data, TFDS and
-    # Grain in every worker, seconds per stage); they run only the steps, no JAX.
-    LocalPipelineExecutor(pipeline, tasks=n, workers=min(cfg.workers, n),
-                          logging_dir=paths.logs(name), start_method='fork').run()
-    timings[name] = round(time.perf_counter() - t0, 3)
-    log(f'[clean] stage {name}: {n} tasks in {timings[name]:.1f}s')
+  timings = run_stages(_stages(cfg_run, files, paths), cfg.workers, paths, log)
   counts = publish(cfg_run, paths, log)
   seconds = time.perf_counter() - start
   meta = {'identity': ident, 'config': as_dict(cfg), 'stats': counts.pop('stats'),
@@ -253,15 +271,31 @@ def clean(cfg: Clean, log: Log = print) -> dict[str, Any]:
   return meta
 
 
+def run_stages(stages: list[tuple[str, list[PipelineStep], int]], workers: int, paths: Paths,
+               log: Log) -> dict[str, float]:
+  """Runs each (name, steps, tasks) on LocalPipelineExecutor, skipping finished tasks;
+  returns {name: seconds}."""
+  timings = {}
+  for name, pipeline, n in stages:
+    t0 = time.perf_counter()
+    # fork: workers inherit the imported modules (forkserver re-imports lm.data, TFDS and
+    # Grain in every worker, seconds per stage); they run only the steps, no JAX.
+    LocalPipelineExecutor(pipeline, tasks=n, workers=min(workers, n),
+                          logging_dir=paths.logs(name), start_method='fork').run()
+    timings[name] = round(time.perf_counter() - t0, 3)
+    log(f'[clean] stage {name}: {n} tasks in {timings[name]:.1f}s')
+  return timings
+
+
 def _with_tasks(cfg: Clean, tasks: int) -> Clean:
   import dataclasses
   return dataclasses.replace(cfg, tasks=tasks)
 
 
-def final_documents(paths: Paths, tasks: int) -> Iterator[sources.Document]:
+def final_documents(cfg: Clean, paths: Paths) -> Iterator[sources.Document]:
   """The cleaned documents, streamed in shard order."""
-  for rank in range(tasks):
-    for doc in read_shard(paths.work / 'final', rank):
+  for rank in range(cfg.tasks):
+    for doc in read_shard(paths.kept(cfg), rank):
       yield sources.Document(doc.id, doc.text)
 
 
@@ -269,7 +303,7 @@ def publish(cfg: Clean, paths: Paths, log: Log) -> dict[str, Any]:
   """Splits the final shards by document hash (as data.split='document') and writes them as
   the TFDS store, streamed: only a number per document is held."""
   units, chars, nbytes = [], [], []
-  for d in final_documents(paths, cfg.tasks):
+  for d in final_documents(cfg, paths):
     units.append(split.hash_unit(d.name))
     chars.append(len(d.text))
     nbytes.append(len(d.text.encode('utf-8')))
@@ -283,7 +317,7 @@ def publish(cfg: Clean, paths: Paths, log: Log) -> dict[str, Any]:
     is_val[units.index(max(units))] = False
 
   def docs_of(val: bool) -> Callable[[], Iterator[sources.Document]]:
-    return lambda: (d for d, v in zip(final_documents(paths, cfg.tasks), is_val, strict=True)
+    return lambda: (d for d, v in zip(final_documents(cfg, paths), is_val, strict=True)
                     if v == val)
   if paths.documents.exists():
     shutil.rmtree(paths.documents)  # an interrupted earlier publish

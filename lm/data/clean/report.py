@@ -3,8 +3,10 @@
 Per stage: documents and characters removed, the top removal reasons with example
 documents; for what was kept: documents, characters, languages; histograms of document
 length (kept and removed), of the language score, and of exact and near-duplicate cluster
-sizes. Everything is counted by streaming the shards (fixed histogram bins), so the
-report's memory does not grow with the corpus.
+sizes; with clean.line_dedup, the documents and characters its stage kept, changed and
+removed, and the units it removed most (lm/data/clean/linededup.py). Everything is counted
+by streaming the shards (fixed histogram bins), so the report's memory does not grow with
+the corpus (but for line dedup's removed units, one entry per distinct unit).
 """
 
 import collections
@@ -14,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from lm.data.clean import linededup
 from lm.data.clean.config import Clean
 
 LENGTH_BINS = np.logspace(0, 8, 33)  # characters, 1 .. 1e8
@@ -21,7 +24,7 @@ SCORE_BINS = np.linspace(0, 1, 21)
 SIZE_BINS = np.arange(1, 66) + 0.5  # cluster sizes 2 .. 65+
 # The stages that remove documents, each with its removed/<stage>/ shards.
 STAGES = ('normalize', 'language', 'gopher_repetition', 'gopher_quality', 'c4',
-          'decontaminate', 'exact_dedup', 'minhash')
+          'decontaminate', 'exact_dedup', 'minhash', 'line_dedup')
 
 
 def _shards(folder: pathlib.Path):
@@ -87,10 +90,13 @@ def kept_summary(folder: pathlib.Path) -> dict[str, Any]:
 
 def build(cfg: Clean, paths: Any, meta: dict[str, Any]) -> dict[str, Any]:
   stages = {s: stage_summary(paths.removed / s, cfg.examples_per_reason) for s in STAGES}
-  kept = kept_summary(paths.work / 'final')
+  kept = kept_summary(paths.kept(cfg))
   in_docs = kept['docs'] + sum(s['docs'] for s in stages.values())
+  line_stats = (linededup.summary(paths.work / 'line_stats') if cfg.line_dedup.enabled
+                else None)
   return {'identity': meta['identity'], 'input_docs': in_docs, 'kept': kept,
-          'removed': stages, 'minhash_threshold': round(cfg.minhash.threshold, 3),
+          'removed': stages, 'line_dedup': line_stats,
+          'minhash_threshold': round(cfg.minhash.threshold, 3),
           'seconds': meta['seconds'], 'docs_per_s': meta['docs_per_s'],
           'mb_per_s': meta['mb_per_s'], 'workers': cfg.workers, 'tasks': cfg.tasks}
 
@@ -111,6 +117,8 @@ def markdown(rep: dict[str, Any]) -> str:
   for stage, s in rep['removed'].items():
     reasons = ', '.join(f'{r["reason"]} ({r["docs"]})' for r in s['top_reasons'][:4])
     lines.append(f'| {stage} | {s["docs"]} | {s["chars"]} | {reasons} |')
+  if rep['line_dedup']:
+    lines += line_dedup_markdown(rep['line_dedup'])
   lines += ['', '## Examples of removed documents', '']
   for stage, s in rep['removed'].items():
     for r in s['top_reasons'][:3]:
@@ -121,6 +129,20 @@ def markdown(rep: dict[str, Any]) -> str:
   lines += ['', '![lengths](lengths.png) ![language score](language_score.png) '
             '![clusters](clusters.png)', '']
   return '\n'.join(lines)
+
+
+def line_dedup_markdown(ld: dict[str, Any]) -> list[str]:
+  lines = ['', '## Line dedup (boilerplate units)', '',
+           f'{ld["docs_in"]} documents in ({ld["chars_in"]} chars): {ld["docs_kept"]} kept '
+           f'({ld["chars_kept"]} chars); {ld["docs_changed"]} lost units, {ld["docs_removed"]} of '
+           f'them removed whole (nothing left); {ld["units_removed"]} units '
+           f'({ld["distinct_units_removed"]} distinct, {ld["chars_removed"]} chars) removed; '
+           f'{ld["code_skipped"]} code documents skipped.', '',
+           '| documents | occurrences | unit (normalised) |', '|---:|---:|---|']
+  for u in ld['top_units']:
+    unit = u['unit'][:120].replace('|', '\\|')
+    lines.append(f'| {u["docs"]} | {u["occurrences"]} | {unit} |')
+  return lines
 
 
 def figures(rep: dict[str, Any], out: pathlib.Path) -> None:

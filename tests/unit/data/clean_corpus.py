@@ -4,7 +4,9 @@
 distinct English documents; exact copies (spacing changed); near-duplicates
 with about 10% (9%) of their words replaced in one run; junk and boilerplate pages;
 German/French/Spanish documents; documents with PII; documents holding an evaluation
-example (the eval JSONL beside them); and Python files. It returns what it planted.
+example (the eval JSONL beside them); documents sharing boilerplate lines (BOILERPLATE,
+each in 9 documents, one document of nothing else), a line in 3 (RARE) and a short line in
+24 (SHORT); and Python files. It returns what it planted.
 """
 
 import gzip
@@ -58,6 +60,18 @@ JUNK = [
     'Page 1 of 20 Next Previous First Last\n' * 35,
     'function init() { var x = document.getElementById(a); return x; }\n' * 20,
 ]
+# Site boilerplate that passes the prose filters (C4 keeps lines of words ending in '.', and
+# drops those naming cookies or policies): line dedup (clean.line_dedup) must remove it.
+BOILERPLATE = (
+    'Share this story with your friends and family on the social networks.',
+    'Sign up for the weekly letter to read the best of our stories first.',
+    'All of the pictures on this page belong to the village history society.',
+    'Comments are closed for this article, but you can write to the editor.',
+    'Read more about the history of the town and the people in our archive.',
+    'Our office is open from nine to five and is closed on the weekend.',
+)
+RARE = 'This one line is shared by only three of the documents in the corpus.'
+SHORT = 'See you soon.'  # in every boilerplate document, but under min_chars
 PII = {'email': 'jane.doe1987@mailhost.example', 'phone': '+1 (415) 555-0134',
        'ip': '93.184.216.34', 'aws': 'AKIAIOSFODNN7EXAMPLQ',
        'password': 'hunter2hunter2secret'}
@@ -102,6 +116,23 @@ def jaccard(a: str, b: str) -> float:
   return len(sa & sb) / len(sa | sb)
 
 
+def plant_boilerplate(rng: np.random.Generator, docs: dict[str, str]) -> list[str]:
+  """24 prose documents, each with 2 BOILERPLATE lines (each line in 8), SHORT, and RARE
+  in the first 3; and one of only the BOILERPLATE lines. Returns their names."""
+  names = []
+  for j in range(24):
+    lines = prose(rng, lines=10).split('\n')
+    lines.insert(3, BOILERPLATE[j % 6])
+    lines.insert(7, SHORT)
+    lines.append(BOILERPLATE[(j + 1 + j // 6) % 6])
+    if j < 3:
+      lines.insert(5, RARE)
+    docs[f'boiler{j:03d}'] = '\n'.join(lines)
+    names.append(f'boiler{j:03d}')
+  docs['boileronly'] = '\n'.join(BOILERPLATE)
+  return names + ['boileronly']
+
+
 def build(root: pathlib.Path, distinct: int = 200, seed: int = 0) -> dict:
   """Writes the corpus under root/corpus and the eval set at root/eval.jsonl."""
   rng = np.random.default_rng(seed)
@@ -142,6 +173,7 @@ def build(root: pathlib.Path, distinct: int = 200, seed: int = 0) -> dict:
     planted['eval'].append(f'evalcopy{j:03d}')
   with open(root / 'eval.jsonl', 'w') as f:
     f.writelines(json.dumps(r) + '\n' for r in evals)
+  planted['boiler'] = plant_boilerplate(np.random.default_rng(seed + 1), docs)
 
   # Spread over formats: 3 plain JSONL shards, one .gz, one .zst, Parquet, .txt files.
   order = list(docs)

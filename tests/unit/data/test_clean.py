@@ -1,7 +1,7 @@
 """The cleaning pipeline (lm/data/clean) on a corpus with planted problems (clean_corpus.py).
 
-One run with 1 worker is shared; a 2-worker run, a run killed midway and resumed, and a
-training run on the cleaned dataset are compared with it.
+One run with 1 worker (line dedup on) is shared; a 2-worker run, a run killed midway and
+resumed, and a training run on the cleaned dataset are compared with it.
 """
 
 import json
@@ -34,17 +34,22 @@ def _config(root: pathlib.Path, out: str, workers: int = 1, **over):
   c.clean.workers = workers
   c.clean.figures = out == 'one'  # draw the PNGs once
   c.clean.decontaminate.paths = (str(root / 'eval.jsonl'),)
+  c.clean.line_dedup.enabled = True
   for k, v in over.items():
     setattr(c.clean, k, v)
   return clean_config.check(c)
 
 
-def _kept(out: pathlib.Path) -> dict[str, str]:
-  """{planted name: text} of the documents that survived, in output order."""
+def _kept(out: pathlib.Path, stage: str = 'lines') -> dict[str, str]:
+  """{planted name: text} of the documents that survived (work/<stage>), in output order."""
+  return {name: d.text for name, d in _kept_docs(out, stage).items()}
+
+
+def _kept_docs(out: pathlib.Path, stage: str = 'lines') -> dict:
   docs = {}
   for rank in range(4):
-    for d in pipeline.read_shard(out / 'work' / 'final', rank):
-      docs[d.id.removesuffix('.txt')] = d.text
+    for d in pipeline.read_shard(out / 'work' / stage, rank):
+      docs[d.id.removesuffix('.txt')] = d
   return docs
 
 
@@ -105,6 +110,83 @@ def test_planted_problems_are_found(cleaned):
       assert placeholder in kept[n], (n, placeholder)
 
 
+def test_boilerplate_lines_are_removed(cleaned):
+  """clean.line_dedup (min_docs 5, min_chars 20): each BOILERPLATE line (in 9 documents)
+  leaves every document; the other lines, RARE (in 3) and SHORT (under min_chars) stay."""
+  root, planted, _ = cleaned
+  out = root / 'one'
+  before, after = _kept_docs(out, 'final'), _kept_docs(out)
+  boiler = [n for n in planted['boiler'] if n in before]
+  assert len(boiler) == len(planted['boiler']), 'the prose filters keep the planted pages'
+  kept = '\n'.join(d.text for d in after.values())
+  for line in clean_corpus.BOILERPLATE:
+    assert line not in kept, line
+  assert kept.count(clean_corpus.RARE) == 3 and kept.count(clean_corpus.SHORT) == 24
+  for n in boiler[:-1]:
+    lines = planted['texts'][n].split('\n')
+    assert after[n].text == '\n'.join(x for x in lines if x not in clean_corpus.BOILERPLATE)
+    assert after[n].metadata['line_dedup_removed'] == 2
+  # Nothing else changed; the page of only boilerplate is removed, with its reason.
+  assert [n for n in after if after[n].text != before[n].text] == [
+      n for n in after if n in boiler]
+  assert set(before) - set(after) == {'boileronly'}
+  assert _removed(out)['boileronly'] == ('line_dedup', 'boilerplate_only')
+  report = json.loads((out / 'report' / 'report.json').read_text())
+  ld = report['line_dedup']
+  assert {u['unit']: u['docs'] for u in ld['top_units'][:6]} == {
+      ' '.join(x.lower().split()): 9 for x in clean_corpus.BOILERPLATE}
+  assert (ld['docs_in'], ld['docs_kept'], ld['docs_changed'], ld['docs_removed'],
+          ld['units_removed']) == (len(before), len(after), 25, 1, 54)
+  assert ld['chars_in'] - ld['chars_kept'] == ld['chars_removed'] > 0
+  assert report['removed']['line_dedup']['docs'] == 1
+  md = (out / 'report' / 'report.md').read_text()
+  assert '## Line dedup' in md and '| 9 | 9 | share this story with' in md
+
+
+def test_paragraph_dedup_sums_shards_skips_code_and_resumes(tmp_path):
+  """unit='paragraph', min_docs=3, on two hand-written stage-6 shards: a paragraph in 2
+  documents of each (once with other case and spacing) is boilerplate, one in 2 documents
+  is not, a code document keeps its copy; a lost task is redone, the others skipped."""
+  c = clean_defaults.get_config()
+  c.clean.output = str(tmp_path / 'out')
+  c.clean.tasks = 2
+  c.clean.line_dedup.enabled = True
+  c.clean.line_dedup.unit = 'paragraph'
+  c.clean.line_dedup.min_docs = 3
+  cfg = clean_config.check(c)
+  paths = pipeline.Paths(cfg.output)
+  banner = 'Follow the village paper on the networks\nfor the news of the week.'
+  pair = 'This paragraph is in two of the documents, under min_docs.'
+  text = lambda *ps: '\n\n'.join(ps)  # noqa: E731
+  shards = [[('a', text('First story of the day.', banner, pair), 'prose'),
+             ('b', text(banner, 'Second story, a longer one.'), 'prose'),
+             ('code', text('import os', banner), 'code')],
+            [('c', text('Third story.', 'FOLLOW the village  paper on the networks for the '
+                        'news of the week.', pair), 'prose'),
+             ('d', banner, 'prose')]]
+  for rank, docs in enumerate(shards):
+    folder = paths.work / 'final'
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f'{rank:05d}.jsonl').write_text(''.join(
+        json.dumps({'text': t, 'id': i, 'metadata': {'kind': k}}) + '\n' for i, t, k in docs))
+  run = lambda: pipeline.run_stages(pipeline._line_stages(cfg, paths), 2, paths,  # noqa: E731
+                                    lambda _: None)
+  run()
+  got = {d.id: d.text for r in range(2) for d in pipeline.read_shard(paths.work / 'lines', r)}
+  assert got == {'a': text('First story of the day.', pair),
+                 'b': 'Second story, a longer one.', 'code': text('import os', banner),
+                 'c': text('Third story.', pair)}
+  assert _removed(paths.root) == {'d': ('line_dedup', 'boilerplate_only')}
+  lost = paths.work / 'lines' / '00001.jsonl'
+  first, kept_shard = lost.read_text(), (paths.work / 'lines' / '00000.jsonl').stat().st_mtime_ns
+  lost.unlink()
+  (pathlib.Path(paths.logs('9_line_filter')) / 'completions' / '00001').unlink()
+  run()
+  assert lost.read_text() == first
+  assert (paths.removed / 'line_dedup' / '00001.jsonl').read_text().count('\n') == 1
+  assert (paths.work / 'lines' / '00000.jsonl').stat().st_mtime_ns == kept_shard
+
+
 def test_dataset_report_and_lineage(cleaned):
   root, _, meta = cleaned
   out = root / 'one'
@@ -146,6 +228,7 @@ def test_a_killed_run_resumes_to_the_same_output(cleaned):
       [sys.executable, '-m', 'lm', 'clean', '--config=configs/clean.py',
        f'--config.clean.input={cfg.input}', f'--config.clean.output={cfg.output}',
        '--config.clean.id_key=name', '--config.clean.figures=False',
+       '--config.clean.line_dedup.enabled=True',
        f'--config.clean.decontaminate.paths=({str(root / "eval.jsonl")!r},)'],
       cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 180
@@ -209,6 +292,19 @@ def test_config_problems_name_the_key(tmp_path):
   c.clean.language.min_score = 2.0
   with pytest.raises(ConfigError, match='clean.tasks=0.*\n.*clean.language.min_score'):
     clean_config.check(c)
+  c = clean_defaults.get_config()
+  c.clean.output = str(tmp_path)
+  c.clean.line_dedup.unit = 'sentences'
+  c.clean.line_dedup.min_docs = 1
+  with pytest.raises(ConfigError, match="clean.line_dedup.unit='sentences' is not one of 'line', "
+                     "'paragraph'.*\n.*clean.line_dedup.min_docs=1 must be >= 2"):
+    clean_config.check(c)
+  # Off, line_dedup's fields leave the config hash as it was before the section existed.
+  c.clean.line_dedup.unit, c.clean.line_dedup.min_docs = 'paragraph', 2
+  default = clean_defaults.get_config()
+  default.clean.output = str(tmp_path)
+  assert (clean_config.config_hash(clean_config.check(c)) ==
+          clean_config.config_hash(clean_config.check(default)))
 
 
 def test_trains_on_the_cleaned_dataset(cleaned, tmp_path):
