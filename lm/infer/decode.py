@@ -156,7 +156,9 @@ class Decoder:
     cache = self.new_cache(b, cache_len)
     token_B, cache = self._prefill(params, tokens_BP, lengths_B, cache,
                                    jax.random.fold_in(key, 0), knobs)
-    positions_B = jnp.asarray(lengths_B)
+    # Placed as the step's own outputs are, so that its first call compiles the program
+    # every later call runs (a host array here compiled the step twice per generation).
+    positions_B = jax.device_put(lengths_B, token_B.sharding)
     generated: list[list[int]] = [[] for _ in range(b)]
     done = np.zeros(b, bool)
     for n in range(max_new_tokens):

@@ -35,10 +35,21 @@ def fresh_state(model_def: ModelDef, optimizer: optax.GradientTransformation, se
           'step': jnp.zeros((), jnp.int32), 'rng': jax.random.key_data(train_key)}
 
 
+# The init program is one pass of threefry over every parameter: run once, and on CPU
+# LLVM's full optimization of its hash rounds took 9-16 s to compile for a one-layer model
+# where level 0 took 2.4-4.5 s (both under load; docs/benchmarks.md). Level 0 changes some
+# initial values by an ulp (the normal's erf_inv), never the distribution; CPU only.
+CPU_INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0,
+                             'xla_llvm_disable_expensive_passes': True}
+
+
 def init_state(model_def: ModelDef, optimizer: optax.GradientTransformation, seed: int,
                shardings: dict) -> dict:
   """A fresh train state, created directly in its sharded layout."""
-  return jax.jit(lambda: fresh_state(model_def, optimizer, seed), out_shardings=shardings)()
+  platform = next(iter(jax.tree.leaves(shardings)[0].device_set)).platform
+  options = CPU_INIT_COMPILER_OPTIONS if platform == 'cpu' else None
+  return jax.jit(lambda: fresh_state(model_def, optimizer, seed), out_shardings=shardings,
+                 compiler_options=options)()
 
 
 def abstract_state(model_def: ModelDef, optimizer: optax.GradientTransformation, seed: int,
