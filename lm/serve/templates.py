@@ -219,9 +219,10 @@ def for_run(run) -> tuple[ChatTemplate, str]:
   task = run.config.train.get('task', 'lm')
   if task in TUNED_ON_SFT:
     return SFT, f'the run was fine-tuned on it (train.task={task!r})'
-  directory = next((d for d in _hf_dirs(run) if d.is_dir()), None)
+  dirs = _hf_dirs(run)
+  directory = next((d for d in dirs if d.is_dir()), None)
   if directory is None:
-    return SFT, 'the files of its HF tokenizer are gone (no hf_tokenizer/ in the workdir)'
+    return SFT, f'the files of its HF tokenizer are gone ({" and ".join(map(str, dirs))})'
   template = read_hf(directory)
   if template is None:
     return SFT, f'its HF tokenizer ({directory}) has no chat template'
