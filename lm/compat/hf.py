@@ -43,7 +43,8 @@ HF_CONFIG = 'config.json'  # of the HF directory (not the workdir's, lm.workdir'
 HF_WEIGHTS = 'model.safetensors'
 HF_INDEX = 'model.safetensors.index.json'
 HF_TOKENIZER_DIR = 'hf_tokenizer'  # under an imported workdir: the HF tokenizer's own files
-HF_TOKENIZER_FILES = (hf_tokenizer.HF_FILE, *hf_tokenizer.SPECIAL_FILES)
+HF_TOKENIZER_FILES = (hf_tokenizer.HF_FILE, *hf_tokenizer.SPECIAL_FILES,
+                      hf_tokenizer.CHAT_TEMPLATE_FILE)
 
 Log = Callable[[str], None]
 
@@ -220,7 +221,8 @@ def _check_exportable(workdir: str | os.PathLike) -> None:
 
 def _hf_tokenizer_files(tokenizer: Tokenizer, source: str) -> dict[str, str]:
   """The HF files of the run's saved HF tokenizer: its tokenizer.json, and the special-token
-  files of `source` (the imported directory) or, when it is gone, a tokenizer_config.json."""
+  files of `source` (the imported directory) or, when it is gone, a tokenizer_config.json;
+  the chat_template.jinja of `source` when it has one."""
   with tempfile.TemporaryDirectory(prefix='lm-hf-tokenizer-') as tmp:
     tokenizer.save(Path(tmp))
     text = (Path(tmp) / hf_tokenizer.SAVED_FILE).read_text(encoding='utf-8')
@@ -235,6 +237,9 @@ def _hf_tokenizer_files(tokenizer: Tokenizer, source: str) -> dict[str, str]:
         **{f'{role}_token': names[i] for role, i in (
             ('bos', tokenizer.bos_id), ('eos', tokenizer.eos_id), ('pad', tokenizer.pad_id))
            if i in names}}, indent=2) + '\n'
+  template = Path(source) / hf_tokenizer.CHAT_TEMPLATE_FILE if source else None
+  if template is not None and template.is_file():
+    files[hf_tokenizer.CHAT_TEMPLATE_FILE] = template.read_text(encoding='utf-8')
   return files
 
 

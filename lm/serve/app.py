@@ -23,6 +23,7 @@ from lm.serve import chat, protocol, schemas
 from lm.serve.batcher import Failed, Finished, Prompt, Row
 from lm.serve.metrics import ServeMetrics
 from lm.serve.protocol import RequestError
+from lm.serve.templates import SFT, ChatTemplate
 
 COMPLETIONS, CHAT = '/v1/completions', '/v1/chat/completions'
 ROUTES = ('POST /v1/completions, POST /v1/chat/completions, POST /tokenize, POST /detokenize, '
@@ -49,6 +50,7 @@ class Service:
   max_queue: int = 256  # rows waiting for the scheduler; more is a 429
   timeout_s: float = 600.0  # a request still running after this is cancelled (504)
   draining: bool = False  # set on SIGTERM: new requests get a 503
+  chat_template: ChatTemplate = SFT  # renders chat messages (templates.for_run picks it)
 
 
 @dataclasses.dataclass
@@ -74,7 +76,7 @@ async def _read_body(request: Request) -> bytes:
 def create_app(service: Service) -> FastAPI:
   app = FastAPI(title='lm', docs_url=None, redoc_url=None)
   schemas.install_openapi(app)
-  metrics, tok = service.metrics, service.tokenizer
+  metrics, tok, template = service.metrics, service.tokenizer, service.chat_template
 
   def error(path: str, e: RequestError, kind: str) -> JSONResponse:
     path = path if path in PATHS else 'other'  # no label per random URL a scanner tries
@@ -144,7 +146,7 @@ def create_app(service: Service) -> FastAPI:
     if (refusal := denied(request)) is not None:
       return refusal
     try:
-      text, special = chat.parse_tokenize(await _read_body(request))
+      text, special = chat.parse_tokenize(await _read_body(request), template)
     except RequestError as e:
       return error('/tokenize', e, 'invalid_request')
     ids = encode(text, special)
@@ -171,7 +173,7 @@ def create_app(service: Service) -> FastAPI:
         'tokenizer_class': type(tok).__name__, 'bos_token': None, 'eos_token': None,
         'pad_token': None, 'bos_token_id': tok.bos_id, 'eos_token_id': tok.eos_id,
         'vocab_size': service.vocab_size, 'model_max_length': service.context,
-        'chat_template': chat.CHAT_TEMPLATE})
+        'chat_template': template.text})
 
   # ---- generation --------------------------------------------------------------------------
 
@@ -363,8 +365,8 @@ def create_app(service: Service) -> FastAPI:
     if (refusal := denied(request)) is not None:
       return refusal
     try:
-      req = chat.parse_chat_request(await _read_body(request))
-      ids = encode(req.prompt)
+      req = chat.parse_chat_request(await _read_body(request), template)
+      ids = encode(req.prompt, template.add_bos)
       max_tokens = req.max_tokens or max(service.context - len(ids), 1)
       protocol.check_context([ids], max_tokens, service.context)
       events, sink = queue_pair()

@@ -1,12 +1,12 @@
 """Chat completions and the tokenizer endpoints: request validation and response JSON.
 
-Messages are rendered with the chat template SFT trains with (lm/data/supervised.py):
+Messages are rendered with the server's chat template (lm/serve/templates.py): SFT's,
 
     <|system|>\\n...\\n<|user|>\\n...\\n<|assistant|>\\n
 
-and the model's reply runs until it writes the end-of-turn marker `<|end|>` (a stop
-string of every chat request) or its end-of-text token. `CHAT_TEMPLATE` is the same
-template in Jinja, for /tokenizer_info (lm-eval renders chats with it).
+whose replies run until the model writes the end-of-turn marker `<|end|>`, or an imported
+model's own, whose replies end at its tokenizer's eos_token. The end of turn is a stop
+string of every chat request; the model's end-of-text token ends a reply too.
 """
 
 from __future__ import annotations
@@ -14,17 +14,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from lm.data.supervised import END_OF_TURN, sft_pieces
 from lm.serve import protocol
 from lm.serve.protocol import RequestError, _check_text, _int_field, _type_name
+from lm.serve.templates import SFT, ChatTemplate
+from lm.serve.templates import SFT_JINJA as CHAT_TEMPLATE  # noqa: F401 - SFT's, by its old name
 
 CHAT_EXAMPLE = '{"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}'
 ROLES = ('system', 'user', 'assistant')
-ASSISTANT = '<|assistant|>\n'
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
-    "{% if m['role'] == 'assistant' %}" + END_OF_TURN + "{% endif %}\n{% endfor %}"
-    "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}")
 CHAT_UNSUPPORTED = ('logprobs', 'top_logprobs', 'tools', 'tool_choice', 'functions',
                     'function_call', 'response_format', 'logit_bias', 'frequency_penalty',
                     'presence_penalty', 'stream_options', 'parallel_tool_calls', 'audio',
@@ -49,8 +45,7 @@ class ChatRequest:
 
 def render(messages: list[dict], add_generation_prompt: bool = True) -> str:
   """The messages as SFT's chat template renders them, then the assistant's turn."""
-  text = ''.join(piece for piece, _ in sft_pieces({'messages': messages}))
-  return text + (ASSISTANT if add_generation_prompt else '')
+  return SFT.render(messages, add_generation_prompt)
 
 
 def parse_messages(v: Any) -> list[dict]:
@@ -77,21 +72,23 @@ def parse_messages(v: Any) -> list[dict]:
   return out
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
-  """The validated request of a POST /v1/chat/completions body; RequestError otherwise."""
+def parse_chat_request(body: bytes, template: ChatTemplate = SFT) -> ChatRequest:
+  """The validated request of a POST /v1/chat/completions body, its messages rendered by
+  `template`; RequestError otherwise."""
   data = protocol.parse_json_object(body, CHAT_EXAMPLE)
   known = ('messages', 'max_tokens', 'max_completion_tokens', 'temperature', 'top_p',
            'top_k', 'seed', 'stop', 'n', 'stream', 'model', 'user')
   protocol.check_fields(data, known, CHAT_UNSUPPORTED)
   if data.get('messages') is None:
     raise RequestError(f'messages is required, e.g. {CHAT_EXAMPLE}', param='messages')
-  prompt = render(parse_messages(data['messages']))
+  prompt = template.render(parse_messages(data['messages']))
   fields = protocol.sampling_fields(data)
   max_tokens = _int_field(data, 'max_tokens', 1, 1 << 20, 'tokens to generate per choice')
   most = _int_field(data, 'max_completion_tokens', 1, 1 << 20, 'tokens to generate per choice')
   fields['max_tokens'] = most if most is not None else max_tokens
   stop = fields.pop('stop') or ()
-  return ChatRequest(prompt=prompt, stop=tuple(stop) + (END_OF_TURN,),
+  end = (template.end_of_turn,) if template.end_of_turn else ()
+  return ChatRequest(prompt=prompt, stop=tuple(stop) + end,
                      **{k: v for k, v in fields.items() if v is not None})
 
 
@@ -116,20 +113,26 @@ def chat_chunk(request_id: str, created: int, model: str, index: int, delta: dic
 # ---- /tokenize, /detokenize ----------------------------------------------------------------
 
 
-def parse_tokenize(body: bytes) -> tuple[str, bool]:
-  """(text, add_special_tokens) of a /tokenize body: {"prompt"} or {"messages"}."""
+def parse_tokenize(body: bytes, template: ChatTemplate = SFT) -> tuple[str, bool]:
+  """(text, add_special_tokens) of a /tokenize body: {"prompt"}, or {"messages"} rendered by
+  `template`. add_special_tokens (prepend bos) defaults to true for a prompt and, for
+  messages, to what a chat request does with them (`template.add_bos`), so that the count
+  is the chat's prompt_tokens."""
   data = protocol.parse_json_object(body, '{"prompt": "Hello"}')
   protocol.check_fields(data, ('prompt', 'messages', 'add_special_tokens',
                                'add_generation_prompt', 'model'), ())
-  special = data.get('add_special_tokens', True)
+  chat = data.get('messages') is not None
+  special = data.get('add_special_tokens')
+  if special is None:
+    special = template.add_bos if chat else True
   if not isinstance(special, bool):
     raise RequestError('add_special_tokens must be true or false', param='add_special_tokens')
-  if data.get('messages') is not None:
+  if chat:
     gen = data.get('add_generation_prompt', True)
     if not isinstance(gen, bool):
       raise RequestError('add_generation_prompt must be true or false',
                          param='add_generation_prompt')
-    return render(parse_messages(data['messages']), gen), special
+    return template.render(parse_messages(data['messages']), gen), special
   prompt = data.get('prompt')
   if not isinstance(prompt, str):
     raise RequestError(f'prompt must be a string, got {_type_name(prompt)}', param='prompt')

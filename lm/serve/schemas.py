@@ -105,7 +105,9 @@ class ChatCompletionResponse(BaseModel):
 class TokenizeRequest(BaseModel):
   prompt: str | None = None
   messages: list[ChatMessage] | None = None
-  add_special_tokens: bool = Field(True, description='Prepend the bos token.')
+  add_special_tokens: bool | None = Field(
+      None, description='Prepend the bos token. Default: true for a prompt; for messages, '
+      "what a chat request does (true with SFT's template, false with an HF model's own)")
   add_generation_prompt: bool = True
 
 

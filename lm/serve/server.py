@@ -23,6 +23,7 @@ from lm.serve.batcher import Batcher
 from lm.serve.engine import Engine
 from lm.serve.metrics import ServeMetrics
 from lm.serve.prefix_cache import PrefixCache
+from lm.serve.templates import for_run
 
 SCHEDULERS = ('continuous', 'static')
 
@@ -37,9 +38,12 @@ def build(run: Run, *, cache_len: int = 0, max_batch: int = 8, batch_wait_s: flo
   model's max_len). `scheduler` 'continuous' runs `max_batch` decode slots (engine.py);
   'static' the batcher that runs each batch to its longest row (batcher.py). With `warmup`
   every shape is compiled before it returns. `prefix_cache_mb` > 0 gives the continuous
-  scheduler a prefix cache of at most that many MiB (prefix_cache.py)."""
+  scheduler a prefix cache of at most that many MiB (prefix_cache.py). Chat messages are
+  rendered with the template templates.for_run picks (logged)."""
   if scheduler not in SCHEDULERS:
     raise UserError(f'scheduler={scheduler!r}; give one of {", ".join(SCHEDULERS)}')
+  template, why = for_run(run)  # a template that does not parse fails before compiling
+  log(f'lm.serve: chat template: {template.describe()}; {why}')
   decoder = Decoder(run.model_def, cache_len=cache_len or run.model_def.cfg.max_len,
                     mesh=mesh, rules=rules)
   metrics = ServeMetrics()
@@ -70,7 +74,8 @@ def build(run: Run, *, cache_len: int = 0, max_batch: int = 8, batch_wait_s: flo
   service = Service(batcher=batcher, tokenizer=run.tokenizer, context=decoder.cache_len,
                     model_name=name, step=run.step, metrics=metrics, api_key=api_key,
                     vocab_size=run.model_def.cfg.vocab_size,
-                    scores=scheduler == 'continuous', max_queue=max_queue, timeout_s=timeout_s)
+                    scores=scheduler == 'continuous', max_queue=max_queue, timeout_s=timeout_s,
+                    chat_template=template)
   app = create_app(service)
   app.state.service = service
   return app, batcher

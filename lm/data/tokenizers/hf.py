@@ -25,6 +25,9 @@ HF_FILE = 'tokenizer.json'  # the HF tokenizer in an HF directory
 SAVED_FILE = 'hf_tokenizer.json'  # its copy in our tokenizer directory (tokenizer.json is ours)
 # Files of an HF tokenizer directory that name its special tokens (copied along on export).
 SPECIAL_FILES = ('tokenizer_config.json', 'special_tokens_map.json')
+# The chat template, when transformers saved it in a file of its own (it wins over
+# tokenizer_config.json's "chat_template"; lm.serve renders chats with it).
+CHAT_TEMPLATE_FILE = 'chat_template.jinja'
 
 
 @functools.lru_cache(maxsize=1)
