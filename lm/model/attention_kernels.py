@@ -10,13 +10,26 @@
   boolean (turned into an additive bias, per row and not per head); causality takes the
   kernel's causal path. Scores are never materialized.
 - 'flash': the Pallas (Triton) flash-attention kernel of jax.experimental.pallas.ops.gpu
-  with segment ids (no dense mask at all), on GPUs. It is one custom call: under a mesh of
-  several devices XLA cannot split it, so it is meant for one-device runs and benchmarks.
+  with segment ids (no dense mask at all), on GPUs.
 - 'splash': the Pallas TPU splash-attention kernel of jax.experimental.pallas.ops.tpu with
   segment ids (no dense mask) and a causal or full static mask, on TPUs; grouped KV heads
   go to the MHA kernel as they are (it maps query head n to KV head n // groups), one KV
-  head to the MQA kernel. Like 'flash' it is one custom call per layer, which XLA does not
-  split over a mesh.
+  head to the MQA kernel.
+
+Each Pallas kernel is one custom call per layer, which XLA's SPMD partitioner cannot split
+(it would gather Q/K/V onto every device and run the whole kernel everywhere). So under
+sharding rules (lm.parallel.use_rules) both run per device under shard_map (`per_device`):
+the rows split as the 'batch' rule says, the heads as 'act_heads' and 'act_kv_heads' say
+when both rules give the same mesh axes and those divide N and K alike (query head n then
+stays with its KV head n // groups on one device; otherwise the heads stay whole), and the
+segment ids split with the rows. The sequence stays whole: where 'seq' splits the tokens
+(context parallelism), XLA gathers each row's Q/K/V over the sequence group on the way in
+and the group's devices run the same rows; batch and heads still split. A device cannot
+take only its own queries: flash's causal mask counts queries and keys from the same first
+token, and splash's static mask is built once on the host for all devices. (Context
+parallelism has no ring attention; 'xla' and 'blockwise' leave the K/V gather to XLA and
+compute only each device's own queries, see docs/scaling.md.) Without rules the kernels
+run as they are.
 
 A KV-cache decode (queries at positions over cache slots) is a layout the fused kernels
 do not take: it runs 'blockwise' where that was chosen, else 'xla', or 'blockwise' when the
@@ -25,13 +38,17 @@ dense scores would be large (see `choose`).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from lm.errors import ConfigError
 from lm.model.attention_blockwise import blockwise_attention
 from lm.model.attention_mask import AttentionMask
+from lm.parallel.rules import active_rules, logical_to_spec
 
 IMPLEMENTATIONS = ('auto', 'xla', 'blockwise', 'cudnn', 'flash', 'splash')
 NEEDS_PLATFORM = {'cudnn': 'gpu', 'flash': 'gpu', 'splash': 'tpu'}
@@ -149,12 +166,48 @@ def _padded_segments(mask: AttentionMask, multiple: int) -> tuple[int, jax.Array
   return tp, jnp.pad(mask.q_segments, ((0, 0), (0, tp - t)), constant_values=-2**31)
 
 
+def kernel_spec(q_BTNH, k_BTKH) -> PartitionSpec | None:
+  """The spec of q, k, v and o [B, T, heads, H] that `per_device` runs a kernel under, or
+  None without active sharding rules. The rows split as 'batch' says; the heads as
+  'act_heads' and 'act_kv_heads' say only when both give the same mesh axes (which then
+  divide N and K alike, so every device holds whole KV groups), else not at all; T and H
+  stay whole."""
+  active = active_rules()
+  if active is None:
+    return None
+  mesh, rules = active
+  q_spec = logical_to_spec(('batch', None, 'act_heads', None), rules, mesh, q_BTNH.shape)
+  kv_spec = logical_to_spec(('batch', None, 'act_kv_heads', None), rules, mesh, k_BTKH.shape)
+  heads = q_spec[2] if q_spec[2] == kv_spec[2] else None
+  return PartitionSpec(q_spec[0], None, heads, None)
+
+
+def per_device(kernel, q_BTNH, k_BTKH, v_BTKH, mask: AttentionMask) -> jax.Array:
+  """kernel(q, k, v, mask) -> o [B, T, N, H], under active sharding rules run by shard_map
+  on each device's rows and heads (`kernel_spec`; the mask's ids [B, T] split with the
+  rows), else as it is."""
+  spec = kernel_spec(q_BTNH, k_BTKH)
+  if spec is None:
+    return kernel(q_BTNH, k_BTKH, v_BTKH, mask)
+  mesh, _ = active_rules()
+  rows_spec = PartitionSpec(spec[0], None)
+  # check_vma=False: the Pallas kernels (their interpreter's pads, their output shapes)
+  # carry no varying-manual-axes types, which check_vma=True refuses (jax 0.10.2).
+  return jax.shard_map(kernel, mesh=mesh, in_specs=(spec, spec, spec, rows_spec),
+                       out_specs=spec, check_vma=False)(q_BTNH, k_BTKH, v_BTKH, mask)
+
+
 def flash_attention(q_BTNH, k_BTKH, v_BTKH, mask: AttentionMask, *, interpret: bool = False
                     ) -> jax.Array:
-  """The Pallas GPU flash kernel with segment ids (`interpret`: run it in Pallas's
-  interpreter, on any backend, as the tests do). T is padded to a multiple of 16 with a
-  segment id no real token has; K/V heads are repeated to the query heads (the kernel has
-  no grouped heads)."""
+  """The Pallas GPU flash kernel with segment ids, per device under sharding rules
+  (`per_device`; `interpret`: run it in Pallas's interpreter, on any backend, as the tests
+  do). T is padded to a multiple of 16 with a segment id no real token has; K/V heads are
+  repeated to the query heads (the kernel has no grouped heads)."""
+  return per_device(functools.partial(_flash, interpret=interpret), q_BTNH, k_BTKH, v_BTKH,
+                    mask)
+
+
+def _flash(q_BTNH, k_BTKH, v_BTKH, mask: AttentionMask, *, interpret: bool) -> jax.Array:
   from jax.experimental.pallas.ops.gpu import attention as pallas_gpu  # GPU kernels: heavy
 
   b, t, n, h = q_BTNH.shape
@@ -175,12 +228,18 @@ def flash_attention(q_BTNH, k_BTKH, v_BTKH, mask: AttentionMask, *, interpret: b
 
 def splash_attention(q_BTNH, k_BTKH, v_BTKH, mask: AttentionMask, *, interpret: bool = False
                      ) -> jax.Array:
-  """The Pallas TPU splash kernel with segment ids, vmapped over the batch (`interpret`:
-  Pallas's interpreter, on any backend, as the tests do). The kernel takes no scale: q is
-  multiplied by 1/sqrt(H) first. T is padded to a multiple of 128 (its kv compute block is
-  a whole number of 128-lane tiles) with a segment id no real token has, so padded queries
-  see only padding and real ones never see it. Grouped KV heads (1 < K < N) go to the MHA
-  kernel unrepeated; K = 1 to the MQA kernel."""
+  """The Pallas TPU splash kernel with segment ids, vmapped over the batch, per device under
+  sharding rules (`per_device`; `interpret`: Pallas's interpreter, on any backend, as the
+  tests do). The kernel takes no scale: q is multiplied by 1/sqrt(H) first. T is padded to
+  a multiple of 128 (its kv compute block is a whole number of 128-lane tiles) with a
+  segment id no real token has, so padded queries see only padding and real ones never see
+  it. Grouped KV heads (1 < K < N, on the device) go to the MHA kernel unrepeated; K = 1 to
+  the MQA kernel."""
+  return per_device(functools.partial(_splash, interpret=interpret), q_BTNH, k_BTKH, v_BTKH,
+                    mask)
+
+
+def _splash(q_BTNH, k_BTKH, v_BTKH, mask: AttentionMask, *, interpret: bool) -> jax.Array:
   from jax.experimental.pallas.ops.tpu import splash_attention as splash  # TPU kernels: heavy
 
   b, t, n, h = q_BTNH.shape

@@ -1,9 +1,10 @@
 """Attention implementations against the dense reference (outputs and gradients, float32,
-1e-5): blockwise and the Pallas GPU (flash) and TPU (splash) kernels in interpret mode;
-causal and bidirectional, GQA/MQA, packed rows of several documents, KV-cache decode; and
-what 'auto' picks."""
+1e-5): blockwise and the Pallas GPU (flash) and TPU (splash) kernels in interpret mode,
+on one device and per device under a mesh; causal and bidirectional, GQA/MQA, packed rows
+of several documents, KV-cache decode; and what 'auto' picks."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from configs.default import get_config
+from lm import parallel
 from lm.errors import ConfigError
 from lm.model import ModelConfig, Transformer
 from lm.model.attention_blockwise import blockwise_attention
@@ -80,6 +83,51 @@ def test_pallas_tpu_splash_kernel_in_interpret_mode_equals_dense(causal, n, kv):
   q, k, v, seg, w = _inputs(b=2, t=37, n=n, kv=kv, h=16, docs=3)
   mask = attention_mask(seg, causal=causal)
   _assert_same(lambda *a: splash_attention(*a, mask, interpret=True), q, k, v, mask, w)
+
+
+PALLAS = {'flash': flash_attention, 'splash': splash_attention}
+
+
+def _kernel_block_shapes(fn, q, k, v) -> list[tuple[int, ...]]:
+  """The float32 operand shapes of the shard_map body in the lowered program of fn(q, k, v)
+  (what one device's kernel sees), [] when nothing runs under shard_map."""
+  text = jax.jit(fn).lower(q, k, v).as_text()
+  heads = [line.split('manual_axes=', 1)[1] for line in text.splitlines()
+           if 'sdy.manual_computation' in line]
+  return [tuple(int(d) for d in m.split('x'))
+          for line in heads for m in re.findall(r'tensor<([\dx]+)xf32>', line)]
+
+
+@pytest.mark.parametrize('kernel', list(PALLAS))
+def test_pallas_kernels_run_per_device_under_a_mesh(kernel):
+  """data=2 x fsdp=2 x tensor=2 under the default rules: each device's kernel takes its own
+  B/4 rows and N/2 query heads with their K/2 KV heads, and equals the dense reference."""
+  m = get_config().mesh
+  m.data, m.fsdp, m.tensor = 2, 2, 2
+  mesh, rules = parallel.build_mesh(m), parallel.rules_for(m)
+  b, t, n, kv, h = 4, 24, 4, 2, 16
+  q, k, v, seg, w = _inputs(b=b, t=t, n=n, kv=kv, h=h, docs=2)
+  mask = attention_mask(seg, causal=True)
+  fn = lambda *a: PALLAS[kernel](*a, mask, interpret=True)  # noqa: E731
+  with parallel.use_rules(mesh, rules):
+    assert _kernel_block_shapes(fn, q, k, v) == [(1, t, 2, h), (1, t, 1, h), (1, t, 1, h)]
+    _assert_same(fn, q, k, v, mask, w)
+
+
+def test_pallas_kernel_keeps_heads_that_do_not_split_alike_and_the_sequence_whole():
+  """One KV head on tensor=2: the heads stay whole (a device holds every query head with
+  the KV head); sequence=2: each device's kernel takes whole rows, gathered over the
+  sequence group. Still equal to the dense reference."""
+  m = get_config().mesh
+  m.data, m.sequence, m.tensor = 2, 2, 2
+  mesh, rules = parallel.build_mesh(m), parallel.rules_for(m)
+  b, t, n, h = 2, 16, 2, 16
+  q, k, v, seg, w = _inputs(b=b, t=t, n=n, kv=1, h=h, docs=2)
+  mask = attention_mask(seg, causal=True)
+  fn = lambda *a: flash_attention(*a, mask, interpret=True)  # noqa: E731
+  with parallel.use_rules(mesh, rules):
+    assert _kernel_block_shapes(fn, q, k, v) == [(1, t, n, h), (1, t, 1, h), (1, t, 1, h)]
+    _assert_same(fn, q, k, v, mask, w)
 
 
 TINY = ModelConfig(vocab_size=61, num_layers=1, width=32, num_heads=4, num_kv_heads=2,
