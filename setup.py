@@ -30,6 +30,7 @@ setup(
         'prometheus-client>=0.20',
         'safetensors>=0.4.3',  # lm.convert: Hugging Face weights (numpy, bf16 via ml_dtypes)
         'tokenizers>=0.15',  # data.tokenizer.kind='hf'
+        'jinja2>=3.1.6',  # lm.serve: Hugging Face chat templates (sandboxed; 3.1.6 fixes escapes)
         'flatbuffers>=24.3',  # jax.export serialization (python -m lm.export)
         'gcsfs>=2024.2',  # gs:// workdirs (etils.epath reads and writes them through it)
         # python -m lm clean (lm/data/clean): the engine and its stages, language id with
