@@ -16,6 +16,12 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='lm-test-xla-'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
+# The rest of it is LLVM optimizing code that runs for milliseconds: level 0 (jax's
+# disable_most_optimizations; XLA's HLO passes, fusion and sharding still run) took
+# tests/unit/infer from 148 s to 103 s. The tests check results, not speed; level 0 is the
+# same arithmetic (fast-math is off) up to an ulp in a few transcendental functions.
+# JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs them on fully optimized code.
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 
 import jax  # noqa: E402  (after the flag on purpose)
 import pytest  # noqa: E402
@@ -31,13 +37,18 @@ def pytest_configure(config):
 # and left one worker running them alone): starting with these lets the many small files
 # fill in, so both workers finish together. Order only; a file missing here runs after them.
 HEAVIEST_FIRST = (
-    'integration/test_multihost.py', 'unit/train/test_train.py', 'integration/test_portable.py',
-    'unit/infer/test_export.py', 'unit/train/test_dpo.py', 'unit/infer/test_generate.py',
-    'unit/tools/test_prune.py', 'unit/train/test_distill.py', 'unit/tools/test_plan.py',
-    'unit/model/test_model.py', 'unit/train/test_finetune.py', 'unit/tools/test_inspect.py',
-    'unit/model/test_moe.py', 'unit/compat/test_convert.py', 'unit/model/test_encoder.py',
-    'unit/data/test_domains.py', 'unit/eval/test_evaluate.py', 'integration/test_notebook.py',
-    'cli/test_main.py', 'unit/model/test_quantize.py', 'unit/parallel/test_parallel.py',
+    'integration/test_multihost.py', 'unit/train/test_train.py', 'unit/train/test_dpo.py',
+    'integration/test_portable.py', 'unit/tools/test_inspect.py', 'unit/infer/test_export.py',
+    'unit/infer/test_generate.py', 'unit/model/test_moe.py', 'unit/tools/test_prune.py',
+    'cli/test_main.py', 'unit/train/test_distill.py', 'unit/tools/test_plan.py',
+    'unit/eval/test_evaluate.py', 'unit/compat/test_convert.py',
+    'unit/parallel/test_parallel.py', 'integration/test_notebook.py',
+    'unit/data/test_domains.py', 'unit/train/test_finetune.py', 'unit/serve/test_engine.py',
+    'unit/model/test_model.py', 'unit/model/test_encoder.py', 'unit/model/test_lora.py',
+    'unit/model/test_attention.py', 'cli/test_launch.py', 'unit/model/test_quantize.py',
+    'unit/eval/test_eval_runs.py', 'unit/parallel/test_decode_sharding.py',
+    'unit/model/test_moe_grouped.py', 'unit/data/test_clean.py', 'unit/serve/test_serve.py',
+    'unit/compat/test_hf_chat.py',
 )
 
 
