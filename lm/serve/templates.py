@@ -34,6 +34,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from lm.compat.hf import HF_TOKENIZER_DIR
 from lm.data.supervised import END_OF_TURN, sft_pieces
 from lm.data.tokenizers.hf import CHAT_TEMPLATE_FILE as JINJA_FILE
+from lm.data.tokenizers.hf import CONFIG_FILE, read_special_files, special_tokens
 from lm.errors import UserError
 from lm.serve.protocol import RequestError
 
@@ -44,8 +45,6 @@ SFT_JINJA = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
     "{% if m['role'] == 'assistant' %}" + END_OF_TURN + "{% endif %}\n{% endfor %}"
     "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}")
-CONFIG_FILE = 'tokenizer_config.json'
-SPECIAL_TOKENS_FILE = 'special_tokens_map.json'
 TOKEN_NAMES = ('bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token',
                'mask_token')
 TUNED_ON_SFT = ('sft', 'dpo')  # train.task values that train on lm's chat template
@@ -131,23 +130,6 @@ def environment() -> ImmutableSandboxedEnvironment:
   return env
 
 
-def _json_file(path: epath.Path) -> dict:
-  try:
-    data = json.loads(path.read_text(encoding='utf-8'))
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UserError(f'{path} is not valid JSON ({e}); fix or remove it') from None
-  if not isinstance(data, dict):
-    raise UserError(f'{path} must hold a JSON object, got {type(data).__name__}')
-  return data
-
-
-def _token(value: Any) -> str | None:
-  """A special token of tokenizer_config.json: a string or {"content": ...}."""
-  if isinstance(value, dict):
-    value = value.get('content')
-  return value if isinstance(value, str) else None
-
-
 def _template_text(directory: epath.Path, config: dict) -> tuple[str, str] | None:
   """(Jinja source, the file and key it is from) of the directory's template, if any."""
   jinja_file = directory / JINJA_FILE
@@ -180,8 +162,8 @@ def read_hf(directory: str | epath.PathLike) -> ChatTemplate | None:
   """The chat template of the HF tokenizer directory, None when it has none; UserError
   naming the file when it does not parse."""
   directory = epath.Path(directory)
-  config = _json_file(directory / CONFIG_FILE) if (directory / CONFIG_FILE).is_file() else {}
-  found = _template_text(directory, config)
+  files = read_special_files(directory)
+  found = _template_text(directory, files.get(CONFIG_FILE, {}))
   if found is None:
     return None
   text, source = found
@@ -190,13 +172,7 @@ def read_hf(directory: str | epath.PathLike) -> ChatTemplate | None:
   except jinja2.TemplateSyntaxError as e:
     raise UserError(f'{source}: the chat template does not parse (line {e.lineno}: '
                     f'{e.message}); fix it, or remove it to serve with SFT\'s template') from None
-  tokens = {}
-  for source_file in (config, *(
-      [_json_file(directory / SPECIAL_TOKENS_FILE)]
-      if (directory / SPECIAL_TOKENS_FILE).is_file() else [])):
-    for name in TOKEN_NAMES:
-      if (token := _token(source_file.get(name))) is not None:
-        tokens.setdefault(name, token)
+  tokens = special_tokens(files, TOKEN_NAMES)
   return ChatTemplate(name="the model's own", source=source, text=text,
                       end_of_turn=tokens.get('eos_token'), add_bos=False, jinja=compiled,
                       tokens=tuple(sorted(tokens.items())))

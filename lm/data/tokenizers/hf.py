@@ -24,7 +24,8 @@ from lm.data.tokenizers.base import META_FILE, Tokenizer
 HF_FILE = 'tokenizer.json'  # the HF tokenizer in an HF directory
 SAVED_FILE = 'hf_tokenizer.json'  # its copy in our tokenizer directory (tokenizer.json is ours)
 # Files of an HF tokenizer directory that name its special tokens (copied along on export).
-SPECIAL_FILES = ('tokenizer_config.json', 'special_tokens_map.json')
+CONFIG_FILE, SPECIAL_TOKENS_FILE = 'tokenizer_config.json', 'special_tokens_map.json'
+SPECIAL_FILES = (CONFIG_FILE, SPECIAL_TOKENS_FILE)
 # The chat template, when transformers saved it in a file of its own (it wins over
 # tokenizer_config.json's "chat_template"; lm.serve renders chats with it).
 CHAT_TEMPLATE_FILE = 'chat_template.jinja'
@@ -53,6 +54,36 @@ def _token_name(value: Any) -> str | None:
   if isinstance(value, dict):
     value = value.get('content')
   return value if isinstance(value, str) else None
+
+
+def read_special_files(directory) -> dict[str, dict]:
+  """{file name: its JSON object} of the SPECIAL_FILES `directory` (a pathlib or epath
+  Path) holds; DataError naming the file when one is not a JSON object."""
+  files = {}
+  for name in SPECIAL_FILES:
+    path = directory / name
+    if not path.is_file():
+      continue
+    try:
+      meta = json.loads(path.read_text(encoding='utf-8'))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise DataError(f'{path} is not valid JSON ({e}); fix or remove it') from None
+    if not isinstance(meta, dict):
+      raise DataError(f'{path} must hold a JSON object, got {type(meta).__name__}')
+    files[name] = meta
+  return files
+
+
+def special_tokens(files: dict[str, dict], keys: tuple[str, ...]) -> dict[str, str]:
+  """{key: token} for the `keys` (e.g. 'eos_token') the files of `read_special_files` name,
+  tokenizer_config.json's before special_tokens_map.json's."""
+  tokens: dict[str, str] = {}
+  for name in SPECIAL_FILES:
+    for key in keys:
+      token = _token_name(files.get(name, {}).get(key))
+      if token is not None:
+        tokens.setdefault(key, token)
+  return tokens
 
 
 def file_digest(directory: str | pathlib.Path) -> str:
@@ -103,18 +134,8 @@ class HFTokenizer(Tokenizer):
     except Exception as e:  # the tokenizers library raises its own Exception type
       raise DataError(f'{directory / HF_FILE} does not load as a Hugging Face tokenizer: '
                       f'{e}') from e
-    names: dict[str, str] = {}
-    for name in SPECIAL_FILES:
-      path = directory / name
-      if path.is_file():
-        try:
-          meta = json.loads(path.read_text(encoding='utf-8'))
-        except json.JSONDecodeError as e:
-          raise DataError(f'{path} is not valid JSON ({e})') from e
-        for role in ('bos', 'eos', 'pad'):
-          token = _token_name(meta.get(f'{role}_token'))
-          if token is not None:
-            names.setdefault(role, token)
+    found = special_tokens(read_special_files(directory), ('bos_token', 'eos_token', 'pad_token'))
+    names = {key.removesuffix('_token'): token for key, token in found.items()}
     specials = [t.content for t in tok.get_added_tokens_decoder().values() if t.special]
     if 'eos' not in names and len(specials) == 1:
       names['eos'] = specials[0]
