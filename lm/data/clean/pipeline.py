@@ -72,7 +72,7 @@ def _removed(paths: 'Paths', stage: str, reason: str) -> RemovedWriter:
 
 def exact_key(doc: Document) -> str:
   """What exact dedup compares: the text lower-cased with whitespace runs as one space."""
-  return ' '.join(doc.text.lower().split())
+  return linededup.key(doc.text)  # the normalisation line dedup compares units by
 
 
 class ShardReader(PipelineStep):
