@@ -6,6 +6,7 @@ A module that imports `module_xla_cache` gets it (an autouse fixture found in it
 namespace): `from train_fixtures import module_xla_cache  # noqa: F401`.
 """
 
+import contextlib
 import pathlib
 
 import jax
@@ -17,6 +18,22 @@ _CACHE_OPTIONS = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile
                   'jax_persistent_cache_min_entry_size_bytes')
 
 
+@contextlib.contextmanager
+def _xla_cache_settings(**settings):
+  """jax's persistent-cache options set to `settings` inside, restored afterwards (the cache
+  reset both times: an earlier compile may have settled "no cache")."""
+  saved = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
+  for name, value in settings.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+  try:
+    yield
+  finally:
+    for name, value in saved.items():
+      jax.config.update(name, value)
+    compilation_cache.reset_cache()
+
+
 @pytest.fixture(scope='module', autouse=True)
 def module_xla_cache(tmp_path_factory):
   """A persistent XLA cache for the importing module, every program stored; the previous
@@ -25,15 +42,10 @@ def module_xla_cache(tmp_path_factory):
   if jax.config.jax_compilation_cache_dir:
     yield
     return
-  saved = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('xla_cache')))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
-  compilation_cache.reset_cache()  # an earlier compile may have settled "no cache"
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
+  with _xla_cache_settings(jax_compilation_cache_dir=str(tmp_path_factory.mktemp('xla_cache')),
+                           jax_persistent_cache_min_compile_time_secs=0,
+                           jax_persistent_cache_min_entry_size_bytes=-1):
+    yield
 
 
 def tiny(c: ml_collections.ConfigDict, cache: pathlib.Path, *, seq_len: int, layers: int = 2,
@@ -58,10 +70,5 @@ def tiny(c: ml_collections.ConfigDict, cache: pathlib.Path, *, seq_len: int, lay
 def no_session_xla_cache():
   """Takes the session's shared XLA cache away for one test (one that counts compiles):
   its runs compile, or use the cache their own config names."""
-  saved = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
-  jax.config.update('jax_compilation_cache_dir', None)
-  compilation_cache.reset_cache()
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
+  with _xla_cache_settings(jax_compilation_cache_dir=None):
+    yield
