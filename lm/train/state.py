@@ -36,9 +36,9 @@ def fresh_state(model_def: ModelDef, optimizer: optax.GradientTransformation, se
 
 
 # The init program is one pass of threefry over every parameter: run once, and on CPU
-# LLVM's full optimization of its hash rounds took 9-16 s to compile for a one-layer model
-# where level 0 took 2.4-4.5 s (both under load; docs/benchmarks.md). Level 0 changes some
-# initial values by an ulp (the normal's erf_inv), never the distribution; CPU only.
+# LLVM's full optimization of its hash rounds took 5.4 s to compile for a one-layer model
+# where level 0 took 1.1-1.6 s (idle machine; docs/benchmarks.md, "Compile time"). Level 0
+# changes some initial values by an ulp (the normal's erf_inv), never the distribution.
 CPU_INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0,
                              'xla_llvm_disable_expensive_passes': True}
 
