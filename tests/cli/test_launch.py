@@ -37,7 +37,15 @@ FAKE_PYTHON = textwrap.dedent(f"""\
     devs=$JAX_LOCAL_DEVICE_IDS
     echo "id=$id xla=$XLA_FLAGS platforms=$JAX_PLATFORMS gpus=$gpus devs=$devs argv=$*"
     if [[ "${{FAKE_MODE:-}}" == exit ]]; then exit "$id"; fi
-    if [[ "${{FAKE_MODE:-}}" == fail && "$id" == 1 ]]; then echo failing; exit 3; fi
+    # FAKE_READY (a directory): each process marks itself started there, with its Ctrl-C
+    # trap set, and process 1 fails only once all 3 have, so none is stopped before its trap.
+    if [[ -n "${{FAKE_READY:-}}" ]]; then touch "$FAKE_READY/$id"; fi
+    if [[ "${{FAKE_MODE:-}}" == fail && "$id" == 1 ]]; then
+      for i in $(seq 600); do
+        (( $(ls "${{FAKE_READY:-/}}" | wc -l) >= 3 )) && break; sleep 0.1
+      done
+      echo failing; exit 3
+    fi
     # Far longer than any test waits: "finished" can only mean a signal that never came.
     for i in $(seq 1200); do sleep 0.1; done
     echo finished
@@ -310,9 +318,10 @@ def test_local_runs_every_process_and_exits_with_the_worst_status(fakes):
     assert f'id={i} xla=--xla_force_host_platform_device_count=2 platforms=cpu' in line
 
 
-def test_local_failure_stops_the_other_processes(fakes):
+def test_local_failure_stops_the_other_processes(fakes, tmp_path):
   r = _run('local.sh', '-n', '3', '-d', '1', '--', '--config=x',
-           env=_env(fakes, PYTHON=str(fakes / 'python'), FAKE_MODE='fail'))
+           env=_env(fakes, PYTHON=str(fakes / 'python'), FAKE_MODE='fail',
+                    FAKE_READY=str(tmp_path)))
   assert '[p1] failing' in r.stdout
   assert '[p0] interrupted id=0' in r.stdout and '[p2] interrupted id=2' in r.stdout
   assert 'finished' not in r.stdout and r.returncode == 130
