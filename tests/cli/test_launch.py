@@ -290,7 +290,9 @@ def test_slurm_bad_arguments_are_usage_errors(fakes, args, env, message):
 
 def test_local_dry_run_prints_one_command_per_process(fakes):
   r = _run('local.sh', '-n', '3', '-d', '2', '--dry-run', '--',
-           '--config=configs/default.py', '--workdir=/tmp/w', env=_env(fakes))
+           '--config=configs/default.py', '--workdir=/tmp/w',
+           env=_env(fakes, XLA_FLAGS='--xla_force_host_platform_device_count=8 '
+                                     '--xla_cpu_enable_fast_math=false'))
   assert r.returncode == 0, r.stderr
   lines = r.stdout.splitlines()
   assert len(lines) == 3
@@ -300,7 +302,9 @@ def test_local_dry_run_prints_one_command_per_process(fakes):
     argv = shlex.split(argv)
     assert prefix == f'[p{i}]'
     assert 'JAX_PLATFORMS=cpu' in argv
-    assert 'XLA_FLAGS=--xla_force_host_platform_device_count=2' in argv
+    # The launcher's device count replaces the caller's; the caller's other flags stay.
+    assert ('XLA_FLAGS=--xla_cpu_enable_fast_math=false '
+            '--xla_force_host_platform_device_count=2') in argv
     assert argv[argv.index('-m') + 1:argv.index('-m') + 4] == [
         'lm.main', '--config=configs/default.py', '--workdir=/tmp/w']
     assert f'--process_id={i}' in argv and '--num_processes=3' in argv
@@ -311,7 +315,8 @@ def test_local_dry_run_prints_one_command_per_process(fakes):
 
 def test_local_runs_every_process_and_exits_with_the_worst_status(fakes):
   r = _run('local.sh', '-n', '3', '-d', '2', '--', '--config=x',
-           env=_env(fakes, PYTHON=str(fakes / 'python'), FAKE_MODE='exit'))
+           env=_env(fakes, PYTHON=str(fakes / 'python'), FAKE_MODE='exit',
+                    XLA_FLAGS='--xla_force_host_platform_device_count=8'))
   assert r.returncode == 2  # process i exits with status i
   for i in range(3):
     line = next(line for line in r.stdout.splitlines() if line.startswith(f'[p{i}] id='))
