@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lm import parallel
+
 # The quintic's coefficients: the steepest slope at 0 that still keeps the iteration's
 # singular values in about [0.7, 1.2] after 5 steps (Jordan et al.).
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -57,8 +59,13 @@ def orthogonalize(x: jax.Array, dims: MatrixDims) -> jax.Array:
   fan_in = math.prod(x.shape[i] for i in dims.reduction)
   fan_out = math.prod(x.shape[i] for i in dims.output)
   batch_shape = moved.shape[:len(dims.batch)]
-  flat = moved.reshape((math.prod(batch_shape), fan_in, fan_out))
-  out = jax.vmap(newton_schulz)(flat).reshape(moved.shape)
+  flat_NIO = moved.reshape((math.prod(batch_shape), fan_in, fan_out))
+  # The stacked matrices split over the data-parallel devices (the 'batch' rule), as
+  # modded-nanogpt's ranks share them: each device orthogonalises its share and XLA
+  # gathers the updates, instead of every replica repeating every iteration. A stack the
+  # devices do not divide stays whole (logical_to_spec), as without rules.
+  flat_NIO = parallel.constrain(flat_NIO, ('batch', None, None))
+  out = jax.vmap(newton_schulz)(flat_NIO).reshape(moved.shape)
   out = out * math.sqrt(max(1.0, fan_out / fan_in))
   return jnp.transpose(out, [order.index(i) for i in range(x.ndim)])
 

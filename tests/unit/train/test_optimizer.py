@@ -109,24 +109,24 @@ def test_wsd_learning_rate_at_its_boundaries():
   assert float(no_decay(99)) == pytest.approx(1e-2)
 
 
-def _model_def() -> ModelDef:
+def _model_def(layers: int = 1) -> ModelDef:
   c = get_config().model
-  c.num_layers, c.width, c.mlp_dim, c.num_heads, c.num_kv_heads = 1, 32, 64, 4, 2
+  c.num_layers, c.width, c.mlp_dim, c.num_heads, c.num_kv_heads = layers, 32, 64, 4, 2
   return ModelDef.create(ModelConfig.from_config(c, vocab_size=64, seq_len=SEQ_LEN))
 
 
-def _muon():
+def _muon(layers: int = 1):
   return build_optimizer(_opt_cfg(name='muon', warmup_steps=1, schedule='wsd'), 10,
-                         _model_def().logical_axes())
+                         _model_def(layers).logical_axes())
 
 
 @functools.cache
-def _step_fn(mesh_dims: tuple[int, int, int]):
+def _step_fn(mesh_dims: tuple[int, int, int], layers: int = 1):
   """The jit'd Muon train step and state shardings on a data x fsdp x tensor mesh
   (compiled once per mesh for the whole module)."""
   mesh = _mesh(*mesh_dims)
-  model_def = _model_def()
-  optimizer, schedule = _muon()
+  model_def = _model_def(layers)
+  optimizer, schedule = _muon(layers)
   rules = parallel.rules_for(get_config().mesh)
   shardings = state_shardings(model_def, optimizer, mesh, rules)
   batch_sharding = parallel.batch_sharding(mesh, leading_dims=1)
@@ -135,11 +135,11 @@ def _step_fn(mesh_dims: tuple[int, int, int]):
   return step, shardings, batch_sharding
 
 
-def _steps(mesh_dims, batches, state=None):
+def _steps(mesh_dims, batches, state=None, layers: int = 1):
   """Two steps of Muon from the fresh state (or `state`): (state, metrics, shardings)."""
-  step, shardings, batch_sharding = _step_fn(mesh_dims)
+  step, shardings, batch_sharding = _step_fn(mesh_dims, layers)
   if state is None:
-    state = fresh_state(_model_def(), _muon()[0], 0)
+    state = fresh_state(_model_def(layers), _muon(layers)[0], 0)
   state = jax.device_put(state, shardings)
   state, metrics = step(state, parallel.global_batch(batches, batch_sharding, batch_axis=1))
   return state, metrics, shardings
@@ -172,6 +172,24 @@ def test_muon_sharded_step_equals_single_device_step():
   mu = state_8['opt_state'][1].mu['blocks']['mlp']['up']['kernel']
   assert mu.sharding == state_8['params']['blocks']['mlp']['up']['kernel'].sharding
   assert len(mu.addressable_shards[0].data.reshape(-1)) < mu.size
+
+
+def test_data_parallel_replicas_share_the_orthogonalisations():
+  # 4 layers on 4 data-parallel devices: each replica orthogonalises one layer's matrices
+  # and the program gathers the updates (an all-gather a replicated update has no need
+  # of), and the step still equals the one-device step.
+  state_1, metrics_1, _ = _steps((1, 1, 1), _batches(0), layers=4)
+  state_4, metrics_4, _ = _steps((4, 1, 1), _batches(0), layers=4)
+  np.testing.assert_allclose(metrics_4['train/loss'], metrics_1['train/loss'], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(jax.device_get(state_4['params'])),
+                  jax.tree.leaves(jax.device_get(state_1['params'])), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  step, shardings, batch_sharding = _step_fn((4, 1, 1), 4)
+  abstract = abstract_state(_model_def(4), _muon(4)[0], 0, shardings)
+  batches = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+             for k, v in _batches(0).items()}
+  hlo = step.lower(abstract, batches).compile().as_text()
+  assert 'all-gather' in hlo
 
 
 def test_muon_state_checkpoints_and_resumes_exactly(tmp_path):
