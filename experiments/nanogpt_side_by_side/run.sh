@@ -4,8 +4,9 @@
 #   NANOGPT_DIR=/path/to/nanoGPT OUT=/tmp/side_by_side bash experiments/nanogpt_side_by_side/run.sh
 # Runs, in this order: nanoGPT's 2000 iterations; configs/shakespeare_char.py with fresh
 # data and compilation caches (cold); the same again reusing both caches (warm); the
-# speedrun config (warm caches). Then report.py writes $OUT/table.md. About 6-8 minutes
-# on an idle 2-core machine.
+# speedrun config (its Muon programs compiled: the other runs' cache lacks them), and the
+# speedrun again (warm). Then report.py writes $OUT/table.md. About 7-9 minutes on an idle
+# 2-core machine.
 set -euo pipefail
 : "${NANOGPT_DIR:?set NANOGPT_DIR to a nanoGPT checkout (../shared/notes/peers.md)}"
 OUT=${OUT:-/tmp/side_by_side}
@@ -39,5 +40,6 @@ COMMON=(--config.data.path="$DATA" --config.data.cache_dir="$CACHE")
 timed cold "$PWD" $PY -m lm.main --config=configs/shakespeare_char.py --workdir="$OUT/cold" "${COMMON[@]}"
 timed warm "$PWD" $PY -m lm.main --config=configs/shakespeare_char.py --workdir="$OUT/warm" "${COMMON[@]}"
 timed speedrun "$PWD" $PY -m lm.main --config=configs/shakespeare_speedrun.py --workdir="$OUT/speedrun" "${COMMON[@]}"
+timed speedrun_warm "$PWD" $PY -m lm.main --config=configs/shakespeare_speedrun.py --workdir="$OUT/speedrun_warm" "${COMMON[@]}"
 uptime > "$OUT/uptime_end.txt"
 $PY "$(dirname "$0")/report.py" "$OUT"
