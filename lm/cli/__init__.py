@@ -17,7 +17,6 @@ from collections.abc import Callable
 from absl import app, flags, logging
 
 from lm import config as config_lib
-from lm import runtime
 from lm.config import ConfigDict
 from lm.errors import UserError
 
@@ -95,5 +94,6 @@ def config_from_flag(holder) -> ConfigDict:
     config = config_lib.from_flag(holder)
   except UserError as e:
     fail(str(e))
+  from lm import runtime  # jax: only once the flags and the config have loaded
   runtime.apply(config.runtime, config.data.cache_dir)  # devices, compilation cache
   return config
