@@ -11,13 +11,13 @@ line, `error: ...`, with exit status 1; anything else is a bug and keeps its tra
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 
 from absl import app, flags, logging
 
 from lm import config as config_lib
-from lm import runtime
 from lm.config import ConfigDict
 from lm.errors import UserError
 
@@ -43,6 +43,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'prune': ('lm.cli.prune', 'structured pruning: a smaller dense run from a trained one'),
     'clean': ('lm.cli.clean', 'clean raw text/JSONL/Parquet/WARC into a dataset (datatrove)'),
 }
+
+
+# Libraries that define absl flags of their own (--grain_py_debug_mode, --tfds_debug_verbose,
+# --experimental_orbax_use_distributed_process_id, ...). A command imports them in `main`,
+# after parsing, so a command line that names a flag not defined yet (or --helpfull) loads
+# them before parsing: their flags work, and list, as they did when commands imported them.
+_LIBRARIES_WITH_FLAGS = ('array_record.python.array_record_data_source', 'grain',
+                         'orbax.checkpoint', 'tensorflow_datasets')
+
+
+def _load_library_flags(argv: list[str]) -> None:
+  app.define_help_flags()  # (app.run defines them too; --help needs no library)
+  names = {a.lstrip('-').split('=', 1)[0] for a in argv[1:] if a.startswith('-')}
+  unknown = {n for n in names - {'', 'config'} if not n.startswith('config.')
+             and n not in flags.FLAGS and n.removeprefix('no') not in flags.FLAGS}
+  if unknown or 'helpfull' in names:
+    for module in _LIBRARIES_WITH_FLAGS:
+      importlib.import_module(module)
 
 
 def fail(message: str) -> None:
@@ -78,6 +96,7 @@ def run(main: Callable[[list[str]], None], *, flags_parser=None,
     # (only for help: ml_collections' --config.* override flags would clash with the copies)
     for flag in flags.FLAGS.get_key_flags_for_module(command):
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  _load_library_flags(sys.argv)
   kwargs = {'flags_parser': flags_parser} if flags_parser else {}
   app.run(guarded(main, quiet_logs=quiet_logs), **kwargs)
 
@@ -95,5 +114,6 @@ def config_from_flag(holder) -> ConfigDict:
     config = config_lib.from_flag(holder)
   except UserError as e:
     fail(str(e))
+  from lm import runtime  # jax: only once the flags and the config have loaded
   runtime.apply(config.runtime, config.data.cache_dir)  # devices, compilation cache
   return config

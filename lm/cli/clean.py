@@ -17,7 +17,6 @@ from absl import app, flags
 from lm import cli
 from lm import config as config_lib
 from lm.data.clean import config as clean_config
-from lm.data.clean import pipeline
 
 _DEFAULT_CONFIG = 'configs/clean.py'
 if not any(re.match(r'^--?config(=|$)', a) for a in sys.argv[1:]):
@@ -41,7 +40,9 @@ def main(argv: list[str]) -> None:
       config.clean.workers = _WORKERS.value
     if _OUTPUT.value is not None:
       config.clean.output = _OUTPUT.value
-  meta = pipeline.clean(clean_config.check(config))
+  clean = clean_config.check(config)
+  from lm.data.clean import pipeline  # datatrove and the data pipeline: once the config is checked
+  meta = pipeline.clean(clean)
   print(f'cleaned: {meta["counts"]["kept_docs"]} of {meta["counts"]["input_docs"]} documents '
         f'kept; train with --config.data.source=cleaned '
         f'--config.data.path={meta["config"]["output"]}')

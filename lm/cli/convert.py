@@ -17,7 +17,6 @@ from absl import flags, logging
 
 from lm import cli
 from lm import config as config_lib
-from lm.compat import hf
 from lm.errors import UserError
 
 COMMANDS = ('from-hf', 'to-hf')
@@ -49,6 +48,7 @@ def main(argv: list[str]) -> None:
   for name, flag in (('--hf_dir', _HF_DIR), ('--workdir', _WORKDIR)):
     if not flag.value:
       raise UserError(f'{argv[1]} needs {name}.')
+  from lm.compat import hf  # jax, flax, orbax: once the flags are checked
   if argv[1] == 'from-hf':
     hf.import_hf(_HF_DIR.value, _WORKDIR.value, cli.config_from_flag(_CONFIG))
   else:

@@ -27,9 +27,7 @@ from lm import workdir as workdir_lib
 from lm.errors import UserError
 from lm.eval import report
 from lm.eval.records import read_jsonl
-from lm.eval.scoring import placement
 from lm.eval.tasks import TASKS, evaluate
-from lm.run import load_run
 
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Training workdir (holds config.json and checkpoints/) to evaluate; '
@@ -183,6 +181,8 @@ def main(argv: list[str]) -> None:
   workdir_lib.check_trained(_WORKDIR.value)
   _check_task_flags(_TASK.value)
   options = read_inputs(_TASK.value)
+  from lm.eval.scoring import placement  # jax, flax, orbax: once the flags and inputs are checked
+  from lm.run import load_run
   run = load_run(_WORKDIR.value, _STEP.value, mesh=placement(),
                  log=lambda s: print(s, file=sys.stderr))
   result = evaluate(run, _TASK.value, options)

@@ -14,9 +14,6 @@ from absl import flags, logging
 
 from lm import cli
 from lm.errors import UserError
-from lm.infer.export import export_run
-from lm.model.quantize import weight_bytes
-from lm.run import load_run
 from lm.workdir import check_new, check_trained
 
 _WORKDIR = flags.DEFINE_string(
@@ -45,6 +42,9 @@ def main(argv: list[str]) -> None:
   if os.path.exists(out) and not os.path.isdir(out):
     raise UserError(f'--out={out} exists and is not a directory; give a new one')
   check_new(out, '--out')
+  from lm.infer.export import export_run  # jax, flax, orbax: once the flags are checked
+  from lm.model.quantize import weight_bytes
+  from lm.run import load_run
   run = load_run(_WORKDIR.value, _STEP.value)
   manifest = export_run(run, out, quantize_mode=_QUANTIZE.value, cache_len=_MAX_LEN.value,
                         batch_size=_BATCH_SIZE.value, platforms=tuple(_PLATFORMS.value))

@@ -10,11 +10,9 @@ import sys
 
 from absl import flags, logging
 
-from lm import cli, runtime
+from lm import cli
+from lm import workdir as workdir_lib
 from lm.errors import UserError
-from lm.infer import Decoder, SamplingConfig
-from lm.infer.sharding import decode_mesh
-from lm.run import load_run
 
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Training workdir (holds config.json and checkpoints/) to load; required.')
@@ -70,6 +68,11 @@ def main(argv: list[str]) -> None:
   if not _WORKDIR.value:
     raise UserError('--workdir is required')
   prompts = _prompts()
+  workdir_lib.check_trained(_WORKDIR.value)  # (load_run's first check, before jax loads)
+  from lm import runtime  # jax, flax, orbax: once the flags and the workdir are checked
+  from lm.infer import Decoder, SamplingConfig
+  from lm.infer.sharding import decode_mesh
+  from lm.run import load_run
   runtime.use_cpu_devices(_CPU_DEVICES.value)  # before the first device is used
   sampling = SamplingConfig(temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                             top_p=_TOP_P.value)

@@ -13,8 +13,8 @@ from __future__ import annotations
 from absl import flags, logging
 
 from lm import cli
+from lm import workdir as workdir_lib
 from lm.errors import UserError
-from lm.tools import inspect
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to load (its latest '
                                'checkpoint, or --step).')
@@ -33,6 +33,8 @@ def main(argv: list[str]) -> None:
   cli.no_arguments(argv)
   if not _WORKDIR.value or _TEXT.value is None:
     raise UserError('give --workdir=DIR and --text=...')
+  workdir_lib.check_trained(_WORKDIR.value)  # (load_run's first check, before jax loads)
+  from lm.tools import inspect  # jax, flax, matplotlib
   rows, pngs, out_dir, note = inspect.inspect_run(_WORKDIR.value, _TEXT.value, _OUT_DIR.value,
                                                   _TOP_K.value, _LAYERS.value, _STEP.value)
   if note:

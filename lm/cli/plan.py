@@ -15,14 +15,12 @@ import os
 import subprocess
 import sys
 
-import jax
 from absl import flags
 from ml_collections import config_flags
 
 from lm import cli
 from lm import config as config_lib
 from lm.errors import UserError
-from lm.tools import plan as plan_lib
 
 _CONFIG = config_lib.define_config_flag(
     'config', 'configs/default.py',
@@ -48,6 +46,10 @@ def main(argv: list[str]) -> None:
   config = cli.config_from_flag(_CONFIG)
   if _DEVICES.value < 0:
     raise UserError(f'--devices={_DEVICES.value} must be >= 1 (or 0 for the default)')
+  # jax, and lm.tools.plan's flax and optax: loaded once the flags and config are checked
+  import jax
+
+  from lm.tools import plan as plan_lib
   num_devices = _DEVICES.value or plan_lib.default_devices(config)
   if jax.device_count() < num_devices:
     if os.environ.get(plan_lib.REEXEC_ENV):

@@ -13,7 +13,6 @@ from absl import flags, logging
 
 from lm import cli
 from lm.errors import UserError
-from lm.eval.quantize import compare_perplexity
 from lm.workdir import check_trained
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to evaluate; required.')
@@ -31,6 +30,7 @@ def main(argv: list[str]) -> None:
   if _EVAL_BATCHES.value < 0:
     raise UserError(f'--eval_batches={_EVAL_BATCHES.value} must be >= 0 (0 = the run\'s)')
   check_trained(_WORKDIR.value)
+  from lm.eval.quantize import compare_perplexity  # jax, flax, orbax: once the flags are checked
   r = compare_perplexity(_WORKDIR.value, _STEP.value, _EVAL_BATCHES.value or None)
   f, q = r['float'], r['int8']
   print(f"checkpoint step {r['step']} of {_WORKDIR.value}")

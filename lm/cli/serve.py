@@ -16,8 +16,6 @@ from absl import app, flags, logging
 
 from lm import cli
 from lm.errors import UserError
-from lm.run import load_run
-from lm.serve import server
 from lm.workdir import check_trained
 
 _WORKDIR = flags.DEFINE_string(
@@ -102,6 +100,8 @@ def main(argv: list[str]) -> None:
   cli.no_arguments(argv)
   _check_flags()
   check_trained(_WORKDIR.value)
+  from lm.run import load_run  # jax, flax, orbax, fastapi: once the flags are checked
+  from lm.serve import server
   sock = server.bind(_HOST.value, _PORT.value)  # a taken port fails now, not after loading
   try:
     run = load_run(_WORKDIR.value, _STEP.value, quantize=_QUANTIZE.value)

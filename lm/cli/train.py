@@ -15,9 +15,6 @@ from ml_collections import config_flags
 
 from lm import cli
 from lm import config as config_lib
-from lm.parallel import distributed
-from lm.train import train
-from lm.train.timing import process_start_time
 
 _DEFAULT_CONFIG = 'configs/default.py'
 _CONFIG_FLAG = re.compile(r'^--?config(=|$)')
@@ -72,6 +69,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
   cli.no_arguments(argv)
   config = cli.config_from_flag(_CONFIG)  # applies runtime.cpu_devices before jax starts
+  # (imported here: jax, flax, grain and orbax take seconds, which --help, a bad flag or a
+  # bad config need not wait for; they still count as the run's start-up)
+  from lm.parallel import distributed
+  from lm.train import train
+  from lm.train.timing import process_start_time
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config_path = config_flags.get_config_filename(flags.FLAGS['config'])
   workdir = _WORKDIR.value or default_workdir(config_path)

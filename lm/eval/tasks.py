@@ -14,10 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lm.eval.classification import HeadLabels, ZeroShotLabels, classification_task
-from lm.eval.generation import generation_task
-from lm.eval.perplexity import perplexity
-
 TASKS = ('perplexity', 'generation', 'classification', 'lm_eval')
 
 
@@ -29,11 +25,16 @@ def evaluate(run, task: str, options: Mapping[str, Any]) -> dict[str, Any]:
   classification: records, labels, text_field_name, label_field, template, label_prefix,
   batch_size; lm_eval: tasks, include, num_fewshot, limit, batch_size."""
   options = dict(options)
+  # each task's module is imported in its branch (jax, flax, the data pipeline), so that
+  # `python -m lm.evaluate` checks its flags and inputs before they load
   if task == 'perplexity':
+    from lm.eval.perplexity import perplexity
     metrics = perplexity(run, **options)
   elif task == 'generation':
+    from lm.eval.generation import generation_task
     metrics = generation_task(run, options.pop('records'), **options)
   elif task == 'classification':
+    from lm.eval.classification import HeadLabels, ZeroShotLabels, classification_task
     labels, prefix = options['labels'], options.pop('label_prefix', ' ')
     batch_size = options.pop('batch_size', 8)
     predictor = (HeadLabels(labels, batch_size=batch_size)  # the run's own head

@@ -35,7 +35,6 @@ from typing import Any
 from lm import workdir as workdir_lib
 from lm.config import ConfigDict, override
 from lm.errors import ConfigError, UserError
-from lm.model import ModelConfig
 from lm.tools.plot import plot_runs
 from lm.train.metrics import read_metrics
 
@@ -243,6 +242,7 @@ def _parameters(workdir: Path) -> int | None:
   """The model's parameter count from the workdir's resolved config.json."""
   if not workdir_lib.has_config(workdir):
     return None
+  from lm.model import ModelConfig  # jax: only for the table, not for checking the sweep
   try:
     cfg = workdir_lib.read_config(workdir)
     return ModelConfig.from_config(cfg.model, seq_len=cfg.data.seq_len).param_count()

@@ -18,7 +18,6 @@ import time
 from collections.abc import Mapping
 from typing import Any, Self
 
-import jax
 import tqdm
 from etils import epath
 
@@ -79,6 +78,7 @@ class MetricsWriter:
 
   def __init__(self, workdir: str | os.PathLike, *, total_steps: int, start_step: int = 0,
                enabled: bool = True, tensorboard: bool = True):
+    import jax  # here, not at the top: read_metrics (lm.plot, lm.sweep) needs no jax
     self.workdir = workdir_lib.name(workdir)
     self.active = enabled and jax.process_index() == 0
     self._file = self._tb = self._bar = None
