@@ -31,7 +31,10 @@ GREEDY = SamplingConfig(temperature=0.0)
 
 def _env():
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(REPO)}
-  env.pop('XLA_FLAGS', None)  # one device in the subprocess
+  # One device in the subprocess; the suite's other XLA flags (its compile settings,
+  # tests/conftest.py) stay.
+  env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
+                              if not f.startswith('--xla_force_host_platform_device_count='))
   return env
 
 

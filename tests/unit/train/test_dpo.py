@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_fixtures import module_xla_cache, tiny  # noqa: F401  (an autouse fixture)
+from train_fixtures import module_xla_cache, optimized_xla, tiny  # noqa: F401  (fixtures)
 
 from configs.default import get_config
 from lm.config import ConfigDict, ConfigError, validate
@@ -87,6 +87,11 @@ def _dpo(base, **overrides):
       node = node[part]
     node[leaf] = value
   return c
+
+
+# The short runs below check an equality or a change, not a rate: 4 eval batches (32 rows,
+# 40-odd pairs) serve them at a fifth of the eval time of all 21.
+FEW_EVAL = {'train.eval_batches': 4}
 
 
 def _run(c, workdir):
@@ -177,7 +182,8 @@ def test_orpo_loss_matches_a_hand_computation():
   assert np.isfinite(np.asarray(grads)).all()
 
 
-def test_config_checks_name_the_keys(base):
+def test_config_checks_name_the_keys(tmp_path):
+  base = (tmp_path, tmp_path / 'pairs.jsonl', tmp_path / 'base')  # checked, never read
   bad = _dpo(base, **{'data.format': 'text'})
   with pytest.raises(ConfigError, match=r"data.format='preference'"):
     validate(bad, num_devices=8)
@@ -190,6 +196,7 @@ def test_config_checks_name_the_keys(base):
 # ---- training -----------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures('optimized_xla')  # 240 steps: running, not compiling, is the cost
 def test_dpo_starts_at_log2_and_learns_to_prefer_real_code(base, tmp_path):
   c = _dpo(base)
   trainer = Trainer(c, str(tmp_path / 'dpo'), log=lambda _: None)
@@ -210,7 +217,7 @@ def test_dpo_starts_at_log2_and_learns_to_prefer_real_code(base, tmp_path):
 
 
 def test_lora_dpo_changes_only_the_adapters(base, tmp_path):
-  c = _dpo(base, **{'lora.rank': 4, 'train.steps': 10, 'train.eval_every': 10,
+  c = _dpo(base, **{**FEW_EVAL, 'lora.rank': 4, 'train.steps': 10, 'train.eval_every': 10,
                     'checkpoint.every': 10, 'optimizer.lr': 3e-2})
   start, final = _run(c, tmp_path / 'lora')
   assert start['eval/loss'] == pytest.approx(math.log(2), abs=1e-6)  # the base: adapters off
@@ -228,7 +235,7 @@ def test_lora_dpo_changes_only_the_adapters(base, tmp_path):
 
 
 def test_orpo_trains_without_a_reference(base, tmp_path):
-  c = _dpo(base, **{'train.dpo.loss': 'orpo', 'train.steps': 5, 'train.eval_every': 5,
+  c = _dpo(base, **{**FEW_EVAL, 'train.dpo.loss': 'orpo', 'train.steps': 5, 'train.eval_every': 5,
                     'checkpoint.every': 5})
   trainer = Trainer(c, str(tmp_path / 'orpo'), log=lambda _: None)
   final = trainer.run()
@@ -238,7 +245,7 @@ def test_orpo_trains_without_a_reference(base, tmp_path):
 
 
 def test_precomputed_reference_trains_as_the_model_reference(base, tmp_path):
-  short = {'train.steps': 5, 'train.eval_every': 5, 'checkpoint.every': 5}
+  short = {**FEW_EVAL, 'train.steps': 5, 'train.eval_every': 5, 'checkpoint.every': 5}
   runs = {}
   for ref in ('model', 'precomputed'):
     c = _dpo(base, **{**short, 'train.dpo.reference': ref})
