@@ -7,13 +7,11 @@
 that importing a light submodule (cache, tokenizers, errors) does not start them.
 """
 
-import importlib
 import sys
 import types
 
+from lm import lazy
 from lm.data.errors import DataError
-
-_FROM_PREPARE = ('PreparedData', 'prepare')
 
 __all__ = ['DataError', 'PreparedData', 'prepare']
 
@@ -29,13 +27,4 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 
-def __getattr__(name: str):
-  if name in _FROM_PREPARE:
-    value = getattr(importlib.import_module(f'{__name__}.prepare'), name)
-    globals()[name] = value
-    return value
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-
-
-def __dir__() -> list[str]:
-  return sorted({*globals(), *_FROM_PREPARE})
+__getattr__, __dir__ = lazy.names(__name__, {'PreparedData': 'prepare', 'prepare': 'prepare'})

@@ -6,8 +6,7 @@ touched. The jax-backed names below (mesh, shardings, rules, report) are loaded 
 use, so that importing `lm.parallel.axes` does not start jax.
 """
 
-import importlib
-
+from lm import lazy
 from lm.parallel.axes import LOGICAL_AXES, MESH_AXES, mesh_shape
 from lm.parallel.presets import PRESETS, preset_rules, rules_for
 
@@ -25,15 +24,4 @@ __all__ = ['LOGICAL_AXES', 'MESH_AXES', 'PRESETS', 'batch_sharding', 'build_mesh
            'replicated', 'rules_for', 'sharding_report', 'shardings_for', 'use_rules']
 
 
-def __getattr__(name: str):
-  if name in _SUBMODULES:
-    return importlib.import_module(f'{__name__}.{name}')
-  if name in _JAX_BACKED:
-    value = getattr(importlib.import_module(f'{__name__}.{_JAX_BACKED[name]}'), name)
-    globals()[name] = value
-    return value
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-
-
-def __dir__() -> list[str]:
-  return sorted({*globals(), *_JAX_BACKED, *_SUBMODULES})
+__getattr__, __dir__ = lazy.names(__name__, _JAX_BACKED, _SUBMODULES)

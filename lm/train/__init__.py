@@ -4,20 +4,8 @@ The loop's names load on first use, so that a light submodule (metrics, timing) 
 imported without jax, flax and the data pipeline.
 """
 
-import importlib
-
-_FROM_LOOP = ('Trainer', 'TrainingDiverged', 'train')
+from lm import lazy
 
 __all__ = ['Trainer', 'TrainingDiverged', 'train']
 
-
-def __getattr__(name: str):
-  if name in _FROM_LOOP:
-    value = getattr(importlib.import_module(f'{__name__}.loop'), name)
-    globals()[name] = value
-    return value
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-
-
-def __dir__() -> list[str]:
-  return sorted({*globals(), *_FROM_LOOP})
+__getattr__, __dir__ = lazy.names(__name__, {name: 'loop' for name in __all__})
