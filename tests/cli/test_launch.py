@@ -323,10 +323,18 @@ def test_local_runs_every_process_and_exits_with_the_worst_status(fakes):
     assert f'id={i} xla=--xla_force_host_platform_device_count=2 platforms=cpu' in line
 
 
+# The signal tests start the launcher with SIGINT at its default: a test run started in the
+# background by a shell without job control (`cmd &` in a script) inherits SIGINT ignored,
+# and bash can neither trap nor un-ignore a signal ignored when it started, so the stand-ins
+# would never see the launcher's Ctrl-C (two CI runs failed so).
+DEFAULT_SIGINT = ('env', '--default-signal=INT')
+
+
 def test_local_failure_stops_the_other_processes(fakes, tmp_path):
-  r = _run('local.sh', '-n', '3', '-d', '1', '--', '--config=x',
-           env=_env(fakes, PYTHON=str(fakes / 'python'), FAKE_MODE='fail',
-                    FAKE_READY=str(tmp_path)))
+  r = subprocess.run([*DEFAULT_SIGINT, 'bash', str(LAUNCH / 'local.sh'), '-n', '3', '-d', '1',
+                      '--', '--config=x'], cwd=REPO, capture_output=True, text=True, timeout=60,
+                     check=False, env=_env(fakes, PYTHON=str(fakes / 'python'),
+                                           FAKE_MODE='fail', FAKE_READY=str(tmp_path)))
   assert '[p1] failing' in r.stdout
   assert '[p0] interrupted id=0' in r.stdout and '[p2] interrupted id=2' in r.stdout
   assert 'finished' not in r.stdout and r.returncode == 130
@@ -334,7 +342,8 @@ def test_local_failure_stops_the_other_processes(fakes, tmp_path):
 
 
 def test_local_ctrl_c_interrupts_every_process(fakes):
-  p = subprocess.Popen(['bash', str(LAUNCH / 'local.sh'), '-n', '2', '-d', '1', '--', '--x'],
+  p = subprocess.Popen([*DEFAULT_SIGINT, 'bash', str(LAUNCH / 'local.sh'), '-n', '2', '-d', '1',
+                        '--', '--x'],
                        cwd=REPO, env=_env(fakes, PYTHON=str(fakes / 'python')),
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   started, deadline = [], time.monotonic() + 30
