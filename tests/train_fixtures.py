@@ -7,12 +7,15 @@ namespace): `from train_fixtures import module_xla_cache  # noqa: F401`.
 """
 
 import contextlib
+import os
 import pathlib
 
 import jax
 import ml_collections
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
+
+from lm import runtime
 
 _CACHE_OPTIONS = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
                   'jax_persistent_cache_min_entry_size_bytes')
@@ -64,6 +67,15 @@ def tiny(c: ml_collections.ConfigDict, cache: pathlib.Path, *, seq_len: int, lay
   c.train.eval_batches = eval_batches
   c.train.sample_tokens = 0
   return c
+
+
+def subprocess_xla_flags(devices: int | None = None) -> str:
+  """This process's XLA_FLAGS for a subprocess: the suite's compile settings
+  (tests/conftest.py; they halve a tiny model's compile time) kept, its fake-device count
+  replaced by `devices` (dropped when None: one device)."""
+  kept = [f for f in os.environ.get('XLA_FLAGS', '').split()
+          if not f.startswith(f'{runtime.DEVICE_COUNT_FLAG}=')]
+  return ' '.join(kept + ([] if devices is None else [f'{runtime.DEVICE_COUNT_FLAG}={devices}']))
 
 
 @pytest.fixture

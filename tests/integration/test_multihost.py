@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 import pytest
+from train_fixtures import subprocess_xla_flags
 
 from configs.default import get_config
 from lm.data import prepare
@@ -50,17 +51,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _xla_flags(devices: int) -> str:
-  """The caller's XLA_FLAGS (the suite's compile settings, tests/conftest.py: they halve a
-  tiny model's compile time) with `devices` fake CPU devices in place of its count."""
-  kept = [f for f in os.environ.get('XLA_FLAGS', '').split()
-          if not f.startswith('--xla_force_host_platform_device_count=')]
-  return ' '.join([*kept, f'--xla_force_host_platform_device_count={devices}'])
-
-
 def _env(devices: int, compile_cache: pathlib.Path | None) -> dict[str, str]:
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
-  env.update(XLA_FLAGS=_xla_flags(devices), JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO))
+  env.update(XLA_FLAGS=subprocess_xla_flags(devices), JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO))
   if compile_cache is not None:  # a resumed run reuses the first run's compiled steps
     env.update(JAX_COMPILATION_CACHE_DIR=str(compile_cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from train_fixtures import subprocess_xla_flags
 
 from configs.default import get_config
 from lm import config as config_lib
@@ -31,10 +32,7 @@ GREEDY = SamplingConfig(temperature=0.0)
 
 def _env():
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(REPO)}
-  # One device in the subprocess; the suite's other XLA flags (its compile settings,
-  # tests/conftest.py) stay.
-  env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
-                              if not f.startswith('--xla_force_host_platform_device_count='))
+  env['XLA_FLAGS'] = subprocess_xla_flags()  # one device in the subprocess
   return env
 
 
