@@ -145,6 +145,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.decay_fraction = 0.2  # wsd only
   c.optimizer.muon_lr = 0.02  # muon: the matrices' peak learning rate (same schedule shape)
   c.optimizer.muon_momentum = 0.95  # muon: Nesterov momentum of the orthogonalised update
+  # muon: Newton-Schulz iterations per update (each ~2 small matmuls per matrix; fewer are
+  # cheaper and orthogonalise more roughly)
+  c.optimizer.muon_ns_steps = 5
   c.optimizer.warmup_steps = 100
   c.optimizer.min_lr = 3e-4  # the schedule's end value
   c.optimizer.b1 = 0.9

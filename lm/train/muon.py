@@ -51,9 +51,10 @@ def newton_schulz(x_MN: jax.Array, steps: int = NS_STEPS, eps: float = 1e-7) -> 
   return (x.T if tall else x).astype(x_MN.dtype)
 
 
-def orthogonalize(x: jax.Array, dims: MatrixDims) -> jax.Array:
-  """newton_schulz of each matrix in `x` (reduction axes x output axes, per batch index),
-  scaled by sqrt(max(1, fan_out / fan_in)) so wide and tall matrices move alike."""
+def orthogonalize(x: jax.Array, dims: MatrixDims, steps: int = NS_STEPS) -> jax.Array:
+  """newton_schulz (`steps` iterations) of each matrix in `x` (reduction axes x output
+  axes, per batch index), scaled by sqrt(max(1, fan_out / fan_in)) so wide and tall
+  matrices move alike."""
   order = dims.batch + dims.reduction + dims.output
   moved = jnp.transpose(x, order)
   fan_in = math.prod(x.shape[i] for i in dims.reduction)
@@ -65,7 +66,7 @@ def orthogonalize(x: jax.Array, dims: MatrixDims) -> jax.Array:
   # gathers the updates, instead of every replica repeating every iteration. A stack the
   # devices do not divide stays whole (logical_to_spec), as without rules.
   flat_NIO = parallel.constrain(flat_NIO, ('batch', None, None))
-  out = jax.vmap(newton_schulz)(flat_NIO).reshape(moved.shape)
+  out = jax.vmap(lambda x_MN: newton_schulz(x_MN, steps))(flat_NIO).reshape(moved.shape)
   out = out * math.sqrt(max(1.0, fan_out / fan_in))
   return jnp.transpose(out, [order.index(i) for i in range(x.ndim)])
 
@@ -101,11 +102,12 @@ class MuonAdamState(NamedTuple):
 
 def muon_adamw(schedule: optax.Schedule, *, lr: float, muon_lr: float, dims: dict,
                momentum: float, b1: float, b2: float, eps: float, weight_decay: float,
-               mask=None) -> optax.GradientTransformation:
+               mask=None, ns_steps: int = NS_STEPS) -> optax.GradientTransformation:
   """Muon on the leaves `dims` gives MatrixDims for, AdamW elsewhere. `schedule` is the
   AdamW learning rate; the matrices follow the same shape scaled to peak `muon_lr`.
   Weight decay (decoupled, times each part's learning rate) applies where `mask` (a tree
-  or a function of the parameters, as optax.adamw's) is True."""
+  or a function of the parameters, as optax.adamw's) is True. `ns_steps`: Newton-Schulz
+  iterations per update."""
   def init(params):
     zeros = jax.tree.map(jnp.zeros_like, params)
     return MuonAdamState(jnp.zeros((), jnp.int32), zeros, jax.tree.map(jnp.zeros_like, params))
@@ -132,7 +134,7 @@ def muon_adamw(schedule: optax.Schedule, *, lr: float, muon_lr: float, dims: dic
         return (-adam_lr * step).astype(p.dtype), m.astype(g.dtype), v.astype(g.dtype)
       m = momentum * m + (1 - momentum) * g32
       nesterov = (1 - momentum) * g32 + momentum * m
-      step = orthogonalize(nesterov, d) + wd * p
+      step = orthogonalize(nesterov, d, ns_steps) + wd * p
       return (-matrix_lr * step).astype(p.dtype), m.astype(g.dtype), v
 
     flat_dims = jax.tree.leaves(dims, is_leaf=lambda x: x is None or isinstance(x, MatrixDims))

@@ -79,7 +79,8 @@ def build_optimizer(opt: ml_collections.ConfigDict, total_steps: int, logical_ax
     chain.append(muon.muon_adamw(
         schedule, lr=opt.lr, muon_lr=opt.muon_lr, dims=muon.matrix_dims(logical_axes),
         momentum=opt.muon_momentum, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-        weight_decay=opt.weight_decay, mask=mask))
+        weight_decay=opt.weight_decay, mask=mask,
+        ns_steps=opt.get('muon_ns_steps', muon.NS_STEPS)))  # a config of before the key: 5
   else:
     chain.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                              weight_decay=opt.weight_decay, mask=mask))

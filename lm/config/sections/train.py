@@ -41,6 +41,7 @@ class Optimizer(Section):
   decay_fraction: float = in_range(0.0, 1.0, lo_inclusive=True)
   muon_lr: float = positive()
   muon_momentum: float = in_range(0.0, 1.0, lo_inclusive=True)
+  muon_ns_steps: int = positive()
   warmup_steps: int = non_negative()
   min_lr: float = non_negative()
   b1: float = in_range(0.0, 1.0, lo_inclusive=True)

@@ -60,7 +60,8 @@ TINY_AXES = {'blocks': {'mlp': {'up': {'kernel': ('layers', 'embed', 'mlp')}},
              'embed': ('vocab', 'embed')}
 
 
-def test_muon_update_equals_a_hand_computation():
+@pytest.mark.parametrize('ns_steps', [5, 3])  # the default and optimizer.muon_ns_steps=3
+def test_muon_update_equals_a_hand_computation(ns_steps):
   rng = np.random.default_rng(1)
   params, grads = _tiny_params(rng), _tiny_params(rng)
   lr, muon_lr, beta, wd = 1e-3, 0.02, 0.95, 0.1
@@ -70,7 +71,8 @@ def test_muon_update_equals_a_hand_computation():
   mask = {'blocks': {'mlp': {'up': {'kernel': True}}, 'mlp_norm': {'scale': False}},
           'embed': False}
   opt = muon.muon_adamw(optax.constant_schedule(lr), lr=lr, muon_lr=muon_lr, dims=dims,
-                        momentum=beta, b1=0.9, b2=0.95, eps=1e-8, weight_decay=wd, mask=mask)
+                        momentum=beta, b1=0.9, b2=0.95, eps=1e-8, weight_decay=wd, mask=mask,
+                        ns_steps=ns_steps)
   state = opt.init(params)
   updates, state = opt.update(grads, state, params)
   # The matrix, per layer: momentum (1-b) g, Nesterov (1-b) g + b mu, orthogonalised and
@@ -79,7 +81,8 @@ def test_muon_update_equals_a_hand_computation():
   for layer in range(2):
     mu = (1 - beta) * g[layer]
     nesterov = (1 - beta) * g[layer] + beta * mu
-    want = -muon_lr * (_ns_by_hand(nesterov.astype(np.float64)) * np.sqrt(6 / 4) + wd * p[layer])
+    ns = _ns_by_hand(nesterov.astype(np.float64), ns_steps)
+    want = -muon_lr * (ns * np.sqrt(6 / 4) + wd * p[layer])
     np.testing.assert_allclose(updates['blocks']['mlp']['up']['kernel'][layer], want,
                                rtol=1e-4, atol=1e-6)
   # Everything else is AdamW (here without decay), exactly optax's.
@@ -87,6 +90,24 @@ def test_muon_update_equals_a_hand_computation():
   want, _ = adam.update(grads['embed'], adam.init(params['embed']), params['embed'])
   np.testing.assert_allclose(updates['embed'], want, rtol=1e-6)
   assert int(state.count) == 1
+
+
+def test_config_muon_ns_steps_reaches_the_update():
+  rng = np.random.default_rng(2)
+  params, grads = _tiny_params(rng), _tiny_params(rng)
+
+  def update(**kw):
+    opt, _ = build_optimizer(_opt_cfg(name='muon', schedule='constant', warmup_steps=0,
+                                      grad_clip=0.0, weight_decay=0.0, **kw), 10, TINY_AXES)
+    return opt.update(grads, opt.init(params), params)[0]['blocks']['mlp']['up']['kernel']
+
+  three = update(muon_ns_steps=3)
+  assert not np.allclose(three, update())  # the default, 5 iterations
+  np.testing.assert_allclose(three, update(muon_ns_steps=3), rtol=0)
+  # First step, no decay: -muon_lr * NS(Nesterov momentum, a multiple of g) * sqrt(6 / 4).
+  g = grads['blocks']['mlp']['up']['kernel'][0].astype(np.float64)
+  want = -_opt_cfg().muon_lr * _ns_by_hand(g, 3) * np.sqrt(6 / 4)
+  np.testing.assert_allclose(three[0], want, rtol=1e-4, atol=1e-6)
 
 
 def _opt_cfg(**kw) -> ml_collections.ConfigDict:
