@@ -163,11 +163,8 @@ class Trainer:
   # ---- the loop ---------------------------------------------------------------------------
 
   def evaluate(self, params) -> dict[str, float]:
-    """Eval loss, perplexity and bits/byte (and per domain) of `params` on the eval batches."""
-    return self._summarize_eval(self._dispatch_eval(params))
-
-  def _dispatch_eval(self, params) -> list[dict]:
-    """Queues the eval step on every eval batch (one compiled program; not read back)."""
+    """Eval loss, perplexity and bits/byte (and per domain) of `params` on the eval batches
+    (one compiled program, every batch dispatched before the sums are read back)."""
     cfg = self.config
     if self._eval_batches is None:  # built on first use, then reused
       local = self.data.eval_batches(batch_size=self.local_batch,
@@ -176,9 +173,7 @@ class Trainer:
                                      process_count=jax.process_count())
       sharding = self.setup.eval_batch_sharding
       self._eval_batches = [parallel.global_batch(b, sharding) for b in local]
-    return [self.eval_step(params, b) for b in self._eval_batches]
-
-  def _summarize_eval(self, sums: list[dict]) -> dict[str, float]:
+    sums = [self.eval_step(params, b) for b in self._eval_batches]
     return {**summarize_eval(sums), **summarize_domains(sums, self.domain_names)}
 
   def run(self) -> dict[str, Any]:
