@@ -6,10 +6,12 @@ backend and shape by lm.model.attention_kernels.choose) reads what it needs from
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lm.model.attention_kernels import attend, choose
@@ -20,16 +22,45 @@ from lm.model.layers import Projection, dropout
 __all__ = ['Attention', 'AttentionMask', 'attention_mask', 'cache_attention_mask', 'rope']
 
 
-def rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding (rotate-half convention, as LLaMA/HF)."""
+def rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float, *,
+         row_local: bool = False) -> jax.Array:
+  """Rotary position embedding (rotate-half convention, as LLaMA/HF).
+
+  `row_local`: the positions are 0..T-1 within the row (training, evaluation, a whole
+  prompt: a packed row restarts them per document), so sin/cos are looked up in a table of
+  T positions built once in NumPy. Computed in the program instead, XLA:CPU fuses the
+  sin/cos into every consumer and re-evaluates them per element of q and k and of their
+  gradients (the speedrun step's q/k/v-gradient fusions: ~5 ms per step, under 1 ms with
+  the table; docs/benchmarks.md). A position outside 0..T-1 then reads
+  NaN (jnp.take's fill) rather than a wrong angle. Decoding (positions anywhere in the
+  cache) computes them."""
   half = x_BTNH.shape[-1] // 2
-  freq_H = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle_BTH = positions_BT[..., None].astype(jnp.float32) * freq_H
-  sin_BT1H = jnp.sin(angle_BTH)[:, :, None, :]
-  cos_BT1H = jnp.cos(angle_BTH)[:, :, None, :]
+  if row_local:
+    sin_TH, cos_TH = _rope_table(x_BTNH.shape[1], half, float(theta))
+    sin_BT1H = jnp.take(sin_TH, positions_BT, axis=0, mode='fill')[:, :, None, :]
+    cos_BT1H = jnp.take(cos_TH, positions_BT, axis=0, mode='fill')[:, :, None, :]
+  else:
+    angle_BTH = positions_BT[..., None].astype(jnp.float32) * _rope_freqs(half, theta)
+    sin_BT1H = jnp.sin(angle_BTH)[:, :, None, :]
+    cos_BT1H = jnp.cos(angle_BTH)[:, :, None, :]
   x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos_BT1H - x2 * sin_BT1H, x2 * cos_BT1H + x1 * sin_BT1H], -1)
   return out.astype(x_BTNH.dtype)
+
+
+def _rope_freqs(half: int, theta: float) -> np.ndarray:
+  """RoPE's per-pair frequencies theta^(-i / half) [half] (float32)."""
+  return (np.float32(theta) ** (-np.arange(half, dtype=np.float32) / np.float32(half))
+          ).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=32)
+def _rope_table(length: int, half: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+  """sin and cos [length, half] (float32) of the angles of positions 0..length-1: the
+  float32 angle the computed path forms, its sine taken in float64."""
+  angle_TH = (np.arange(length, dtype=np.float32)[:, None] * _rope_freqs(half, theta)
+              ).astype(np.float64)
+  return np.sin(angle_TH).astype(np.float32), np.cos(angle_TH).astype(np.float32)
 
 
 class Attention(nnx.Module):
@@ -65,7 +96,7 @@ class Attention(nnx.Module):
     """Attention over a KV cache: writes this call's K/V at slots `positions_BT` of each
     row, attends to the cache under `mask` (cache_attention_mask) and returns (out, k cache,
     v cache)."""
-    q_BTNH, k_BTKH, v_BTKH = self._project(x_BTD, positions_BT)
+    q_BTNH, k_BTKH, v_BTKH = self._project(x_BTD, positions_BT, row_local=False)
     rows_B1 = jnp.arange(x_BTD.shape[0])[:, None]
     k_BSKH = k_BSKH.at[rows_B1, positions_BT].set(k_BTKH.astype(k_BSKH.dtype))
     v_BSKH = v_BSKH.at[rows_B1, positions_BT].set(v_BTKH.astype(v_BSKH.dtype))
@@ -92,17 +123,21 @@ class Attention(nnx.Module):
     q_BTNH, k_BTKH, v_BTKH = self._project(x_BTD, positions_BT)
     return self._heads(q_BTNH, k_BTKH, v_BTKH, mask)
 
-  def _project(self, x_BTD: jax.Array, positions_BT: jax.Array):
-    """q [B, T, N, H], k and v [B, T, K, H], with RoPE applied when configured."""
+  def _project(self, x_BTD: jax.Array, positions_BT: jax.Array, *, row_local: bool = True):
+    """q [B, T, N, H], k and v [B, T, K, H], with RoPE applied when configured
+    (`row_local`: the positions are 0..T-1 within the row, as `rope` says; decode's are not)."""
     cfg = self.cfg
     b, t, _ = x_BTD.shape
     qkv_BTKGH = self.qkv(x_BTD)
-    q_BTNH = qkv_BTKGH[:, :, :, :self.groups].reshape(b, t, cfg.num_heads, cfg.head_dim)
-    k_BTKH = qkv_BTKGH[:, :, :, self.groups]
-    v_BTKH = qkv_BTKGH[:, :, :, self.groups + 1]
+    # lax.split, not three slices: its gradient is one concatenate, where the slices' was
+    # three zero-pads summed (a loop fusion that evaluated every pad at every element).
+    q_BTKGH, k_BTK1H, v_BTK1H = jax.lax.split(qkv_BTKGH, (self.groups, 1, 1), axis=3)
+    q_BTNH = q_BTKGH.reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k_BTKH, v_BTKH = k_BTK1H[:, :, :, 0], v_BTK1H[:, :, :, 0]
     if cfg.position == 'rope':
-      q_BTNH = rope(q_BTNH, positions_BT, cfg.rope_theta)
-      k_BTKH = rope(k_BTKH, positions_BT, cfg.rope_theta)
+      row_local = row_local and isinstance(t, int)  # a symbolic length (jax.export) computes
+      q_BTNH = rope(q_BTNH, positions_BT, cfg.rope_theta, row_local=row_local)
+      k_BTKH = rope(k_BTKH, positions_BT, cfg.rope_theta, row_local=row_local)
     return q_BTNH, k_BTKH, v_BTKH
 
   def _heads(self, q_BTNH, k_BSKH, v_BSKH, mask: AttentionMask) -> jax.Array:

@@ -222,3 +222,27 @@ def test_plan_counts_no_score_matrix_for_the_fused_kernels():
   for impl in ('flash', 'splash'):
     assert kept(impl, 4096) == 8 * kept(impl, 512)
   assert kept('splash', 4096) < kept('xla', 4096) / 100
+
+
+def test_rope_from_the_table_equals_rope_computed_in_the_program():
+  """RoPE's row-local path (sin/cos looked up in a NumPy table of the row's T positions,
+  what training and evaluation run) against the angles computed in the program (what
+  decoding runs): packed rows whose positions restart per document, value and gradient."""
+  from lm.model.attention import rope
+  rng = np.random.default_rng(0)
+  x_BTNH = jnp.asarray(rng.normal(size=(2, 24, 3, 16)), jnp.float32)
+  positions_BT = jnp.asarray(np.concatenate([np.arange(24)[None], np.r_[np.arange(10),
+                                             np.arange(14)][None]]), jnp.int32)
+  w_BTNH = jnp.asarray(rng.normal(size=x_BTNH.shape), jnp.float32)
+
+  def value_and_grad(row_local):
+    f = lambda x: rope(x, positions_BT, 500.0, row_local=row_local)  # noqa: E731
+    return jax.jit(lambda x: (f(x), jax.grad(lambda y: jnp.sum(f(y) * w_BTNH))(x)))(x_BTNH)
+
+  (table, table_grad), (computed, computed_grad) = value_and_grad(True), value_and_grad(False)
+  assert not np.allclose(computed, x_BTNH, atol=1e-2)  # the rotation does something
+  np.testing.assert_allclose(table, computed, **TOL)
+  np.testing.assert_allclose(table_grad, computed_grad, **TOL)
+  # A position outside the row's 0..T-1 reads NaN from the table, not another angle.
+  out = rope(x_BTNH, positions_BT.at[0, 3].set(24), 500.0, row_local=True)
+  assert np.isnan(out[0, 3]).all() and np.isfinite(np.delete(np.asarray(out), 3, 1)).all()
