@@ -115,16 +115,19 @@ def read_config(workdir: PathLike, *, log=None) -> ConfigDict:
 
 def write_config(workdir: PathLike, config: ConfigDict) -> None:
   """Writes config.json (to a temporary name first, so a crash never leaves half a file)."""
-  _write_text(config_path(workdir), config_lib.to_json(config))
+  write_text(config_path(workdir), config_lib.to_json(config))
 
 
-def _write_text(target: epath.Path, text: str) -> None:
+def write_text(target: PathLike, text: str) -> None:
+  """Writes `text` (UTF-8) to `target` whole or not at all: to a temporary name beside it,
+  then renamed over it, so a crash leaves the old file, never half a new one."""
+  target = path(target)
   target.parent.mkdir(parents=True, exist_ok=True)
   if is_url(target):
     target.write_text(text)  # object stores write whole objects
     return
   tmp = target.parent / f'.{target.name}.tmp'
-  tmp.write_text(text)
+  tmp.write_text(text, encoding='utf-8')
   os.replace(tmp, target)
 
 

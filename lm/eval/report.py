@@ -20,12 +20,12 @@ def write(workdir: str | os.PathLike, task: str, result: dict[str, Any]) -> dict
   result = dict(result)
   samples = result.pop('samples', None)
   paths = {'json': out_dir / f'{task}.json', 'md': out_dir / f'{task}.md'}
-  _atomic_write(paths['json'], json.dumps(result, indent=1, default=str) + '\n')
-  _atomic_write(paths['md'], markdown(task, result))
+  workdir_lib.write_text(paths['json'], json.dumps(result, indent=1, default=str) + '\n')
+  workdir_lib.write_text(paths['md'], markdown(task, result))
   if samples is not None:
     paths['samples'] = out_dir / f'{task}.samples.jsonl'
-    _atomic_write(paths['samples'],
-                  ''.join(json.dumps(s, ensure_ascii=False) + '\n' for s in samples))
+    workdir_lib.write_text(paths['samples'],
+                           ''.join(json.dumps(s, ensure_ascii=False) + '\n' for s in samples))
   return paths
 
 
@@ -76,11 +76,3 @@ def _fmt(v: Any) -> str:
     return 'nan' if math.isnan(v) else f'{v:.4f}'
   return str(v)
 
-
-def _atomic_write(path: epath.Path, text: str) -> None:
-  if workdir_lib.is_url(path):
-    path.write_text(text)  # object stores write whole objects
-    return
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(text, encoding='utf-8')
-  os.replace(tmp, path)

@@ -94,9 +94,7 @@ class MetricsWriter:
       self._flush(force=True)
     else:
       if self._path.exists() and kept != self._path.read_text(encoding='utf-8').splitlines(True):
-        tmp = self._path.parent / f'.{METRICS_FILE}.tmp'
-        tmp.write_text(''.join(kept), encoding='utf-8')
-        os.replace(tmp, self._path)  # atomic: a crash here leaves the old file, never half
+        workdir_lib.write_text(self._path, ''.join(kept))  # a crash leaves the old file
       self._file = open(self._path, 'a', encoding='utf-8')  # noqa: SIM115  (closed in close())
     url = workdir_lib.is_url(self.workdir)
     if tensorboard and (not url or self.workdir.startswith(_TB_URL_SCHEMES)):
