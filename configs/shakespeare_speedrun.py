@@ -5,9 +5,8 @@ Same model size as configs/shakespeare_char.py (4 layers, 4 heads, width 128, co
 batch 12) and the same data; the recipe is ours: rotary positions and RMSNorm instead of
 learned positions and LayerNorm (as modded-nanogpt and LLaMA; 9k fewer parameters), Muon
 on the weight matrices (AdamW on embeddings and norms) with 4 Newton-Schulz iterations and
-momentum 0.9, a
-warmup-stable-decay schedule whose decay ends where the target is reached, and an
-evaluation every 100 steps; the run stops at the first at or below
+momentum 0.9, a warmup-stable-decay schedule whose decay ends where the target is reached,
+and an evaluation every 100 steps; the run stops at the first at or below
 `train.target_eval_loss`.
 The figure is the wall time from the command's start to that evaluation
 (`time/to_target_s` in metrics.jsonl; docs/benchmarks.md).
