@@ -26,14 +26,13 @@ def rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float, *,
          row_local: bool = False) -> jax.Array:
   """Rotary position embedding (rotate-half convention, as LLaMA/HF).
 
-  `row_local`: the positions are 0..T-1 within the row (training, evaluation, a whole
-  prompt: a packed row restarts them per document), so sin/cos are looked up in a table of
-  T positions built once in NumPy. Computed in the program instead, XLA:CPU fuses the
-  sin/cos into every consumer and re-evaluates them per element of q and k and of their
-  gradients (the speedrun step's q/k/v-gradient fusions: ~5 ms per step, under 1 ms with
-  the table; docs/benchmarks.md). A position outside 0..T-1 then reads
-  NaN (jnp.take's fill) rather than a wrong angle. Decoding (positions anywhere in the
-  cache) computes them."""
+  `row_local`: the positions are 0..T-1 within the row (training and evaluation; a packed
+  row restarts them per document), so sin/cos are looked up in a table of T positions
+  built once in NumPy; a position outside 0..T-1 reads NaN (jnp.take's fill), not a wrong
+  angle. Computed in the program instead, XLA:CPU fuses the sin/cos into every consumer
+  and re-evaluates them per element of q and k and of their gradients (the speedrun
+  step's q/k/v-gradient fusions: ~5 ms per step, under 1 ms with the table;
+  docs/benchmarks.md). Decoding (positions anywhere in the cache) computes them."""
   half = x_BTNH.shape[-1] // 2
   if row_local:
     sin_TH, cos_TH = _rope_table(x_BTNH.shape[1], half, float(theta))
