@@ -16,6 +16,7 @@ p, p+P, ... (`host_shards`), and a process opens and reads only those files.
 """
 
 import hashlib
+import os
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
@@ -39,6 +40,19 @@ def _source(paths: Paths) -> grain.sources.ArrayRecordDataSource:
 
 def _rows(paths: Paths) -> grain.MapDataset:
   return grain.MapDataset.source(_source(paths))
+
+
+# Iterating a MapDataset, Grain prefetches with 16 threads into a 500-element buffer by
+# default. On a 2-core machine those threads' CPU comes out of the train step: 24 ms of
+# CPU per batch of 12 rows against 3-5 ms with one thread (docs/benchmarks.md, "The input
+# pipeline's CPU"). One thread per 8 cores, up to Grain's 16, keeps a big host's rate.
+READ_OPTIONS = grain.ReadOptions(num_threads=max(1, min(16, (os.cpu_count() or 1) // 8)),
+                                 prefetch_buffer_size=16)
+
+
+def _iterate(dataset: grain.MapDataset):
+  """The training stream's iterator, prefetching with READ_OPTIONS."""
+  return dataset.to_iter_dataset(READ_OPTIONS).__iter__()
 
 
 def _check_sharding(batch_size: int, process_index: int, process_count: int) -> None:
@@ -67,7 +81,7 @@ class IndexBatchIterator:
                [process_index::process_count]
                .batch(batch_size, drop_remainder=True)
                .map(lambda index_B: make_batch(np.asarray(index_B))))
-    self._iterator = dataset.__iter__()
+    self._iterator = _iterate(dataset)
     # What a saved state is only valid for (process_index is not in it: every process
     # is at the same step, so any process's state restores any other).
     self._pipeline = {'seed': int(seed), 'batch_size': int(batch_size),
@@ -96,11 +110,12 @@ class TrainIterator(IndexBatchIterator):
   def __init__(self, path: Paths, *, batch_size: int, seed: int,
                process_index: int, process_count: int):
     source = _source(path)
-    # Grain orders, shards and batches row *indices*; a batch's rows are then read
-    # directly. Host CPU per batch of 12 rows: 1.1 ms, against 2 ms for a per-row Grain
-    # map with threaded prefetch — time taken from the train step on a 2-core machine.
+    # Grain orders, shards and batches row *indices*; a batch's rows are then read in one
+    # call (ArrayRecord's batched read: 4.5 ms of CPU per batch of 12 rows against 9 ms
+    # reading them one by one, docs/benchmarks.md) — time taken from the train step on a
+    # 2-core machine.
     def read_batch(index_B: np.ndarray) -> dict[str, np.ndarray]:
-      records = [source[int(i)] for i in index_B]
+      records = source.__getitems__([int(i) for i in index_B])
       return packing.rows_to_batch(np.stack([packing.parse_row(r) for r in records]))
 
     super().__init__(len(source), read_batch, batch_size=batch_size, seed=seed,
@@ -159,7 +174,7 @@ class ShardTrainIterator:
     dataset = (grain.MapDataset.range(sys.maxsize)[process_index::process_count]
                .batch(batch_size, drop_remainder=True)
                .map(lambda index_B: read_batch(np.asarray(index_B))))
-    self._iterator = dataset.__iter__()
+    self._iterator = _iterate(dataset)
     self._pipeline = {'seed': int(seed), 'batch_size': int(batch_size),
                       'process_count': int(process_count), 'order': 'shards',
                       'shards': num_shards}

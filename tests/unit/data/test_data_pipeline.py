@@ -278,3 +278,18 @@ def test_val_text_sample_is_the_start_of_validation(prepared):
   assert prepared.val_text_sample(100) == ''.join(texts)[:100]
   assert prepared.val_text_sample(100) == prepared.val_text_sample(100)
   assert prepared.val_text_sample(10 ** 9) == ''.join(texts)
+
+
+def test_the_prefetching_stream_is_grains_shuffled_order_row_for_row(prepared):
+  """The training stream (Grain prefetching with loader.READ_OPTIONS, a batch's rows read in
+  one ArrayRecord call) against the stored rows taken in Grain's own shuffled order, one
+  at a time: the same rows in the same places, batch after batch."""
+  import grain
+
+  from lm.data import loader
+  stored = prepared.rows('train')
+  order = grain.MapDataset.range(len(stored)).shuffle(seed=loader.shuffle_seed(3)).repeat()
+  it = prepared.train_iterator(batch_size=3, seed=3)
+  for b in range(2 * len(stored) // 3):
+    want = stored[[order[3 * b + j] for j in range(3)], 0, :-1]
+    assert next(it)['inputs'].tolist() == want.tolist(), f'batch {b}'
