@@ -41,15 +41,11 @@ def _parse() -> argparse.Namespace:
 
 def _config(args: argparse.Namespace):
   import ast
+
+  from lm.config import override  # checks each key exists and takes its value's type
   config = importlib.import_module(f'configs.{args.config}').get_config()
-  for item in args.set:
-    key, value = item.split('=', 1)
-    *parents, leaf = key.split('.')
-    node = config
-    for name in parents:
-      node = node[name]
-    node[leaf] = ast.literal_eval(value) if value else ''
-  return config
+  return override(config, {key: ast.literal_eval(value) if value else '' for key, value in
+                           (item.split('=', 1) for item in args.set)})
 
 
 def _thread_totals(trace_dir: str, steps: int) -> dict[str, collections.Counter]:
