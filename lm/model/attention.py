@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lm.model.attention_kernels import attend, choose
+from lm.model.attention_kernels import attend, choose, is_concrete_length
 from lm.model.attention_mask import AttentionMask, attention_mask, cache_attention_mask
 from lm.model.config import ModelConfig
 from lm.model.layers import Projection, dropout
@@ -134,7 +134,7 @@ class Attention(nnx.Module):
     q_BTNH = q_BTKGH.reshape(b, t, cfg.num_heads, cfg.head_dim)
     k_BTKH, v_BTKH = k_BTK1H[:, :, :, 0], v_BTK1H[:, :, :, 0]
     if cfg.position == 'rope':
-      row_local = row_local and isinstance(t, int)  # a symbolic length (jax.export) computes
+      row_local = row_local and is_concrete_length(t)  # a symbolic one (jax.export) computes
       q_BTNH = rope(q_BTNH, positions_BT, cfg.rope_theta, row_local=row_local)
       k_BTKH = rope(k_BTKH, positions_BT, cfg.rope_theta, row_local=row_local)
     return q_BTNH, k_BTKH, v_BTKH

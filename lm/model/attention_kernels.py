@@ -82,7 +82,7 @@ def choose(cfg, platform: str, *, q_len, kv_len, self_attention: bool = True
     problem = kernel_problem(want, cfg)
     if problem:
       raise ConfigError(problem)
-  if not (_is_int(q_len) and _is_int(kv_len)):
+  if not (is_concrete_length(q_len) and is_concrete_length(kv_len)):
     fallback = ('xla', 'symbolic lengths (jax.export): dense XLA, which traces for any length')
   else:
     score_bytes = cfg.num_heads * q_len * kv_len * 4
@@ -104,7 +104,7 @@ def choose(cfg, platform: str, *, q_len, kv_len, self_attention: bool = True
   return fallback[0], f'auto on {platform}: {fallback[1]}'
 
 
-def _is_int(n) -> bool:
+def is_concrete_length(n) -> bool:
   """A concrete length (not a jax.export symbolic dimension)."""
   return isinstance(n, (int, np.integer))
 
