@@ -195,6 +195,19 @@ class Checkpointer:
 
   # ---- restore ----------------------------------------------------------------------------
 
+  def _restorable_step(self, step: int | None, steps: list[int], *, if_none: str) -> int:
+    """`step` (None: the latest of `steps`) once it is saved and its files are all there;
+    a CheckpointError naming the directory otherwise (`if_none`: the fix for no checkpoint)."""
+    if step is None:
+      if not steps:
+        raise CheckpointError(f'no checkpoint in {self.directory}; {if_none}.')
+      step = steps[-1]
+    if step not in steps:
+      raise CheckpointError(f'no checkpoint for step {step} in {self.directory}; '
+                            f'it holds steps {steps}.')
+    self._check_files(step, steps)
+    return step
+
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, str]:
     """Returns (state, data_state, config_json) of `step` (default: the latest).
 
@@ -204,15 +217,8 @@ class Checkpointer:
     """
     self.wait()
     steps = self.all_steps()
-    if step is None:
-      if not steps:
-        raise CheckpointError(f'no checkpoint in {self.directory}; check latest_step() first.')
-      step = steps[-1]
-    if step not in steps:
-      raise CheckpointError(f'no checkpoint for step {step} in {self.directory}; '
-                            f'it holds steps {steps}.')
+    step = self._restorable_step(step, steps, if_none='check latest_step() first')
     path = self.step_path(step)
-    self._check_files(step, steps)
     self._check_abstract_state(step, steps, abstract_state)
     args = ocp.args.Composite(**{
         STATE: ocp.args.StandardRestore(abstract_state),
@@ -235,15 +241,8 @@ class Checkpointer:
     not the optimizer's moments, onto the shardings of `abstract_params` (a pytree of
     jax.ShapeDtypeStruct with `.sharding`). What loaders of a trained run use."""
     steps = self.all_steps()
-    if step is None:
-      if not steps:
-        raise CheckpointError(f'no checkpoint in {self.directory}; train the run first.')
-      step = steps[-1]
-    if step not in steps:
-      raise CheckpointError(f'no checkpoint for step {step} in {self.directory}; '
-                            f'it holds steps {steps}.')
+    step = self._restorable_step(step, steps, if_none='train the run first')
     path = self.step_path(step)
-    self._check_files(step, steps)
     self._check_abstract_state(step, steps, {'params': abstract_params}, partial=True)
     target = {'params': abstract_params}
     args = ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(

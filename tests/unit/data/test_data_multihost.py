@@ -104,3 +104,24 @@ def test_train_shards_with_a_mixture_is_a_config_error():
   with pytest.raises(config_lib.ConfigError, match='data.train_shards=4'):
     config_lib.validate(c, num_devices=8)
 
+
+
+def test_a_batch_is_the_shard_order_row_for_row(sharded):
+  """Global element i is shard i % S's element i // S of that shard's seeded order (the
+  module docstring), in the batch's own order, also where a batch takes several rows
+  from one shard (its rows are read from each shard in one call)."""
+  import grain
+
+  from lm.data import packing
+  data, _ = sharded
+  shard_rows = [loader.read_all(p) for p in data.split_paths('train')]
+  orders = [grain.MapDataset.range(len(rows)).shuffle(seed=loader._shard_seed(5, g)).repeat()
+            for g, rows in enumerate(shard_rows)]
+  it = data.train_iterator(batch_size=6, seed=5)
+  for b in range(3):
+    elements = range(6 * b, 6 * b + 6)
+    want = packing.rows_to_batch(np.stack(
+        [shard_rows[i % SHARDS][orders[i % SHARDS][i // SHARDS]] for i in elements]))
+    got = next(it)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
