@@ -13,14 +13,14 @@ model's matmul work at the rate XLA:CPU reaches on these shapes, with no other o
 """
 
 import argparse
-import importlib
+import math
 import pathlib
 import statistics
 import sys
 import time
 
-_REPO = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(_REPO))
+_HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:0] = [str(_HERE.parents[1]), str(_HERE)]  # the repository, and profile_step beside
 
 
 def _parse() -> argparse.Namespace:
@@ -54,10 +54,7 @@ def _dot_generals(jaxpr, times: int = 1) -> list:
 def _flops(lhs, rhs, dimension_numbers) -> int:
   (_, rhs_contract), (_, rhs_batch) = dimension_numbers
   rhs_free = [n for i, n in enumerate(rhs.shape) if i not in rhs_contract + rhs_batch]
-  size = 1
-  for n in list(lhs.shape) + rhs_free:
-    size *= n
-  return 2 * size
+  return 2 * math.prod(lhs.shape) * math.prod(rhs_free)
 
 
 def _median_s(fn, repeats: int) -> float:
@@ -73,12 +70,8 @@ def _median_s(fn, repeats: int) -> float:
 
 def main() -> None:
   args = _parse()
-  import ast
-
-  from lm.config import override
-  config = importlib.import_module(f'configs.{args.config}').get_config()
-  config = override(config, {key: ast.literal_eval(value) if value else '' for key, value in
-                             (item.split('=', 1) for item in args.set)})
+  from profile_step import load_config  # the same --config / --set as the op profile
+  config = load_config(args)
   config.train.batch_size = args.rows
   config.runtime.cpu_devices = 1
   from lm import runtime

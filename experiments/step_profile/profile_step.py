@@ -39,7 +39,8 @@ def _parse() -> argparse.Namespace:
   return parser.parse_args()
 
 
-def _config(args: argparse.Namespace):
+def load_config(args: argparse.Namespace):
+  """The --config module's config with the --set overrides (matmul_floor.py takes it too)."""
   import ast
 
   from lm.config import override  # checks each key exists and takes its value's type
@@ -65,7 +66,7 @@ def _thread_totals(trace_dir: str, steps: int) -> dict[str, collections.Counter]
 
 def main() -> None:
   args = _parse()
-  config = _config(args)
+  config = load_config(args)
   from lm import runtime
   runtime.apply(config.runtime, config.data.cache_dir)  # the devices, before jax starts them
   import jax

@@ -105,11 +105,10 @@ def test_train_shards_with_a_mixture_is_a_config_error():
     config_lib.validate(c, num_devices=8)
 
 
-
 def test_a_batch_is_the_shard_order_row_for_row(sharded):
   """Global element i is shard i % S's element i // S of that shard's seeded order (the
   module docstring), in the batch's own order, also where a batch takes several rows
-  from one shard (its rows are read from each shard in one call)."""
+  from one shard (the union test above compares sorted rows only)."""
   import grain
 
   from lm.data import packing
